@@ -1,0 +1,315 @@
+"""Per-token log-probabilities of chosen tokens, without ever building the [tokens x vocab] logits.
+
+The idea
+--------
+Every term of the UniAPL objective needs log pi(y_t | context) only for the token that was actually
+chosen: the teacher's tokens (SFT), the rollout tokens under the policy, the old policy and the
+reference (GRPO, ADV). For one row i with final hidden state h_i, head weight W [V, H], chosen
+token t_i and sampling temperature T:
+
+    z_ij      = (h_i . W_j) / T                          logits, j over the vocabulary
+    lse_i     = log sum_j exp(z_ij)                       (log-sum-exp)
+    logp_i    = z_{i,t_i} - lse_i                         what we return, fp32 [N]
+
+    d logp_i / d h_i = (W_{t_i} - sum_j p_ij W_j) / T     with p_ij = exp(z_ij - lse_i)
+    d logp_i / d W_j = (1[j = t_i] - p_ij) h_i / T
+
+Memory arithmetic (why this file exists)
+----------------------------------------
+The obvious `log_softmax(h @ W.T / T).gather(-1, t)` materialises logits of N x V elements. With
+Qwen3's V = 151,936 and 8 rollouts x 1,024 tokens = 8,192 rows, the bf16 logits alone are
+8,192 x 151,936 x 2 B = 2.3 GiB. The naive path then holds several copies at once: the logits, their
+fp32 upcast (2x the bytes), the log_softmax output (another fp32 copy), and in backward the softmax
+gradient of the same size -- a peak near 3x the logits, i.e. 7-10 GiB for one gather.
+
+Chunking rows in a Python loop and calling log_softmax per chunk does NOT help during training:
+autograd keeps every chunk's output alive for backward, so the total is unchanged. The fix is a
+custom autograd.Function that saves only its inputs and one fp32 number per row (lse_i) and
+*recomputes* each logits chunk in backward. Extra memory then is O(chunk) + O(N) + O(N x H),
+independent of V x N.
+
+Design
+------
+* `token_logprobs(hidden, weight, targets, temperature)` -> fp32 [N]; differentiable w.r.t. hidden
+  and weight. `weight` is used in place: with tied embeddings (Qwen3) it is the embedding
+  Parameter, and the head's gradient adds to the embedding's own gradient.
+* Forward, "torch" backend: loop over token chunks and vocabulary chunks with an online
+  log-sum-exp in fp32 (running max m, running sum s; m starts at -inf, so no padded tile can win).
+  Forward, "triton" backend: one kernel computes partial (max, sum) pairs over vocabulary tiles
+  without writing logits to memory (out-of-range vocabulary columns are masked to -inf, the bug
+  that gave peers log-probs above 0); the partials are combined in torch. The chosen token's logit
+  is a row-wise dot product h_i . W_{t_i} (O(N x H)).
+* Backward (both backends): vocabulary chunks outside, token chunks inside; each logits chunk is
+  recomputed, turned into p, and two matmuls add its contribution to dh and dW. dW for a vocabulary
+  chunk is accumulated in fp32 and written once; dh is accumulated in fp32.
+* Precision: logits are always accumulated in fp32 (bf16 inputs are multiplied with fp32
+  accumulation; fp32 inputs use full fp32, never TF32 in the kernel). bf16 log-probs would lose
+  ~4e-3 absolute accuracy at this vocabulary size. On CUDA the backward matmuls take bf16 operands
+  with fp32 accumulation (fp32 operands would be ~10x slower); on CPU they are fp32.
+* Temperature divides the logits before the softmax; the same T is used for the policy, the old
+  policy and the reference, T = 1 for SFT, and the backward carries the 1/T factor.
+
+`naive_token_logprobs` is the obvious version, kept for tests, teaching and the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Chunk sizes (rows x vocabulary columns of one recomputed logits chunk), by device. On the CPU
+# small chunks that stay in cache were fastest (measured: 1024 x 1024 fp32 = 4 MiB beat 1024 x
+# 8192 by ~1.5x at N=1024, H=1024, V=151,936 on 2 cores); a GPU wants larger matmuls.
+DEFAULT_CHUNKS = {"cpu": (1024, 1024), "cuda": (2048, 8192)}
+
+
+def naive_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """The obvious reference: materialises [N, V] logits. For tests and benchmarks only."""
+    logits = (hidden @ weight.T).float()                              # [N, V]
+    t = torch.as_tensor(temperature, dtype=torch.float32, device=hidden.device)
+    logits = logits / (t[:, None] if t.ndim else t)
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)  # [N]
+
+
+def _inv_temperature(temperature, hidden: torch.Tensor) -> torch.Tensor:
+    """1/T as an fp32 vector [N], from a float or a per-row tensor."""
+    n = hidden.shape[0]
+    t = torch.as_tensor(temperature, dtype=_acc(hidden), device=hidden.device)
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"token_logprobs: temperature must be a float or a tensor of shape [{n}], "
+                         f"got shape {tuple(t.shape)}")
+    if not bool((t > 0).all()):
+        raise ValueError("token_logprobs: temperature must be > 0")
+    return t.reciprocal()
+
+
+def _acc(t: torch.Tensor) -> torch.dtype:
+    """Accumulation dtype: fp32, or float64 for float64 inputs (used by gradcheck)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b with an fp32 result; bf16/fp16 operands keep their dtype but accumulate in fp32."""
+    acc = _acc(a)
+    if a.dtype == acc and b.dtype == acc:
+        return a @ b
+    if a.is_cuda and a.dtype == b.dtype:
+        try:  # torch >= 2.8 on CUDA: low-precision operands, fp32 output (no rounding of logits)
+            return torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):
+            pass
+    return a.to(acc) @ b.to(acc)
+
+
+def _target_logits(hidden, weight, targets, inv_t, token_chunk):
+    """z_{i,t_i} = (h_i . W_{t_i}) / T in fp32, chunked so the upcast copies stay small."""
+    out = torch.empty(hidden.shape[0], dtype=_acc(hidden), device=hidden.device)
+    for n0 in range(0, hidden.shape[0], token_chunk):
+        n1 = n0 + token_chunk
+        h = hidden[n0:n1].to(out.dtype)                                # [n, H]
+        w = weight[targets[n0:n1]].to(out.dtype)                       # [n, H]
+        out[n0:n1] = (h * w).sum(-1) * inv_t[n0:n1]
+    return out
+
+
+def _lse_torch(hidden, weight, inv_t, token_chunk, vocab_chunk):
+    """Online log-sum-exp over vocabulary chunks, fp32 [N]."""
+    n, v = hidden.shape[0], weight.shape[0]
+    lse = torch.empty(n, dtype=_acc(hidden), device=hidden.device)
+    for n0 in range(0, n, token_chunk):
+        h = hidden[n0:n0 + token_chunk]                                # [n, H]
+        it = inv_t[n0:n0 + token_chunk, None]                          # [n, 1]
+        m = torch.full((h.shape[0],), float("-inf"), dtype=lse.dtype, device=h.device)  # max
+        s = torch.zeros(h.shape[0], dtype=lse.dtype, device=h.device)  # running sum of exp
+        for v0 in range(0, v, vocab_chunk):
+            z = _mm_f32(h, weight[v0:v0 + vocab_chunk].T) * it         # [n, v] fp32
+            m_new = torch.maximum(m, z.max(dim=-1).values)
+            s = s * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(-1)
+            m = m_new
+        lse[n0:n0 + token_chunk] = m + torch.log(s)
+    return lse
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton forward: partial log-sum-exp over vocabulary tiles, logits never leave registers.
+# ----------------------------------------------------------------------------------------------
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton is optional: the torch backend does everything
+    triton = None
+
+if triton is not None:
+    @triton.jit
+    def _partial_lse_kernel(h_ptr, w_ptr, inv_t_ptr, max_ptr, sum_ptr, N, V, H,
+                            stride_h, stride_w, vocab_per_program,
+                            BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                            IEEE: tl.constexpr):
+        # Program (pid_n, pid_v) reduces rows [pid_n*BLOCK_N, +BLOCK_N) over the vocabulary slice
+        # [pid_v*vocab_per_program, +vocab_per_program). Row blocks vary fastest, so programs that
+        # run together share one slice of W (it is read from HBM about once, then from L2).
+        pid_n = tl.program_id(0)
+        pid_v = tl.program_id(1)
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        inv_t = tl.load(inv_t_ptr + rows, mask=row_ok, other=1.0)
+        m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
+        s = tl.zeros((BLOCK_N,), tl.float32)
+        v_start = pid_v * vocab_per_program
+        for v0 in range(v_start, v_start + vocab_per_program, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            col_ok = (cols < V) & (cols < v_start + vocab_per_program)
+            acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
+            for k0 in range(0, H, BLOCK_H):
+                ks = k0 + tl.arange(0, BLOCK_H)
+                k_ok = ks < H
+                a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :],
+                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)     # [BN, BH]
+                b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None],
+                            mask=col_ok[None, :] & k_ok[:, None], other=0.0)     # [BH, BV]
+                if IEEE:  # fp32 inputs: full fp32 products, not TF32
+                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a, b, acc)
+            # Masked columns must be -inf, not 0: a 0 would enter the sum as exp(0 - m).
+            z = tl.where(col_ok[None, :], acc * inv_t[:, None], float("-inf"))
+            m_new = tl.maximum(m, tl.max(z, 1))
+            # A tile entirely past V leaves m_new = -inf; guard the exp(-inf - -inf) = nan case.
+            scale = tl.where(m_new == float("-inf"), 0.0, tl.exp(m - m_new))
+            p = tl.where(col_ok[None, :], tl.exp(z - m_new[:, None]), 0.0)
+            s = s * scale + tl.sum(p, 1)
+            m = m_new
+        out = pid_v * N + rows
+        tl.store(max_ptr + out, m, mask=row_ok)
+        tl.store(sum_ptr + out, s, mask=row_ok)
+
+
+# Triton 3.9's CPU interpreter computes tl.dot on bf16 operands wrongly (seen here: errors of
+# 1e10 on a 16x16 product), so under TRITON_INTERPRET=1 the kernel upcasts operands to fp32 first.
+# On a GPU, bf16 operands go to the tensor cores with fp32 accumulation.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _lse_triton(hidden, weight, inv_t, block_n=64, block_v=128, block_h=64,
+                vocab_per_program=4096):
+    if triton is None:
+        raise RuntimeError("logprobs: backend='triton' needs triton (pip install triton); "
+                           "use backend='torch' instead")
+    n, h = hidden.shape
+    v = weight.shape[0]
+    hidden = hidden.contiguous()
+    weight = weight.contiguous()
+    vocab_per_program = max(block_v, (vocab_per_program // block_v) * block_v)
+    splits = triton.cdiv(v, vocab_per_program)
+    pmax = torch.empty(splits, n, dtype=torch.float32, device=hidden.device)  # [S, N]
+    psum = torch.empty(splits, n, dtype=torch.float32, device=hidden.device)  # [S, N]
+    grid = (triton.cdiv(n, block_n), splits)
+    _partial_lse_kernel[grid](hidden, weight, inv_t.contiguous(), pmax, psum, n, v, h,
+                              hidden.stride(0), weight.stride(0), vocab_per_program,
+                              BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h,
+                              IEEE=hidden.dtype == torch.float32 or _INTERPRETED)
+    m = pmax.max(dim=0).values                                         # [N]
+    return m + torch.log((psum * torch.exp(pmax - m)).sum(0))          # [N]
+
+
+# ----------------------------------------------------------------------------------------------
+# The autograd Function: forward by either backend, chunked recompute in backward.
+# ----------------------------------------------------------------------------------------------
+
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, inv_t, backend, token_chunk, vocab_chunk):
+        if backend == "triton":
+            lse = _lse_triton(hidden, weight, inv_t)                               # [N]
+        else:
+            lse = _lse_torch(hidden, weight, inv_t, token_chunk, vocab_chunk)      # [N]
+        out = _target_logits(hidden, weight, targets, inv_t, token_chunk) - lse   # [N]
+        ctx.save_for_backward(hidden, weight, targets, inv_t, lse)
+        ctx.chunks = (token_chunk, vocab_chunk)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets, inv_t, lse = ctx.saved_tensors
+        token_chunk, vocab_chunk = ctx.chunks
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        n, v = hidden.shape[0], weight.shape[0]
+        acc = _acc(hidden)
+        g = grad_out.to(acc) * inv_t                                   # [N]  dL/dz_target
+        # On CUDA feed the matmuls bf16/fp16 operands (fp32 accumulation); elsewhere fp32.
+        low = hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16)
+        op_dtype = hidden.dtype if low else acc
+        grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        for v0 in range(0, v, vocab_chunk):
+            v1 = min(v0 + vocab_chunk, v)
+            w = weight[v0:v1]                                          # [v, H]
+            gw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
+            for n0 in range(0, n, token_chunk):
+                n1 = min(n0 + token_chunk, n)
+                h = hidden[n0:n1]                                      # [n, H]
+                z = _mm_f32(h, w.T) * inv_t[n0:n1, None]               # [n, v] recomputed
+                coef = (torch.exp(z - lse[n0:n1, None]) * -g[n0:n1, None]).to(op_dtype)  # -g p
+                if need_h:
+                    grad_h[n0:n1] += _mm_f32(coef, w.to(op_dtype))     # [n, H]
+                if need_w:
+                    gw += _mm_f32(coef.T, h.to(op_dtype))              # [v, H]
+            if need_w:
+                # The chosen-token term +g h_i lands on row t_i of W (fp32, then one cast).
+                sel = (targets >= v0) & (targets < v1)
+                gw.index_add_(0, targets[sel] - v0, g[sel, None] * hidden[sel].to(acc))
+                grad_w[v0:v1] = gw.to(weight.dtype)
+        if need_h:
+            for n0 in range(0, n, token_chunk):  # the chosen-token term +g W_{t_i}
+                n1 = n0 + token_chunk
+                grad_h[n0:n1] += g[n0:n1, None] * weight[targets[n0:n1]].to(acc)
+            grad_h = grad_h.to(hidden.dtype)
+        return grad_h, grad_w, None, None, None, None, None
+
+
+def default_backend(device: torch.device) -> str:
+    """'triton' on CUDA when triton imports, else 'torch'. UNIAPL_LOGPROBS_BACKEND overrides."""
+    forced = os.environ.get("UNIAPL_LOGPROBS_BACKEND")
+    if forced:
+        return forced
+    return "triton" if (device.type == "cuda" and triton is not None) else "torch"
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                   temperature: float | torch.Tensor = 1.0, backend: str = "auto",
+                   token_chunk: int | None = None,
+                   vocab_chunk: int | None = None) -> torch.Tensor:
+    """log softmax(hidden @ weight.T / T)[targets] as fp32 [N], never materialising [N, V].
+
+    (float64 inputs give a float64 result, so that torch.autograd.gradcheck can check it.)
+
+    hidden [N, H] (fp32/bf16/fp16), weight [V, H] (the LM head, possibly tied), targets [N] int64,
+    temperature a float or a per-row tensor [N]. backend: 'auto' | 'torch' | 'triton' | 'naive'.
+    """
+    if hidden.ndim != 2 or weight.ndim != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"token_logprobs: need hidden [N, H] and weight [V, H], got "
+                         f"{tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if targets.shape != (hidden.shape[0],):
+        raise ValueError(f"token_logprobs: targets must have shape [{hidden.shape[0]}], got "
+                         f"{tuple(targets.shape)}")
+    if backend == "auto":
+        backend = default_backend(hidden.device)
+    if backend == "naive":
+        return naive_token_logprobs(hidden, weight, targets, temperature)
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"token_logprobs: unknown backend {backend!r} "
+                         "(choose auto, torch, triton or naive)")
+    if hidden.shape[0] == 0:
+        return hidden.new_zeros(0, dtype=torch.float32) + 0 * hidden.sum() + 0 * weight.sum()
+    if backend == "triton" and hidden.dtype == torch.float64:
+        raise ValueError("token_logprobs: the triton backend takes fp32/bf16/fp16, not float64")
+    default_t, default_v = DEFAULT_CHUNKS.get(hidden.device.type, DEFAULT_CHUNKS["cuda"])
+    token_chunk, vocab_chunk = token_chunk or default_t, vocab_chunk or default_v
+    inv_t = _inv_temperature(temperature, hidden)
+    return _TokenLogprobs.apply(hidden, weight, targets.long(), inv_t, backend,
+                                int(token_chunk), int(vocab_chunk))
