@@ -306,6 +306,11 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
                          "(choose auto, torch, triton or naive)")
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32) + 0 * hidden.sum() + 0 * weight.sum()
+    if weight.dtype != hidden.dtype:
+        # Under bf16 autocast the decoder returns bf16 hidden states while the head's Parameter
+        # stays fp32 (the optimizer's master copy): cast it the way autocast casts F.linear's
+        # weight. The cast is differentiable, so the gradient still reaches the Parameter.
+        weight = weight.to(hidden.dtype)
     if backend == "triton" and hidden.dtype == torch.float64:
         raise ValueError("token_logprobs: the triton backend takes fp32/bf16/fp16, not float64")
     default_t, default_v = DEFAULT_CHUNKS.get(hidden.device.type, DEFAULT_CHUNKS["cuda"])
@@ -313,3 +318,30 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     inv_t = _inv_temperature(temperature, hidden)
     return _TokenLogprobs.apply(hidden, weight, targets.long(), inv_t, backend,
                                 int(token_chunk), int(vocab_chunk))
+
+
+# ----------------------------------------------------------------------------------------------
+# The model-level entry point used by sft.py, grpo.py and uniapl.py
+# ----------------------------------------------------------------------------------------------
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      score_mask: torch.Tensor, temperature: float = 1.0,
+                      backend: str = "auto") -> torch.Tensor:
+    """log pi(input_ids[b, t] | input_ids[b, :t]) where score_mask[b, t], else 0: fp32 [B, T-1].
+
+    The result is aligned with input_ids[:, 1:]. Only rows whose next token is scored reach the
+    head: the decoder's last hidden states are gathered at those positions first.
+    """
+    # Position ids from the mask, so a left-padded row gets the same positions it had while it
+    # was generated (HF generate derives them the same way); right padding is unaffected.
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)           # [B, T]
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                     position_ids=position_ids, use_cache=False).last_hidden_state  # [B, T, H]
+    select = score_mask[:, 1:].bool()                                            # [B, T-1]
+    h = hidden[:, :-1][select]                                                   # [N, H]
+    targets = input_ids[:, 1:][select]                                           # [N]
+    head = model.get_output_embeddings().weight   # tied to the input embedding in Qwen3
+    lp = token_logprobs(h, head, targets, temperature, backend=backend)          # [N] fp32
+    out = torch.zeros(select.shape, dtype=lp.dtype, device=lp.device)
+    return out.masked_scatter(select, lp)                                        # [B, T-1]

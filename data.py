@@ -1,0 +1,404 @@
+"""Data: the one normalised row, its sources and validation, chat templating, batches, mixed batches.
+
+The idea
+--------
+UniAPL learns from *mixed batches* (PAPER.md): in every optimizer step some rows are used as
+demonstrations (prompt + teacher response -> L_SFT) and some as RL prompts (prompt + verifiable
+instructions -> rollouts -> L_GRPO, and the teacher response as the discriminator's reference ->
+L_ADV). One normalised row serves all three:
+
+    {"prompt": str, "response": str | None, "instruction_id_list": [str, ...],
+     "kwargs": [dict, ...], "key": str | int}
+
+Every source is converted into it at load time and validated; a bad row stops the run with an
+error naming the source, the row (index and key) and the field. Nothing is dropped silently: with
+`skip_invalid=True` bad rows are skipped *and counted*, and the count and reasons are printed.
+
+Sources: `toy` (toy.py), `google/IFEval` (evaluation; no responses), `argilla/ifeval-like-data`
+(config `filtered`: Qwen2.5-72B-Instruct responses that pass the checks; `kwargs` is a JSON string
+in the current revision, a list of structs in older ones -- both accepted), any other hub dataset
+with these columns, and local `.jsonl` / `.json` / `.parquet` files in the normalised schema.
+
+Batches
+-------
+* Prompts are rendered with the tokenizer's chat template (`enable_thinking=False`, so Qwen3
+  starts its answer with an empty think block instead of reasoning), then left-padded for
+  generation. Position ids are derived from the attention mask wherever the model is called, so
+  left padding does not shift positions (see logprobs.sequence_logprobs).
+* Demonstrations are teacher-forced: [prompt | response | EOS], right-padded, with a mask that
+  selects response and EOS tokens only: prompt tokens never reach the LM head.
+* `MixedSampler` draws, per step, `sft_batch_size` demonstrations and `rl_batch_size` RL prompts
+  from two independently shuffled streams (epoch-wise permutations of a seeded generator); its
+  position is part of every checkpoint, so a resumed run sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+import torch
+
+import ifeval
+
+
+class DataError(ValueError):
+    """A row or a dataset that cannot be used; the message names source, row, key and field."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+def _where(source: str, index: int, row) -> str:
+    key = row.get("key", "?") if isinstance(row, dict) else "?"
+    return f"{source}: row {index} (key {key!r})"
+
+
+def normalise_row(row: dict, source: str, index: int) -> dict:
+    """Convert one raw row of any supported source into the normalised row, or raise DataError."""
+    where = _where(source, index, row)
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    for field in ("prompt", "instruction_id_list", "kwargs"):
+        if field not in row or row[field] is None:
+            raise DataError(f"{where}: missing field {field!r}")
+    prompt = row["prompt"]
+    if not isinstance(prompt, str):
+        raise DataError(f"{where}: field 'prompt' must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise DataError(f"{where}: field 'prompt' is empty")
+    response = row.get("response")
+    if response is not None and not isinstance(response, str):
+        raise DataError(f"{where}: field 'response' must be a string or null, "
+                        f"got {type(response).__name__}")
+    ids = row["instruction_id_list"]
+    if isinstance(ids, str) or not hasattr(ids, "__iter__"):
+        raise DataError(f"{where}: field 'instruction_id_list' must be a list of strings")
+    ids = list(ids)
+    if not ids:
+        raise DataError(f"{where}: field 'instruction_id_list' is empty")
+    kwargs = row["kwargs"]
+    if isinstance(kwargs, str):  # argilla/ifeval-like-data: a JSON string holding a list of dicts
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: field 'kwargs' is not valid JSON ({e})") from None
+    if isinstance(kwargs, dict) or not hasattr(kwargs, "__iter__"):
+        raise DataError(f"{where}: field 'kwargs' must be a list of dicts (one per instruction)")
+    kwargs = list(kwargs)
+    if len(kwargs) != len(ids):
+        raise DataError(f"{where}: field 'kwargs' has {len(kwargs)} entries for {len(ids)} "
+                        "instruction ids")
+    clean = []
+    for i, (iid, kw) in enumerate(zip(ids, kwargs)):
+        try:
+            kw = ifeval.validate(iid, kw if kw is not None else {}, prompt)
+        except ValueError as e:
+            raise DataError(f"{where}: field 'kwargs[{i}]' / 'instruction_id_list[{i}]': {e}") from None
+        clean.append(kw)
+    key = row.get("key", f"{source}-{index}")
+    if hasattr(key, "item"):   # numpy integers from parquet
+        key = key.item()
+    return {"prompt": prompt, "response": response, "instruction_id_list": ids, "kwargs": clean,
+            "key": key}
+
+
+def validate_rows(raw: list, source: str, *, skip_invalid: bool = False) -> list[dict]:
+    """Normalise every row. By default the first bad row raises; skip_invalid counts and reports."""
+    if len(raw) == 0:
+        raise DataError(f"{source}: the dataset is empty")
+    rows, skipped = [], []
+    for i, r in enumerate(raw):
+        try:
+            rows.append(normalise_row(r, source, i))
+        except DataError as e:
+            if not skip_invalid:
+                raise
+            skipped.append(str(e))
+    if skipped:
+        print(f"[data] {source}: skipped {len(skipped)} of {len(raw)} invalid rows "
+              f"(--skip-invalid-rows). First reasons:", file=sys.stderr)
+        for msg in skipped[:5]:
+            print(f"    {msg}", file=sys.stderr)
+    if not rows:
+        raise DataError(f"{source}: no valid rows left ({len(skipped)} invalid)")
+    return rows
+
+
+def require_responses(rows: list[dict], source: str, method: str) -> list[dict]:
+    """Rows with a teacher response; an error if the method needs them and there are none."""
+    demos = [r for r in rows if r["response"] and r["response"].strip()]
+    if not demos:
+        raise DataError(f"{source}: method {method!r} needs teacher responses (field 'response'), "
+                        f"but none of its {len(rows)} rows has one. Generate them with "
+                        f"`python data.py demos --teacher MODEL --dataset {source} --out demos.jsonl`.")
+    return demos
+
+
+def check_prompt_lengths(rows: list[dict], tokenizer, max_prompt_length: int, source: str) -> None:
+    """An over-long prompt is an error (truncating it could cut the instructions off)."""
+    for i, row in enumerate(rows):
+        n = len(tokenizer(chat_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"])
+        if n > max_prompt_length:
+            raise DataError(f"{_where(source, i, row)}: field 'prompt' is {n} tokens after the chat "
+                            f"template, over --max-prompt-length {max_prompt_length}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+
+def _read_local(path: str) -> list:
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    if path.endswith(".jsonl"):
+        rows = []
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+        return rows
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json dataset must hold a list of rows")
+        return data
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError("reading .parquet needs pyarrow: pip install pyarrow") from None
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as e:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{path}: cannot read parquet ({type(e).__name__}: {e})") from None
+    raise DataError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
+
+
+def _load_hub(spec: str, split: str) -> list:
+    name, _, config = spec.partition(":")
+    try:
+        import datasets
+        ds = datasets.load_dataset(name, config or None, split=split)
+    except Exception as e:  # offline, unknown id, gated: all surface here
+        raise DataError(
+            f"could not load dataset {spec!r} (split {split!r}) from the Hugging Face hub: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Without network use "
+            f"a local .jsonl/.parquet file, or --dataset toy.") from None
+    return list(ds)
+
+
+def load_rows(spec: str, split: str = "train", *, skip_invalid: bool = False,
+              toy_seed: int = 0, toy_n: int = 2000, teacher_accuracy: float = 0.65) -> list[dict]:
+    """Rows from `toy`, a local file, or a hub dataset `id` / `id:config`, normalised & validated."""
+    if spec == "toy":
+        import toy
+        train, evals = toy.train_eval_rows(toy_seed, n_train=toy_n, teacher_accuracy=teacher_accuracy)
+        raw = train if split == "train" else evals
+    elif os.path.splitext(spec)[1] in (".jsonl", ".json", ".parquet"):
+        raw = _read_local(spec)
+    else:
+        if spec.startswith("argilla/ifeval-like-data") and ":" not in spec:
+            spec += ":filtered"   # the verified subset is the one this project trains on
+        raw = _load_hub(spec, split)
+    return validate_rows(raw, spec, skip_invalid=skip_invalid)
+
+
+def write_jsonl(rows: list[dict], path: str) -> None:
+    """Write rows atomically (temporary file, then rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Chat templating and batches
+# ----------------------------------------------------------------------------------------------
+
+def chat_prompt(tokenizer, prompt: str) -> str:
+    """The prompt as the model sees it: one user turn, then the assistant turn opened."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("the tokenizer has no chat template; this project needs an instruct model's "
+                        "tokenizer (e.g. Qwen/Qwen3-0.6B) or --model toy")
+    # enable_thinking=False: Qwen3 opens its answer with an empty <think></think> block instead of
+    # reasoning first; templates that do not use the variable ignore it.
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=False)
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-templated, left-padded prompt batch: input_ids [B, P], attention_mask [B, P]."""
+    texts = [chat_prompt(tokenizer, p) for p in prompts]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(len(x) for x in ids)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])       # [B, P]
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])   # [B, P]
+    return input_ids, mask
+
+
+@dataclass
+class DemoBatch:
+    input_ids: torch.Tensor       # [B, T]  prompt | response | EOS | pad
+    attention_mask: torch.Tensor  # [B, T]
+    score_mask: torch.Tensor      # [B, T]  True on response and EOS tokens (the SFT targets)
+    truncated: int                # demonstrations cut at max_response_length
+
+
+def demo_batch(tokenizer, rows: list[dict], max_response_length: int) -> DemoBatch:
+    """Teacher-forced batch for L_SFT; only response tokens (and the closing EOS) are scored."""
+    seqs, masks, truncated = [], [], 0
+    for row in rows:
+        p = tokenizer(chat_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
+        r = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if len(r) > max_response_length:
+            r, truncated = r[:max_response_length], truncated + 1
+        seqs.append(p + r)
+        masks.append([False] * len(p) + [True] * len(r))
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id
+    return DemoBatch(
+        input_ids=torch.tensor([s + [pad] * (width - len(s)) for s in seqs]),
+        attention_mask=torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
+        score_mask=torch.tensor([m + [False] * (width - len(m)) for m in masks]),
+        truncated=truncated)
+
+
+class MixedSampler:
+    """Per step: `sft_batch_size` demonstrations and `rl_batch_size` RL prompts.
+
+    Each pool is read in epoch-wise seeded permutations; (epoch, position) of both streams is the
+    whole state, saved in checkpoints so that resuming continues with the very next rows.
+    """
+
+    def __init__(self, demos: list[dict], prompts: list[dict], sft_batch_size: int,
+                 rl_batch_size: int, seed: int):
+        self.pools = {"sft": demos, "rl": prompts}
+        self.sizes = {"sft": sft_batch_size, "rl": rl_batch_size}
+        for name in self.pools:
+            if self.sizes[name] and not self.pools[name]:
+                raise DataError(f"mixed batches: the {name} pool is empty but its batch size is "
+                                f"{self.sizes[name]}")
+        self.seed = seed
+        self.state = {name: {"epoch": 0, "pos": 0} for name in self.pools}
+
+    def _order(self, name: str, epoch: int) -> list[int]:
+        order = list(range(len(self.pools[name])))
+        random.Random(f"{self.seed}-{name}-{epoch}").shuffle(order)
+        return order
+
+    def _take(self, name: str) -> list[dict]:
+        out, st = [], self.state[name]
+        while len(out) < self.sizes[name]:
+            order = self._order(name, st["epoch"])
+            out.append(self.pools[name][order[st["pos"]]])
+            st["pos"] += 1
+            if st["pos"] == len(order):
+                st["epoch"], st["pos"] = st["epoch"] + 1, 0
+        return out
+
+    def next(self) -> tuple[list[dict], list[dict]]:
+        return self._take("sft"), self._take("rl")
+
+    def state_dict(self) -> dict:
+        return json.loads(json.dumps(self.state))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = json.loads(json.dumps(state))
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: convert a source to JSONL; generate verified teacher demonstrations
+# ----------------------------------------------------------------------------------------------
+
+def generate_demos(teacher, tokenizer, rows: list[dict], *, batch_size: int = 16,
+                   max_new_tokens: int = 512, show_progress: bool = True) -> tuple[list[dict], dict]:
+    """Greedy teacher responses for `rows`, keeping only those with ifeval.reward == 1."""
+    from tqdm import tqdm
+    kept, stats = [], {"total": len(rows), "kept": 0, "empty": 0, "failed_checks": 0}
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    for i in tqdm(range(0, len(rows), batch_size), disable=not show_progress, desc="demos"):
+        chunk = rows[i:i + batch_size]
+        input_ids, mask = encode_prompts(tokenizer, [r["prompt"] for r in chunk])
+        with torch.no_grad():
+            out = teacher.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                   do_sample=False, max_new_tokens=max_new_tokens,
+                                   pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
+        for row, text in zip(chunk, texts):
+            if not text.strip():
+                stats["empty"] += 1
+            elif ifeval.reward(text, row["instruction_id_list"], row["kwargs"], row["prompt"]) < 1:
+                stats["failed_checks"] += 1
+            else:
+                kept.append(dict(row, response=text))
+    stats["kept"] = len(kept)
+    return kept, stats
+
+
+def load_teacher(name: str):
+    """A causal LM and its tokenizer from a local directory or a hub id, with a clear error."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(
+            name, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    except OSError as e:
+        raise SystemExit(f"data.py demos: cannot load teacher {name!r} ({str(e).splitlines()[0]}). "
+                         "Give a local model directory, or check network access to the hub.") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Convert datasets; generate teacher demonstrations.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="any supported source -> normalised JSONL")
+    c.add_argument("--dataset", required=True)
+    c.add_argument("--split", default="train")
+    c.add_argument("--out", required=True)
+    c.add_argument("--skip-invalid-rows", action="store_true")
+    d = sub.add_parser("demos", help="teacher responses that pass every check -> JSONL")
+    d.add_argument("--teacher", required=True, help="hub id or local directory of a causal LM")
+    d.add_argument("--dataset", required=True)
+    d.add_argument("--split", default="train")
+    d.add_argument("--out", required=True)
+    d.add_argument("--limit", type=int, default=None, help="use the first N rows only")
+    d.add_argument("--batch-size", type=int, default=16)
+    d.add_argument("--max-new-tokens", type=int, default=512)
+    d.add_argument("--skip-invalid-rows", action="store_true")
+    args = p.parse_args(argv)
+    rows = load_rows(args.dataset, args.split, skip_invalid=args.skip_invalid_rows)
+    if args.cmd == "convert":
+        write_jsonl(rows, args.out)
+        print(f"wrote {len(rows)} rows to {args.out}")
+        return
+    rows = rows[:args.limit] if args.limit else rows
+    teacher, tokenizer = load_teacher(args.teacher)
+    kept, stats = generate_demos(teacher, tokenizer, rows, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens)
+    write_jsonl(kept, args.out)
+    print(f"kept {stats['kept']} of {stats['total']} teacher responses (empty: {stats['empty']}, "
+          f"failed the instruction checks: {stats['failed_checks']}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

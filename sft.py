@@ -1,0 +1,42 @@
+"""L_SFT: imitation of the teacher's demonstrations.
+
+The idea
+--------
+Supervised fine-tuning maximises the likelihood of expert responses y^E given their prompts x.
+In UniAPL it is the "demonstrated preference" half of post-training (PAPER.md), and it enters the
+unified objective with weight alpha:
+
+    L_SFT = - (1 / sum_i |y^E_i|) * sum_i sum_t log pi_theta(y^E_{i,t} | x_i, y^E_{i,<t})
+
+i.e. the token-level mean negative log-likelihood over every response token of the batch (the
+closing EOS included, so the model learns to stop), at temperature 1.
+
+Choices
+-------
+* Only response tokens are scored; prompt positions are never sent to the LM head (the hidden
+  states are gathered first, see logprobs.sequence_logprobs), which also saves their logits.
+* Token-level mean over the batch (not a mean of per-sequence means), matching the token-level
+  aggregation of L_GRPO and L_ADV so that alpha weighs like with like.
+* Demonstrations longer than --max-completion-length are cut (and counted in sft/truncated);
+  the cut response then has no EOS to learn.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from data import DemoBatch
+from logprobs import sequence_logprobs
+
+
+def sft_loss(model, batch: DemoBatch, backend: str = "auto") -> tuple[torch.Tensor, dict]:
+    """Token-mean NLL of the teacher's response tokens; returns (loss, stats)."""
+    device = next(model.parameters()).device
+    input_ids = batch.input_ids.to(device)                                      # [B, T]
+    attention = batch.attention_mask.to(device)                                 # [B, T]
+    score = batch.score_mask.to(device)                                         # [B, T]
+    logp = sequence_logprobs(model, input_ids, attention, score, 1.0, backend)  # [B, T-1]
+    mask = score[:, 1:].to(logp.dtype)                                          # [B, T-1]
+    loss = -(logp * mask).sum() / mask.sum().clamp(min=1)
+    return loss, {"nll": float(loss.detach()), "tokens": int(mask.sum()),
+                  "truncated": batch.truncated}

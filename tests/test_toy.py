@@ -1,0 +1,59 @@
+"""toy.py: deterministic task, teacher accuracy as set, disjoint splits, tokenizer and model."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import data
+import ifeval
+import toy
+
+
+def test_rows_are_deterministic_per_seed():
+    assert toy.make_rows(50, seed=3) == toy.make_rows(50, seed=3)
+    assert toy.make_rows(50, seed=3) != toy.make_rows(50, seed=4)
+
+
+@pytest.mark.parametrize("acc", [0.0, 0.65, 1.0])
+def test_teacher_accuracy_matches_the_setting(acc):
+    rows = toy.make_rows(1500, seed=7, teacher_accuracy=acc)
+    measured = sum(ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"]) == 1
+                   for r in rows) / len(rows)
+    assert abs(measured - acc) < 0.04, measured
+
+
+def test_train_and_eval_prompts_are_disjoint_and_valid():
+    train, evals = toy.train_eval_rows(seed=0, n_train=500, n_eval=100)
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in evals}
+    assert len(evals) == 100
+    assert data.validate_rows(train, "toy") == train   # already in the normalised schema
+    ids = {i for r in train for i in r["instruction_id_list"]}
+    assert ids <= set(ifeval.REGISTRY) and len(ids) >= 8
+
+
+def test_tokenizer_round_trips_any_text_and_has_chat_format(tok):
+    for text in ["Describe the cat. Do not use any commas.", "héllo 日本 <<T>>\n\"q\" P.S. ***",
+                 "zzqx unseen-words 12345 \t tabs"]:
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    assert len(tok(" river", add_special_tokens=False)["input_ids"]) == 1  # toy words: one token
+    chat = data.chat_prompt(tok, "hi")
+    assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert toy.build_tokenizer().get_vocab() == tok.get_vocab()         # deterministic
+
+
+def test_model_size_and_tied_head(model):
+    n = sum(p.numel() for p in model.parameters())
+    assert 100_000 < n < 1_000_000
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_save_and_load_round_trip(tmp_path, model, tok):
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    model2 = AutoModelForCausalLM.from_pretrained(tmp_path)
+    tok2 = AutoTokenizer.from_pretrained(tmp_path)
+    ids = torch.tensor([tok("Describe the moon.")["input_ids"]])
+    assert torch.equal(model(ids).logits, model2(ids).logits)
+    assert data.chat_prompt(tok2, "x") == data.chat_prompt(tok, "x")
+    assert tok2.padding_side == "left" and tok2.eos_token == "<|im_end|>"

@@ -1,0 +1,246 @@
+"""The embedded toy world: a tiny Qwen3, a tokenizer built in code, and an IFEval-style task.
+
+The idea
+--------
+`python train.py` must show UniAPL working on any CPU, offline, in minutes, through exactly the
+code paths of the real run (chat template, rollouts, IFEval reward, discriminator, mixed batches).
+So this file builds, deterministically from a seed:
+
+* **a task**: prompts such as "Describe the river. Do not use any commas. Finish your response with
+  this exact phrase: That is all." Each carries real IFEval instruction ids and kwargs (only types
+  that need no language detection), in the normalised row schema of data.py:
+  {"prompt", "response", "instruction_id_list", "kwargs", "key"}.
+* **a scripted teacher** that writes the `response` of each row. With probability
+  `teacher_accuracy` (default 0.65) it satisfies every instruction; otherwise it violates one of
+  them, as a real teacher sometimes does. This is what makes the paper's "student beats its
+  teacher" observable: imitation alone inherits the teacher's 35% failures, the verifier reward
+  does not.
+* **a tokenizer**: byte-level BPE trained on the toy corpus (so toy words are single tokens and any
+  text still round-trips losslessly), wrapped as a `PreTrainedTokenizerFast` with a Qwen-style
+  chat template and `<|im_end|>` as EOS. Why not bytes: measured while designing this, a 0.8M
+  model on byte tokens learned nothing of a word-count task in 400 steps; on word tokens it
+  reached 60-70% in 100 steps (DESIGN.md §4).
+* **a model**: `Qwen3ForCausalLM` with a tiny `Qwen3Config` (about 0.25 M parameters, tied
+  embeddings like Qwen3-0.6B), random init.
+
+Train and evaluation prompts come from different seeds and any evaluation prompt that also occurs
+in the training set is removed, so held-out accuracy is held out.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import ifeval
+
+TOPICS = ["cat", "dog", "river", "garden", "city", "forest", "train", "ocean", "mountain",
+          "school", "market", "bird", "storm", "library", "kitchen", "bridge", "island", "farm",
+          "castle", "moon"]
+ASKS = ["Write about the {t}.", "Tell me about the {t}.", "Describe the {t}."]
+KEYWORDS = ["sunny", "music", "bread", "paper", "green", "silver", "honey", "winter", "coffee",
+            "window"]
+END_PHRASES = ["That is all.", "Any other questions?", "Is there anything else I can help with?"]
+# Body sentences: {t} is the topic. Some carry commas, so "no commas" is a real constraint, and
+# each uses one of a few adjectives, so "do not say <adjective>" is one too.
+ADJECTIVES = ["quiet", "calm", "bright", "warm", "old"]
+SENTENCES = ["The {t} is {a} today.", "I like the {t} because it feels {a}.",
+             "We walked to the {t} in the morning.", "Many people visit the {t} every week.",
+             "The {t} looks {a}, big and friendly.", "Near the {t}, the air was fresh.",
+             "In the evening, the {t} is {a}.", "My friend says the {t} is {a}."]
+
+# instruction id -> (prompt text, kwargs sampler). Exactly the IFEval ids and kwarg names.
+INSTRUCTIONS = {
+    "keywords:existence": lambda r: ("Include the keyword {k}.", {"keywords": [r.choice(KEYWORDS)]}),
+    "keywords:frequency": lambda r: (
+        "Use the word {k} at least {n} times.",
+        {"keyword": r.choice(KEYWORDS), "frequency": r.choice([2, 3]), "relation": "at least"}),
+    "keywords:forbidden_words": lambda r: (
+        "Do not include the word {w}.", {"forbidden_words": [r.choice(ADJECTIVES)]}),
+    "length_constraints:number_words": lambda r: r.choice([
+        ("Answer with less than {n} words.", {"num_words": r.choice([16, 20]), "relation": "less than"}),
+        ("Answer with at least {n} words.", {"num_words": r.choice([25, 30]), "relation": "at least"})]),
+    "startend:end_checker": lambda r: (
+        "Finish your response with this exact phrase: {p}", {"end_phrase": r.choice(END_PHRASES)}),
+    "punctuation:no_comma": lambda r: ("Do not use any commas in your response.", {}),
+    "detectable_format:title": lambda r: (
+        "Give your answer a title wrapped in double angular brackets, such as <<title>>.", {}),
+    "startend:quotation": lambda r: ("Wrap your entire response with double quotation marks.", {}),
+    "detectable_content:postscript": lambda r: (
+        "At the end of your response, add a postscript starting with P.S.",
+        {"postscript_marker": "P.S."}),
+    "change_case:capital_word_frequency": lambda r: (
+        "Use at least {n} words in all capital letters.",
+        {"capital_frequency": r.choice([2, 3]), "capital_relation": "at least"}),
+}
+# Pairs a correct answer cannot satisfy together in a short response: never drawn together.
+CONFLICTS = {frozenset({"length_constraints:number_words", "keywords:frequency"}),
+             frozenset({"length_constraints:number_words", "detectable_content:postscript"})}
+
+
+def _prompt(rng: random.Random) -> tuple[str, list[str], list[dict]]:
+    topic = rng.choice(TOPICS)
+    k = rng.choice([1, 2, 2, 3])
+    ids: list[str] = []
+    for iid in rng.sample(list(INSTRUCTIONS), len(INSTRUCTIONS)):
+        if len(ids) == k:
+            break
+        if not any(frozenset({iid, j}) in CONFLICTS for j in ids):
+            ids.append(iid)
+    texts, kwargs = [], []
+    for iid in ids:
+        text, kw = INSTRUCTIONS[iid](rng)
+        n = kw.get("num_words") or kw.get("frequency") or kw.get("capital_frequency")
+        texts.append(text.format(k=(kw.get("keywords") or [kw.get("keyword")])[0], n=n,
+                                 w=(kw.get("forbidden_words") or [""])[0],
+                                 p=kw.get("end_phrase")))
+        kwargs.append(kw)
+    prompt = " ".join([rng.choice(ASKS).format(t=topic)] + texts)
+    return prompt, ids, kwargs
+
+
+def teacher_response(rng: random.Random, prompt: str, ids: list[str], kwargs: list[dict],
+                     violate: str | None = None) -> str:
+    """The scripted teacher: satisfies every instruction, except `violate` if one is named."""
+    topic = next(t for t in TOPICS if f" the {t}." in prompt)
+    kw = {i: k for i, k in zip(ids, kwargs)}
+    ok = lambda iid: iid in kw and iid != violate  # noqa: E731  follow this one?
+    forbidden = set(kw.get("keywords:forbidden_words", {}).get("forbidden_words", []))
+    adjectives = [a for a in ADJECTIVES if a not in forbidden] if ok("keywords:forbidden_words") \
+        else ADJECTIVES
+    pool = [s for s in SENTENCES if "," not in s] if ok("punctuation:no_comma") else SENTENCES
+    if violate == "punctuation:no_comma":
+        pool = [s for s in SENTENCES if "," in s]
+    body = [s.format(t=topic, a=rng.choice(adjectives)) for s in rng.sample(pool, 2)]
+    if violate == "keywords:forbidden_words":
+        body[0] = f"The {topic} is {next(iter(forbidden))}."
+    if ok("keywords:existence"):
+        body.insert(rng.randrange(len(body) + 1),
+                    f"Think of {kw['keywords:existence']['keywords'][0]}.")
+    if "keywords:frequency" in kw:
+        f = kw["keywords:frequency"]
+        times = f["frequency"] if ok("keywords:frequency") else f["frequency"] - 1
+        body.append(" ".join(["I say"] + [f["keyword"]] * times) + ".")
+    if "change_case:capital_word_frequency" in kw:
+        n = kw["change_case:capital_word_frequency"]["capital_frequency"]
+        n = n if ok("change_case:capital_word_frequency") else n - 1
+        body.insert(0, " ".join(["VERY"] * (n - 1) + ["NICE"]) + ".")
+    tail = []
+    if ok("detectable_content:postscript"):
+        tail.append(f"P.S. I hope you like the {topic}.")
+    if ok("startend:end_checker"):
+        tail.append(kw["startend:end_checker"]["end_phrase"])
+    title = [f"<<The {topic.capitalize()}>>"] if ok("detectable_format:title") else []
+
+    def render(body):
+        text = "\n".join(title + [" ".join(body)] + tail)
+        return f'"{text}"' if ok("startend:quotation") else text
+
+    if "length_constraints:number_words" in kw:
+        n, rel = kw["length_constraints:number_words"]["num_words"], \
+            kw["length_constraints:number_words"]["relation"]
+        want_long = (rel == "at least") == ok("length_constraints:number_words")
+        if want_long:   # add sentences until the count reaches n
+            while ifeval.count_words(render(body)) < n:
+                body.append(rng.choice(pool).format(t=topic, a=rng.choice(adjectives)))
+        else:           # keep only what must stay, then one short sentence
+            keep = [s for s in body if s.startswith(("Think of", "I say", "VERY", "NICE"))]
+            body = keep + [f"The {topic} is {rng.choice(adjectives)}."]
+            while rel == "less than" and violate == "length_constraints:number_words" \
+                    and ifeval.count_words(render(body)) < n:
+                body.append(rng.choice(pool).format(t=topic, a=rng.choice(adjectives)))
+    return render(body)
+
+
+def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | None = None,
+              split: str = "train") -> list[dict]:
+    """n normalised rows; deterministic in (n, seed, teacher_accuracy). `exclude`: prompts to skip."""
+    rng = random.Random(seed)
+    rows, seen = [], set(exclude or ())
+    while len(rows) < n:
+        prompt, ids, kwargs = _prompt(rng)
+        if prompt in seen:
+            continue
+        seen.add(prompt)
+        correct = rng.random() < teacher_accuracy
+        violate = None if correct else rng.choice(ids)
+        response = teacher_response(rng, prompt, ids, kwargs, violate)
+        r = ifeval.reward(response, ids, kwargs, prompt)
+        if correct and r != 1.0:  # a correct teacher answer must pass: anything else is a bug
+            raise AssertionError(f"toy teacher bug: reward {r} for {prompt!r} -> {response!r}")
+        if not correct and r == 1.0:
+            continue  # the violation happened to be undone (e.g. "I" counts as a capital word)
+        rows.append({"prompt": prompt, "response": response, "instruction_id_list": ids,
+                     "kwargs": kwargs, "key": f"toy-{split}-{seed}-{len(rows)}"})
+    return rows
+
+
+def train_eval_rows(seed: int = 0, n_train: int = 2000, n_eval: int = 100,
+                    teacher_accuracy: float = 0.65) -> tuple[list[dict], list[dict]]:
+    """Disjoint train and evaluation sets (different seeds; shared prompts removed from eval)."""
+    train = make_rows(n_train, seed, teacher_accuracy, split="train")
+    evals = make_rows(n_eval, seed + 1_000_003, teacher_accuracy,
+                      exclude={r["prompt"] for r in train}, split="eval")
+    return train, evals
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer and model
+# ----------------------------------------------------------------------------------------------
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Qwen's chat format, without Qwen3's <think> block (the toy model never thinks). Extra template
+# variables such as enable_thinking=False are accepted and ignored.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+@functools.lru_cache(maxsize=4)
+def _bpe_json(vocab_size: int) -> str:
+    """Train the BPE once per process (about 2 s); callers get fresh tokenizer objects."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    rows = make_rows(3000, seed=12345, teacher_accuracy=0.5, split="tokenizer")
+    corpus = [r["prompt"] for r in rows] + [r["response"] for r in rows]
+    corpus += ["<|im_start|>user\n", "<|im_start|>assistant\n"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    return tok.to_str()
+
+
+def build_tokenizer(vocab_size: int = 768):
+    """Byte-level BPE trained on the toy corpus: deterministic, lossless on any text."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(_bpe_json(vocab_size))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", padding_side="left")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 4):
+    """A tiny Qwen3ForCausalLM (about 0.25 M parameters) with tied embeddings, random init."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=3 * hidden_size,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=hidden_size // 4, max_position_embeddings=512, tie_word_embeddings=True,
+        rope_theta=10000.0, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model

@@ -1,0 +1,150 @@
+"""UniAPL: Algorithm 1 (the adversarial coefficient), L_ADV, and the unified objective.
+
+The idea
+--------
+UniAPL (arXiv 2509.25148; v2 "AAPA") treats SFT and RL as one preference-learning problem and
+optimises, in every gradient step, one objective over a mixed batch:
+
+    L_unified = alpha * L_SFT + (1 - alpha) * L_GRPO + lambda_adv * L_ADV
+
+L_SFT imitates demonstrations (sft.py); L_GRPO rewards the policy's rollouts with verifiable
+instruction checks (grpo.py); L_ADV anchors the rollouts to the expert's distribution through a
+fixed discriminator (discriminator.py) that compares each rollout with the teacher's response.
+
+Algorithm 1 -- OUR RECONSTRUCTION
+---------------------------------
+The paper's Algorithm 1 is not public in any form we could read (PAPER.md). What is public: the
+discriminator is fixed, gives a sentence-level signal, compares rollouts with offline teacher
+responses, and works better as a separate loss than as reward shaping (an ablation). This file
+builds the simplest thing consistent with all of it. For a prompt x with teacher response y_E
+and rollouts y_1..y_G:
+
+    1. d_i    = D(x, y_E, y_i)                                        (frozen, no gradient)
+    2. c_i    = clip((d_i - mean_j d_j) / (std_j d_j + 1e-4), -c, c)  the adversarial coefficient
+    3. L_ADV  = the clipped per-token surrogate of GRPO with c_i in place of A_i, aggregated the
+                same way (token-level mean over the step's completion tokens), no KL term.
+
+So L_ADV is a policy gradient whose "advantage" says: this rollout is more (c_i > 0) or less
+(c_i < 0) expert-like than its siblings. Group normalisation makes it scale-free (POLAR's scores
+are unbounded, lexical ones lie in [0, 1]) and the clip at c = 2 (our choice) keeps one odd score
+from dominating. Then lambda_adv weighs it against a GRPO term of unit scale.
+
+Ablation (--adv-mode reward): no separate loss; instead r_i <- r_i + lambda_adv * d_i before the
+group normalisation of GRPO (reward shaping). The paper reports the separate loss as better.
+
+Methods are presets of the same step (DESIGN.md §3.6):
+
+    method   alpha   lambda_adv  rollouts on
+    sft      1       0           none
+    grpo     0       0           RL prompts
+    a-sft    1       > 0         demonstration prompts (ADV only, no verifier reward)
+    a-grpo   0       > 0         RL prompts
+    uniapl   0<a<1   > 0         RL prompts
+
+Our defaults where the paper is silent: alpha = 0.5 for uniapl, lambda_adv = 0.1 (the seed summary
+suggests sweeping 1e-4 ... 1e-2 for an unnormalised signal; ours is normalised to unit scale like
+an advantage, so 0.1 makes ADV a tenth of a GRPO-sized term -- eval.py's sweep covers 1e-4 ... 1e-1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import grpo
+
+METHODS = {  # method -> (alpha, uses the adversarial term, rollouts on)
+    "sft": (1.0, False, "none"),
+    "grpo": (0.0, False, "rl"),
+    "a-sft": (1.0, True, "demo"),
+    "a-grpo": (0.0, True, "rl"),
+    "uniapl": (0.5, True, "rl"),
+}
+DEFAULT_LAMBDA_ADV = 0.1
+DEFAULT_COEF_CLIP = 2.0
+
+
+@dataclass
+class Objective:
+    """The resolved weights of one method: what the step computes and how it sums the terms."""
+    method: str
+    alpha: float
+    lambda_adv: float
+    rollouts: str        # "none" | "rl" | "demo"
+    adv_mode: str        # "loss" | "reward"
+
+    @property
+    def uses_grpo(self) -> bool:
+        return self.alpha < 1
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.lambda_adv > 0
+
+    @property
+    def needs_demos(self) -> bool:
+        return self.alpha > 0 or self.uses_discriminator
+
+
+def resolve(method: str, alpha: float | None = None, lambda_adv: float | None = None,
+            adv_mode: str = "loss") -> Objective:
+    """The method's preset, with --alpha / --lambda-adv overrides checked against it."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    default_alpha, adversarial, rollouts = METHODS[method]
+    if alpha is not None and method != "uniapl" and alpha != default_alpha:
+        raise ValueError(f"--alpha {alpha} contradicts --method {method} (alpha = {default_alpha}); "
+                         "use --method uniapl to mix SFT and GRPO")
+    alpha = default_alpha if alpha is None else alpha
+    if method == "uniapl" and not 0 < alpha < 1:
+        raise ValueError(f"--method uniapl needs 0 < alpha < 1, got {alpha}")
+    if not adversarial and lambda_adv:
+        raise ValueError(f"--lambda-adv {lambda_adv} contradicts --method {method}, which has no "
+                         f"adversarial term; use a-{method} or uniapl")
+    lam = (DEFAULT_LAMBDA_ADV if lambda_adv is None else lambda_adv) if adversarial else 0.0
+    if adversarial and lam <= 0:
+        raise ValueError(f"--method {method} needs --lambda-adv > 0, got {lam}")
+    if adv_mode not in ("loss", "reward"):
+        raise ValueError(f"unknown --adv-mode {adv_mode!r} (loss or reward)")
+    if adv_mode == "reward" and not (adversarial and rollouts == "rl"):
+        raise ValueError("--adv-mode reward shapes the GRPO reward: use it with a-grpo or uniapl")
+    return Objective(method, alpha, lam, rollouts, adv_mode)
+
+
+def adversarial_coefficient(d: torch.Tensor, group_size: int, clip: float = DEFAULT_COEF_CLIP,
+                            eps: float = 1e-4) -> torch.Tensor:
+    """Algorithm 1, step 2: group-normalised, clipped discriminator scores; [R] -> [R]."""
+    return grpo.group_advantages(d, group_size, scale=True, eps=eps).clamp(-clip, clip)
+
+
+def adv_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2,
+             loss_type="token") -> tuple[torch.Tensor, dict]:
+    """Algorithm 1, step 3: GRPO's clipped surrogate driven by the adversarial coefficient."""
+    return grpo.policy_loss(logp, old_logp, coef, mask, eps_low=eps_low, eps_high=eps_high,
+                            beta=0.0, loss_type=loss_type)
+
+
+def unified_loss(obj: Objective, l_sft=None, l_grpo=None, l_adv=None) -> torch.Tensor:
+    """alpha * L_SFT + (1 - alpha) * L_GRPO + lambda_adv * L_ADV; absent terms contribute 0.
+
+    A term whose weight is 0 is not added at all (not even as 0 * L), so that alpha = 1,
+    lambda = 0 is *exactly* L_SFT and alpha = 0, lambda = 0 exactly L_GRPO, and a NaN in an
+    unused term cannot leak in.
+    """
+    total = None
+    for weight, term in ((obj.alpha, l_sft), (1 - obj.alpha, l_grpo), (obj.lambda_adv, l_adv)):
+        if weight and term is not None:
+            part = term if weight == 1 else weight * term
+            total = part if total is None else total + part
+    if total is None:
+        raise ValueError(f"method {obj.method}: no loss term was computed")
+    return total
+
+
+def discriminator_stats(d: torch.Tensor, r: torch.Tensor, coef: torch.Tensor) -> dict:
+    """Mean score, coefficient spread, and corr(d, r): high r with low d is reward hacking."""
+    stats = {"d_mean": float(d.mean()), "coef_std": float(coef.std()) if coef.numel() > 1 else 0.0}
+    if d.numel() > 1 and d.std() > 0 and r.std() > 0:
+        stats["corr_d_r"] = float(torch.corrcoef(torch.stack([d, r]))[0, 1])
+    return stats
