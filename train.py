@@ -106,7 +106,7 @@ def load_policy(name: str, device: torch.device, seed: int = 0):
     except OSError as e:
         where = "directory" if os.path.isdir(name) else "hub id"
         raise SystemExit(
-            f"cannot load model {name!r} ({where}): {str(e).splitlines()[0]}\n"
+            f"cannot load model {name!r} ({where}): {str(e).splitlines()[0]} "
             "Without network access to the Hugging Face hub, use a local directory, or run the "
             "embedded toy world: python train.py --model toy") from None
     if tokenizer.pad_token_id is None:
@@ -491,7 +491,7 @@ def main(argv=None) -> dict:
         with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(metrics) + "\n")
         bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reward", "sft/nll") if k in metrics})
-        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+        if args.save_every and ((step + 1) % args.save_every == 0 or step + 1 == args.steps):
             save_checkpoint(args.out, step + 1, model, tokenizer, optimizer, scheduler, sampler,
                             args.save_total_limit)
 

@@ -1,0 +1,158 @@
+"""train.py end to end on the toy world: every method, staged runs, exact resume, safety nets."""
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train
+
+TINY = ["--steps", "3", "--sft-batch-size", "2", "--rl-batch-size", "2", "--num-generations", "2",
+        "--max-completion-length", "12", "--eval-limit", "4", "--no-progress"]
+
+
+def run(out, *extra):
+    return train.main(TINY + ["--out", str(out), *extra])
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("sft", []), ("grpo", []), ("a-sft", []), ("a-grpo", []), ("uniapl", []),
+    ("uniapl", ["--adv-mode", "reward"]), ("grpo", ["--beta", "0.05", "--num-iterations", "2"]),
+])
+def test_every_method_runs_end_to_end(tmp_path, method, extra):
+    summary = run(tmp_path, "--method", method, *extra)
+    ms = metrics(tmp_path)
+    assert [m["step"] for m in ms] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in ms)
+    for name in ("config.json", "eval_start.json", "eval_final.json", "final/model.safetensors",
+                 "final/tokenizer.json", "final/uniapl.json"):
+        assert os.path.exists(tmp_path / name), name
+    final = json.load(open(tmp_path / "eval_final.json"))
+    assert {"prompt_strict", "inst_strict", "prompt_loose", "inst_loose"} <= set(final)
+    assert summary["after"] == final["prompt_strict"]
+    keys = set(ms[-1])
+    assert ("sft/nll" in keys) == (method in ("sft", "a-sft", "uniapl"))
+    assert ("grpo/loss" in keys) == (method in ("grpo", "a-grpo", "uniapl"))
+    assert ("adv/loss" in keys) == (method in ("a-sft", "a-grpo") or
+                                    (method == "uniapl" and "reward" not in extra))
+    if "--beta" in extra:
+        assert "grpo/kl" in keys
+
+
+def test_staged_pipeline_sft_then_grpo_from_the_saved_model(tmp_path):
+    run(tmp_path / "sft", "--method", "sft")
+    summary = run(tmp_path / "grpo", "--method", "grpo", "--model", str(tmp_path / "sft" / "final"))
+    cfg = json.load(open(tmp_path / "grpo" / "config.json"))
+    assert cfg["world"] == "toy" and cfg["dataset"] == "toy"      # the toy world carries over
+    # the second stage starts from the first stage's weights, not from a fresh init
+    a = load_file(str(tmp_path / "sft" / "final" / "model.safetensors"))
+    start = json.load(open(tmp_path / "grpo" / "eval_start.json"))
+    end_sft = json.load(open(tmp_path / "sft" / "eval_final.json"))
+    assert start["responses"] == end_sft["responses"]
+    assert summary["out"] == str(tmp_path / "grpo") and a
+
+
+def test_resume_gives_exactly_the_uninterrupted_run(tmp_path, monkeypatch):
+    args = ["--steps", "4", "--save-every", "2", "--method", "uniapl"]
+    run(tmp_path / "full", *args)
+
+    real_step = train.unified_step
+
+    def crash_at_third(step, *a, **k):
+        if step == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_step(step, *a, **k)
+
+    monkeypatch.setattr(train, "unified_step", crash_at_third)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", *args)
+    monkeypatch.setattr(train, "unified_step", real_step)
+    run(tmp_path / "cut", *args, "--resume", "auto")
+
+    full = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
+    cut = load_file(str(tmp_path / "cut" / "final" / "model.safetensors"))
+    assert full.keys() == cut.keys()
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("time/")} for m in ms]  # noqa: E731
+    assert strip(metrics(tmp_path / "full")) == strip(metrics(tmp_path / "cut"))
+    assert [m["step"] for m in metrics(tmp_path / "cut")] == [1, 2, 3, 4]
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
+    import sft
+    real = sft.sft_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        loss, stats = real(*a, **k)
+        calls["n"] += 1
+        return (loss * float("nan"), stats) if calls["n"] == 2 else (loss, stats)
+
+    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    with pytest.raises(train.NonFiniteError, match="step 2: non-finite .*l_sft = nan"):
+        run(tmp_path, "--method", "sft", "--save-every", "1")
+    ckpts = sorted(os.listdir(tmp_path / "checkpoints"))
+    assert ckpts == ["step-0000001"]
+    weights = load_file(str(tmp_path / "checkpoints" / ckpts[0] / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    real_save = torch.save
+    state = {"n": 0}
+
+    def failing_save(obj, path, *a, **k):
+        if str(path).endswith("trainer_state.pt"):
+            state["n"] += 1
+            if state["n"] == 2:
+                raise OSError(28, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(SystemExit, match="No space left on device.*earlier checkpoint is intact"):
+        run(tmp_path, "--method", "sft", "--save-every", "1")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-0000001"]   # no half directory
+    monkeypatch.setattr(torch, "save", real_save)
+    summary = run(tmp_path, "--method", "sft", "--save-every", "1", "--resume", "auto")
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3] and summary["after"] >= 0
+
+
+def test_operational_errors_are_one_clear_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit, match="is not writable"):
+        run(blocker / "sub")
+    with pytest.raises(SystemExit, match="CUDA is not available"):
+        train.pick_device("cuda")
+    with pytest.raises(SystemExit, match="cannot load model 'Qwen/Qwen3-0.6B'.*--model toy"):
+        train.load_policy("Qwen/Qwen3-0.6B", torch.device("cpu"))
+    run(tmp_path / "done", "--method", "sft")
+    with pytest.raises(SystemExit, match="already holds a run; use --resume auto"):
+        run(tmp_path / "done", "--method", "sft")
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        run(tmp_path / "empty", "--resume", "auto")
+
+
+def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    import discriminator
+    import eval as evaluation
+    import logprobs
+    monkeypatch.setattr(logprobs, "triton", None)
+    with pytest.raises(RuntimeError, match="pip install triton"):
+        logprobs.token_logprobs(torch.randn(2, 4), torch.randn(5, 4), torch.tensor([0, 1]),
+                                backend="triton")
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)
+    with pytest.raises(SystemExit, match="pip install sentencepiece"):
+        discriminator.PolarTokenizer(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(SystemExit, match="pip install matplotlib"):
+        evaluation._pyplot()
