@@ -20,7 +20,7 @@ So this file builds, deterministically from a seed:
   chat template and `<|im_end|>` as EOS. Why not bytes: measured while designing this, a 0.8M
   model on byte tokens learned nothing of a word-count task in 400 steps; on word tokens it
   reached 60-70% in 100 steps (DESIGN.md §4).
-* **a model**: `Qwen3ForCausalLM` with a tiny `Qwen3Config` (about 0.25 M parameters, tied
+* **a model**: `Qwen3ForCausalLM` with a tiny `Qwen3Config` (about 0.88 M parameters, tied
   embeddings like Qwen3-0.6B), random init.
 
 Train and evaluation prompts come from different seeds and any evaluation prompt that also occurs
@@ -228,8 +228,8 @@ def build_tokenizer(vocab_size: int = 768):
     return fast
 
 
-def build_model(tokenizer, seed: int = 0, hidden_size: int = 64, layers: int = 4):
-    """A tiny Qwen3ForCausalLM (about 0.25 M parameters) with tied embeddings, random init."""
+def build_model(tokenizer, seed: int = 0, hidden_size: int = 128, layers: int = 4):
+    """A tiny Qwen3ForCausalLM (about 0.88 M parameters) with tied embeddings, random init."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

@@ -48,7 +48,7 @@ from discriminator import load_discriminator
 
 # Defaults per world. Paper values are unknown (PAPER.md); README lists which of these are ours.
 DEFAULTS = {
-    "toy": dict(dataset="toy", eval_dataset="toy", learning_rate=2e-3, steps=300, warmup_steps=10,
+    "toy": dict(dataset="toy", eval_dataset="toy", learning_rate=1e-3, steps=300, warmup_steps=10,
                 num_generations=8, rl_batch_size=4, sft_batch_size=8, max_completion_length=64,
                 max_prompt_length=128, temperature=1.0, discriminator="lexical", eval_every=0,
                 save_every=100, gradient_checkpointing=False, eval_limit=None),
