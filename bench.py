@@ -164,6 +164,127 @@ def logprobs_table(rows, device: str, dtype: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# step: one full unified step at a model shape, with the share of time per phase
+# ----------------------------------------------------------------------------------------------
+
+# Qwen3-0.6B's shape (REFERENCE.md §4) and POLAR-1.8B's (InternLM2-1.8B), random weights.
+QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                 num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                 max_position_embeddings=40960, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
+                 tie_word_embeddings=True)
+POLAR_18B = dict(vocab_size=92544, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                 num_attention_heads=16, num_key_value_heads=8, rms_norm_eps=1e-5,
+                 rope_theta=1_000_000.0, max_position_embeddings=32768)
+
+
+def random_polar(tokenizer, device):
+    """A POLAR-1.8B-shaped scorer with random weights: times the discriminator honestly.
+
+    Inputs are built with the toy tokenizer (ids wrap into POLAR's vocabulary), so their lengths
+    match what POLAR's input string would be, give or take the tokenizer.
+    """
+    from transformers import LlamaConfig, LlamaModel
+
+    import discriminator as D
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    polar = D.Polar.__new__(D.Polar)   # skip __init__: no files, random weights of the real shape
+    with torch.device(device):
+        polar.model = LlamaModel(LlamaConfig(**POLAR_18B)).to(dtype).eval().requires_grad_(False)
+        polar.v_head = torch.nn.Linear(POLAR_18B["hidden_size"], 1, bias=False).to(dtype)
+    polar.device, polar.batch_size = device, 8
+    polar.tokenizer = type("Pad", (), {"pad_id": 0})()
+
+    def score(prompts, references, candidates):
+        ids = [tokenizer(f"{p}\n{r}<|reward|>{p}\n{c}", add_special_tokens=False)["input_ids"]
+               for p, r, c in zip(prompts, references, candidates)]
+        return polar.score_ids([[1] + [i % POLAR_18B["vocab_size"] for i in x] + [92527] for x in ids])
+    polar.score = score
+    return polar
+
+
+def bench_step(args) -> dict:
+    import data
+    import toy
+    import train
+    import uniapl
+    from discriminator import load_discriminator
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = toy.build_tokenizer()
+    torch.manual_seed(0)
+    if args.model_shape == "toy":
+        model = toy.build_model(tokenizer).to(device)
+    else:
+        from transformers import Qwen3Config, Qwen3ForCausalLM
+        cfg = Qwen3Config(**QWEN3_06B, eos_token_id=tokenizer.eos_token_id,
+                          pad_token_id=tokenizer.pad_token_id)
+        with torch.device(device):
+            model = Qwen3ForCausalLM(cfg)   # fp32 master weights; bf16 autocast on CUDA
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    cli = ["--model", "toy", "--method", args.method, "--num-generations", str(args.num_generations),
+           "--rl-batch-size", str(args.rl_batch_size), "--sft-batch-size", str(args.sft_batch_size),
+           "--max-completion-length", str(args.max_completion_length), "--out", "unused",
+           "--logprobs-backend", args.logprobs_backend]
+    targs = train.parse_args(cli)
+    if args.model_shape != "toy" and device.type == "cuda":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    obj = uniapl.resolve(targs.method, targs.alpha, targs.lambda_adv, targs.adv_mode)
+    rows, _ = toy.train_eval_rows(0, n_train=max(64, 4 * args.rl_batch_size), n_eval=1)
+    sampler = data.MixedSampler(rows, rows, targs.sft_batch_size, targs.rl_batch_size, 0)
+    if not obj.uses_discriminator:
+        disc = None
+    elif args.discriminator == "polar-shape":
+        disc = random_polar(tokenizer, device)
+    else:
+        disc = load_discriminator(args.discriminator, None, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    steps = []
+    for i in range(args.warmup + args.repeats):
+        t0 = time.perf_counter()
+        m = train.unified_step(i, model, tokenizer, sampler.next(), obj, targs, optimizer, scheduler,
+                               disc, None)
+        m["time/total"] = time.perf_counter() - t0
+        if i >= args.warmup:
+            steps.append(m)
+    phases = sorted(k for k in steps[0] if k.startswith("time/") and k != "time/total")
+    total = statistics.median(s["time/total"] for s in steps)
+    gen_tokens = statistics.median(s["completion_len"] * targs.rl_batch_size * targs.num_generations
+                                   for s in steps) if "completion_len" in steps[0] else 0
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    result = {"device": device_name(device.type), "model_shape": args.model_shape,
+              "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+              "method": args.method, "discriminator": args.discriminator,
+              "rollouts": targs.rl_batch_size * targs.num_generations,
+              "max_completion_length": targs.max_completion_length,
+              "demos": targs.sft_batch_size, "median_step_s": total,
+              "generated_tokens_per_step": gen_tokens, "generated_tokens_per_s": gen_tokens / total,
+              "peak_memory_GiB": peak / 2**30,
+              "share": {p[5:]: statistics.median(s.get(p, 0) for s in steps) / total for p in phases},
+              "steps": steps}
+    lines = [f"one unified step ({args.method}), {args.model_shape} shape "
+             f"({result['params_M']:.2f} M parameters) on {result['device']}: "
+             f"{result['rollouts']} rollouts of up to {targs.max_completion_length} tokens + "
+             f"{targs.sft_batch_size} demonstrations, discriminator {args.discriminator}",
+             f"median step {total:.2f} s, {gen_tokens:.0f} generated tokens "
+             f"({result['generated_tokens_per_s']:.0f} tokens/s), peak memory "
+             f"{result['peak_memory_GiB']:.2f} GiB", "",
+             "| phase | share of step time |", "|---|---|"]
+    lines += [f"| {p} | {v:.1%} |" for p, v in result["share"].items()]
+    print("\n".join(lines))
+    os.makedirs(args.out, exist_ok=True)
+    name = f"step_{args.model_shape}_{device.type}"
+    with open(os.path.join(args.out, name + ".json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(args.out, name + ".md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------
 
@@ -179,11 +300,35 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--dtype", choices=["fp32", "bf16"])
     p.add_argument("--n", type=int, nargs="+", help="token counts for logprobs")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats (logprobs 3, step 2)")
     p.add_argument("--out", default="bench_out", help="directory for JSON/markdown results")
+    s = p.add_argument_group("step")
+    s.add_argument("--model-shape", choices=["toy", "qwen3-0.6b"], default="toy")
+    s.add_argument("--method", default="uniapl")
+    s.add_argument("--discriminator", default=None, choices=["lexical", "polar-shape"],
+                   help="default: polar-shape (random POLAR-1.8B) for qwen3-0.6b, lexical for toy")
+    s.add_argument("--num-generations", type=int, default=8)
+    s.add_argument("--rl-batch-size", type=int, default=8)
+    s.add_argument("--sft-batch-size", type=int, default=8)
+    s.add_argument("--max-completion-length", type=int, default=None, help="512 (qwen3), 64 (toy)")
+    s.add_argument("--logprobs-backend", default="auto")
+    s.add_argument("--warmup", type=int, default=1)
     args = p.parse_args(argv)
-    if args.what == "logprobs" or args.suite:
+    if args.suite == "gpu":   # everything a lent GPU should measure, in one call
+        args.device = "cuda"
+        args.repeats = args.repeats or 3
         bench_logprobs(args)
+        args.model_shape, args.repeats = "qwen3-0.6b", 2
+    if args.what == "logprobs" and not args.suite:
+        args.repeats = args.repeats or 3
+        bench_logprobs(args)
+        return
+    if args.what == "step" or args.suite:
+        args.repeats = args.repeats or 2
+        qwen = args.model_shape == "qwen3-0.6b"
+        args.discriminator = args.discriminator or ("polar-shape" if qwen else "lexical")
+        args.max_completion_length = args.max_completion_length or (512 if qwen else 64)
+        bench_step(args)
 
 
 if __name__ == "__main__":

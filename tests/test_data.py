@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import data
 
@@ -157,3 +158,51 @@ def test_generate_demos_keeps_only_verified(model, tok, toy_rows):
                                       show_progress=False)
     assert stats["total"] == 6 and stats["kept"] == len(kept)
     assert stats["kept"] + stats["empty"] + stats["failed_checks"] == 6
+
+
+def test_cli_convert_and_demos_with_the_toy_model_as_teacher(tmp_path, model, tok, toy_rows, capsys):
+    model.save_pretrained(tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    src = tmp_path / "rows.jsonl"
+    data.write_jsonl([dict(r, response=None) for r in toy_rows[1][:6]], str(src))
+    data.main(["convert", "--dataset", str(src), "--out", str(tmp_path / "conv.jsonl")])
+    assert len(data.load_rows(str(tmp_path / "conv.jsonl"))) == 6
+    data.main(["demos", "--teacher", str(tmp_path / "teacher"), "--dataset", str(src),
+               "--out", str(tmp_path / "demos.jsonl"), "--max-new-tokens", "8", "--batch-size", "4"])
+    out = capsys.readouterr().out
+    assert "of 6 teacher responses" in out
+    kept = [json.loads(line) for line in open(tmp_path / "demos.jsonl")]
+    import ifeval
+    assert all(ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"]) == 1 for r in kept)
+    assert f"kept {len(kept)} of 6" in out
+    with pytest.raises(SystemExit, match="cannot load teacher"):
+        data.main(["demos", "--teacher", str(tmp_path / "none"), "--dataset", str(src),
+                   "--out", str(tmp_path / "x.jsonl")])
+
+
+def test_generate_demos_filter_with_a_scripted_teacher(tok, toy_rows):
+    """A stand-in teacher that 'generates' the toy teacher's answers: kept = the verified ones."""
+    import ifeval
+    rows = toy_rows[0][:12]
+    answers = [tok(r["response"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+               for r in rows]
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.i = torch.nn.Parameter(torch.zeros(1)), 0
+
+        def generate(self, input_ids, **_):
+            out = answers[self.i:self.i + len(input_ids)]
+            self.i += len(input_ids)
+            width = max(map(len, out))
+            pad = [a + [tok.pad_token_id] * (width - len(a)) for a in out]
+            return torch.cat([input_ids, torch.tensor(pad)], 1)
+
+    kept, stats = data.generate_demos(Scripted(), tok, rows, batch_size=5, show_progress=False)
+    correct = [r for r in rows if ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"]) == 1]
+    assert 0 < len(correct) < len(rows)
+    assert [r["key"] for r in kept] == [r["key"] for r in correct]
+    assert [r["response"] for r in kept] == [r["response"] for r in correct]
+    assert stats == {"total": 12, "kept": len(correct), "empty": 0,
+                     "failed_checks": 12 - len(correct)}
