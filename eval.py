@@ -188,25 +188,42 @@ def read_metrics(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(run_dirs: list[str], path: str) -> None:
+def _smooth(ys: list[float], window: int) -> list[float]:
+    """Trailing moving average (per-step metrics of RL are noisy; eval points are not smoothed)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y - (ys[i - window] if i >= window else 0.0)
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_curves(run_dirs: list[str], path: str, labels: list[str] | None = None,
+                smooth: int = 10) -> None:
+    """Reward, IF accuracy, losses and completion length against the step, one line per run."""
     plt = _pyplot()
-    runs = {os.path.basename(os.path.normpath(d)): read_metrics(d) for d in run_dirs}
+    labels = labels or [os.path.normpath(d) for d in run_dirs]
+    runs = dict(zip(labels, (read_metrics(d) for d in run_dirs)))
     present = [(k, t) for k, t in CURVES if any(k in m for ms in runs.values() for m in ms)]
     cols = 2
     fig, axes = plt.subplots((len(present) + 1) // cols, cols,
                              figsize=(10, 2.8 * ((len(present) + 1) // cols)), squeeze=False)
     for ax, (key, title) in zip(axes.flat, present):
-        for name, ms in runs.items():
+        for color, (name, ms) in enumerate(runs.items()):   # one colour per run in every panel
             pts = [(m["step"], m[key]) for m in ms if key in m and m[key] is not None]
             if pts:
-                ax.plot(*zip(*pts), label=name, marker="o" if key.startswith("eval/") else None,
-                        markersize=3, linewidth=1)
-        ax.set_title(title, fontsize=10)
+                xs, ys = zip(*pts)
+                is_eval = key.startswith("eval/")
+                ax.plot(xs, ys if is_eval else _smooth(list(ys), smooth), label=name,
+                        color=f"C{color}", marker="o" if is_eval else None, markersize=3,
+                        linewidth=1)
+        ax.set_title(title + ("" if key.startswith("eval/") else f" (moving avg {smooth})"),
+                     fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     for ax in list(axes.flat)[len(present):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=f"C{i}", label=name) for i, name in enumerate(runs)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.03 * ((len(handles) + 2) // 3), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

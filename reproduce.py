@@ -134,9 +134,10 @@ def plots(results: list[dict], out: str) -> None:
     import eval as evaluation
     plt = evaluation._pyplot()
     first = min(r["seed"] for r in results)
-    runs = [r["run_dir"] for name in ("sft", "grpo", "a-grpo", "uniapl")
-            for r in results if r["name"] == name and r["seed"] == first]
-    evaluation.plot_curves(runs, os.path.join(out, "toy_curves.png"))
+    picked = [r for name in ("sft", "grpo", "a-grpo", "uniapl", "sft -> grpo")
+              for r in results if r["name"] == name and r["seed"] == first]
+    evaluation.plot_curves([r["run_dir"] for r in picked], os.path.join(out, "toy_curves.png"),
+                           labels=[f"{r['name']} (seed {first})" for r in picked])
     pts = [(lam, [r["accuracy"] for r in results if r["name"] == n]) for n, lam in SWEEP.items()]
     pts = [(lam, accs) for lam, accs in pts if accs]
     if pts:
@@ -167,7 +168,11 @@ def main(argv=None):
     p.add_argument("--out", default="results")
     p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test of the pipeline")
     p.add_argument("--machine", default=None, help="what to call this machine in the table")
+    p.add_argument("--replot", action="store_true", help="redraw the plots from OUT/toy_table.json")
     args = p.parse_args(argv)
+    if args.replot:
+        plots(json.load(open(os.path.join(args.out, "toy_table.json")))["results"], args.out)
+        return None
     extra = []
     if args.quick:
         args.seeds, args.steps, extra = args.seeds[:1], 4, QUICK

@@ -413,6 +413,8 @@ def main(argv=None) -> dict:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()   # our own progress bar is enough
 
     # --- Load: policy, data, reference (only if beta > 0), discriminator (only if used). ---
     model, tokenizer = load_policy(args.model, device, seed=args.seed)
@@ -424,15 +426,19 @@ def main(argv=None) -> dict:
     eval_rows = data.load_rows(args.eval_dataset, "eval" if args.eval_dataset == "toy" else "train",
                                **load)[:args.eval_limit]
     data.check_prompt_lengths(train_rows, tokenizer, args.max_prompt_length, args.dataset)
-    demos = data.require_responses(train_rows, args.dataset, args.method) if obj.needs_demos else []
-    prompts = train_rows
+    demos, prompts = train_rows, train_rows             # --pool-split shared (the default)
     if args.pool_split == "disjoint":
-        half = len(train_rows) // 2
-        demos, prompts = [r for r in demos if r in train_rows[:half]], train_rows[half:]
+        demos, prompts = train_rows[:len(train_rows) // 2], train_rows[len(train_rows) // 2:]
+    demos = data.require_responses(demos, args.dataset, args.method) if obj.needs_demos else []
+    if obj.uses_discriminator and obj.rollouts == "rl":
+        # L_ADV compares each rollout with the teacher's answer to its prompt: RL prompts need one.
+        with_ref = data.require_responses(prompts, args.dataset, args.method)
+        if len(with_ref) < len(prompts):
+            print(f"[data] {len(prompts) - len(with_ref)} of {len(prompts)} RL prompts have no teacher "
+                  "response (the discriminator's reference) and are not used as RL prompts")
+        prompts = with_ref
     sampler = data.MixedSampler(demos, prompts, args.sft_batch_size if obj.alpha > 0 else 0,
                                 args.rl_batch_size if obj.rollouts == "rl" else 0, args.seed)
-    if obj.rollouts == "demo":   # a-sft: the demonstrations' prompts are rolled out
-        sampler.sizes["sft"] = max(args.sft_batch_size, 1)
     ref_model = None
     if args.beta > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
