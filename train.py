@@ -407,6 +407,8 @@ def prepare_out(out: str, resuming: bool) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     obj = uniapl.resolve(args.method, args.alpha, args.lambda_adv, args.adv_mode)
+    if args.save_total_limit < 1 or args.steps < 1:
+        raise SystemExit("--save-total-limit and --steps must be at least 1")
     if obj.rollouts != "none" and args.num_generations < 2:
         raise SystemExit("--num-generations must be at least 2 (advantages are relative to the group)")
     random.seed(args.seed)
