@@ -314,6 +314,8 @@ def main(argv=None):
     s.add_argument("--logprobs-backend", default="auto")
     s.add_argument("--warmup", type=int, default=1)
     args = p.parse_args(argv)
+    if (args.suite == "gpu" or args.device == "cuda") and not torch.cuda.is_available():
+        raise SystemExit("bench.py: --suite gpu / --device cuda need a CUDA GPU (none is visible)")
     if args.suite == "gpu":   # everything a lent GPU should measure, in one call
         args.device = "cuda"
         args.repeats = args.repeats or 3
