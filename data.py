@@ -296,11 +296,15 @@ class MixedSampler:
                                 f"{self.sizes[name]}")
         self.seed = seed
         self.state = {name: {"epoch": 0, "pos": 0} for name in self.pools}
+        self._orders: dict[str, tuple[int, list[int]]] = {}   # name -> (epoch, its permutation)
 
     def _order(self, name: str, epoch: int) -> list[int]:
-        order = list(range(len(self.pools[name])))
-        random.Random(f"{self.seed}-{name}-{epoch}").shuffle(order)
-        return order
+        """The epoch's permutation; shuffled once per epoch, not once per row drawn."""
+        if self._orders.get(name, (None,))[0] != epoch:
+            order = list(range(len(self.pools[name])))
+            random.Random(f"{self.seed}-{name}-{epoch}").shuffle(order)
+            self._orders[name] = (epoch, order)
+        return self._orders[name][1]
 
     def _take(self, name: str) -> list[dict]:
         out, st = [], self.state[name]

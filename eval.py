@@ -27,6 +27,7 @@ The idea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -42,11 +43,11 @@ from logprobs import sequence_logprobs
 
 def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: int,
                        batch_size: int = 32, greedy: bool = True, temperature: float = 1.0,
-                       autocast=None) -> tuple[list[str], list[int]]:
+                       autocast=contextlib.nullcontext) -> tuple[list[str], list[int]]:
     """One response per prompt; returns (texts, lengths in tokens incl. EOS)."""
     texts, lengths = [], []
     for i in range(0, len(prompts), batch_size):
-        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+        with autocast():
             ro = grpo.generate(model, tokenizer, prompts[i:i + batch_size], 1, greedy=greedy,
                                temperature=temperature, max_new_tokens=max_new_tokens)
         texts += ro.texts
@@ -55,7 +56,7 @@ def generate_responses(model, tokenizer, prompts: list[str], *, max_new_tokens: 
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
-                   batch_size: int = 32, autocast=None) -> dict:
+                   batch_size: int = 32, autocast=contextlib.nullcontext) -> dict:
     """Greedy responses and IFEval's metrics; the dict also carries the responses."""
     texts, _ = generate_responses(model, tokenizer, [r["prompt"] for r in rows],
                                   max_new_tokens=max_new_tokens, batch_size=batch_size,

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -185,7 +186,6 @@ def main(argv=None):
               "dir": os.path.join(runs_dir, f"{name.replace(' ', '').replace(',', '_')}-s{seed}")}
              for seed in args.seeds for name, stages in CONFIGS]
     for s in specs:   # a fresh run directory each time
-        import shutil
         shutil.rmtree(s["dir"], ignore_errors=True)
     t0 = time.perf_counter()
     results = []

@@ -88,10 +88,11 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def autocast_for(device: torch.device):
-    """bf16 autocast on CUDA (fp32 master weights stay in the optimizer); nothing on the CPU."""
+    """A context factory: bf16 autocast on CUDA (fp32 master weights stay in the optimizer),
+    a no-op on the CPU."""
     if device.type == "cuda":
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return None
+    return contextlib.nullcontext
 
 
 def load_policy(name: str, device: torch.device, seed: int = 0):
@@ -180,18 +181,23 @@ def save_checkpoint(out: str, step: int, model, tokenizer, optimizer, scheduler,
     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
              "sampler": sampler.state_dict(), "rng": rng_state()}
     save_pretrained_atomic(model, tokenizer, path, {"trainer_state.pt": state})
-    for old in sorted(d for d in os.listdir(ckpt_dir) if d.startswith("step-")
-                      and "." not in d)[:-keep]:
+    for old in _checkpoints(ckpt_dir)[:-keep]:
         shutil.rmtree(os.path.join(ckpt_dir, old), ignore_errors=True)
     return path
+
+
+def _checkpoints(ckpt_dir: str) -> list[str]:
+    """Finished checkpoint directories, oldest first (step-N.tmp-* / .old-* are in-flight writes)."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return sorted(d for d in os.listdir(ckpt_dir) if d.startswith("step-") and "." not in d)
 
 
 def find_checkpoint(resume: str, out: str) -> str:
     if resume != "auto":
         return resume
     ckpt_dir = os.path.join(out, "checkpoints")
-    found = sorted(d for d in os.listdir(ckpt_dir) if d.startswith("step-") and "." not in d) \
-        if os.path.isdir(ckpt_dir) else []
+    found = _checkpoints(ckpt_dir)
     if not found:
         raise SystemExit(f"--resume auto: no checkpoint in {ckpt_dir}")
     return os.path.join(ckpt_dir, found[-1])
@@ -252,7 +258,7 @@ def unified_step(step, model, tokenizer, batch, obj, args, optimizer, scheduler,
     sft_rows, rl_rows = batch
     device = next(model.parameters()).device
     timer = Timer(device)
-    amp = autocast_for(device) or contextlib.nullcontext
+    amp = autocast_for(device)
     metrics, G = {"step": step + 1}, args.num_generations
 
     # 1. Rollouts: G samples per prompt from the current policy (RL prompts, or demo prompts
