@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -30,9 +29,11 @@ import time
 
 import torch
 
+import dist
 import logprobs
+import settings
 
-QWEN3_H, QWEN3_V = 1024, 151936  # Qwen3-0.6B hidden size and vocabulary (REFERENCE.md §4)
+QWEN3_H, QWEN3_V = 1024, 151936  # Qwen3-0.6B's hidden size and vocabulary (its config.json)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,12 +99,6 @@ def measure_one(variant: str, n: int, mode: str, device: str, dtype: str, repeat
             "times_s": times}
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
 def bench_logprobs(args) -> list[dict]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
@@ -133,13 +128,13 @@ def bench_logprobs(args) -> list[dict]:
                 print(f"  {variant:6s} N={n:6d} {mode:7s}: extra peak "
                       f"{row['extra_peak_bytes'] / 2**20:9.1f} MiB, median {row['median_s']:.4f} s",
                       flush=True)
-    table = logprobs_table(rows, device_name(device), dtype)
+    table = logprobs_table(rows, dist.device_name(device), dtype)
     print("\n" + table)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"logprobs_{device}.json"), "w") as f:
-        json.dump({"device": device_name(device), "dtype": dtype, "H": QWEN3_H, "V": QWEN3_V,
+    with open(os.path.join(args.out, f"bench_logprobs_{device}.json"), "w") as f:
+        json.dump({"device": dist.device_name(device), "dtype": dtype, "H": QWEN3_H, "V": QWEN3_V,
                    "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, f"logprobs_{device}.md"), "w") as f:
+    with open(os.path.join(args.out, f"bench_logprobs_{device}.md"), "w") as f:
         f.write(table + "\n")
     return rows
 
@@ -167,7 +162,7 @@ def logprobs_table(rows, device: str, dtype: str) -> str:
 # step: one full unified step at a model shape, with the share of time per phase
 # ----------------------------------------------------------------------------------------------
 
-# Qwen3-0.6B's shape (REFERENCE.md §4) and POLAR-1.8B's (InternLM2-1.8B), random weights.
+# Qwen3-0.6B's shape (its config.json) and POLAR-1.8B's (InternLM2-1.8B), random weights.
 QWEN3_06B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                  num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                  max_position_embeddings=40960, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
@@ -209,6 +204,11 @@ def bench_step(args) -> dict:
     import uniapl
     from discriminator import load_discriminator
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    world = "toy" if args.model_shape == "toy" else "real"
+    overrides = {k: getattr(args, k) for k in ("method", "num_generations", "rl_batch_size",
+                                                "sft_batch_size", "max_completion_length",
+                                                "logprobs_backend") if getattr(args, k) is not None}
+    targs = settings.Settings.for_world(world, **overrides)    # the world's defaults otherwise
     tokenizer = toy.build_tokenizer()
     torch.manual_seed(0)
     if args.model_shape == "toy":
@@ -221,17 +221,13 @@ def bench_step(args) -> dict:
             model = Qwen3ForCausalLM(cfg)   # fp32 master weights; bf16 autocast on CUDA
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    cli = ["--model", "toy", "--method", args.method, "--num-generations", str(args.num_generations),
-           "--rl-batch-size", str(args.rl_batch_size), "--sft-batch-size", str(args.sft_batch_size),
-           "--max-completion-length", str(args.max_completion_length), "--out", "unused",
-           "--logprobs-backend", args.logprobs_backend]
-    targs = train.parse_args(cli)
-    if args.model_shape != "toy" and device.type == "cuda":
+    if targs.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    obj = uniapl.resolve(targs.method, targs.alpha, targs.lambda_adv, targs.adv_mode)
-    rows, _ = toy.train_eval_rows(0, n_train=max(64, 4 * args.rl_batch_size), n_eval=1)
+    objective = uniapl.resolve(targs.method, targs.alpha, targs.lambda_adv, targs.adv_mode,
+                               targs.adv_coef_clip)
+    rows, _ = toy.train_eval_rows(0, n_train=max(64, 4 * targs.rl_batch_size), n_eval=1)
     sampler = data.MixedSampler(rows, rows, targs.sft_batch_size, targs.rl_batch_size, 0)
-    if not obj.uses_discriminator:
+    if not objective.uses_discriminator:
         disc = None
     elif args.discriminator == "polar-shape":
         disc = random_polar(tokenizer, device)
@@ -239,13 +235,14 @@ def bench_step(args) -> dict:
         disc = load_discriminator(args.discriminator, None, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    step_settings = train.StepSettings.from_settings(targs)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     steps = []
     for i in range(args.warmup + args.repeats):
         t0 = time.perf_counter()
-        m = train.unified_step(i, model, tokenizer, sampler.next(), obj, targs, optimizer, scheduler,
-                               disc, None)
+        m = train.unified_step(model, tokenizer, sampler.next(), objective, step_settings,
+                               optimizer, scheduler, disc, None, i)
         m["time/total"] = time.perf_counter() - t0
         if i >= args.warmup:
             steps.append(m)
@@ -255,9 +252,9 @@ def bench_step(args) -> dict:
                                    for s in steps) if "completion_len" in steps[0] else 0
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result = {"device": device_name(device.type), "model_shape": args.model_shape,
+    result = {"device": dist.device_name(device.type), "model_shape": args.model_shape,
               "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-              "method": args.method, "discriminator": args.discriminator,
+              "method": targs.method, "discriminator": args.discriminator,
               "rollouts": targs.rl_batch_size * targs.num_generations,
               "max_completion_length": targs.max_completion_length,
               "demos": targs.sft_batch_size, "median_step_s": total,
@@ -265,7 +262,7 @@ def bench_step(args) -> dict:
               "peak_memory_GiB": peak / 2**30,
               "share": {p[5:]: statistics.median(s.get(p, 0) for s in steps) / total for p in phases},
               "steps": steps}
-    lines = [f"one unified step ({args.method}), {args.model_shape} shape "
+    lines = [f"one unified step ({targs.method}), {args.model_shape} shape "
              f"({result['params_M']:.2f} M parameters) on {result['device']}: "
              f"{result['rollouts']} rollouts of up to {targs.max_completion_length} tokens + "
              f"{targs.sft_batch_size} demonstrations, discriminator {args.discriminator}",
@@ -276,7 +273,7 @@ def bench_step(args) -> dict:
     lines += [f"| {p} | {v:.1%} |" for p, v in result["share"].items()]
     print("\n".join(lines))
     os.makedirs(args.out, exist_ok=True)
-    name = f"step_{args.model_shape}_{device.type}"
+    name = f"bench_step_{args.model_shape}_{device.type}"
     with open(os.path.join(args.out, name + ".json"), "w") as f:
         json.dump(result, f, indent=1)
     with open(os.path.join(args.out, name + ".md"), "w") as f:
@@ -304,14 +301,14 @@ def main(argv=None):
     p.add_argument("--out", default="bench_out", help="directory for JSON/markdown results")
     s = p.add_argument_group("step")
     s.add_argument("--model-shape", choices=["toy", "qwen3-0.6b"], default="toy")
-    s.add_argument("--method", default="uniapl")
+    s.add_argument("--method", default=None, help="default: the world's (uniapl)")
     s.add_argument("--discriminator", default=None, choices=["lexical", "polar-shape"],
                    help="default: polar-shape (random POLAR-1.8B) for qwen3-0.6b, lexical for toy")
-    s.add_argument("--num-generations", type=int, default=8)
-    s.add_argument("--rl-batch-size", type=int, default=8)
-    s.add_argument("--sft-batch-size", type=int, default=8)
-    s.add_argument("--max-completion-length", type=int, default=None, help="512 (qwen3), 64 (toy)")
-    s.add_argument("--logprobs-backend", default="auto")
+    s.add_argument("--num-generations", type=int, default=None, help="default: the world's")
+    s.add_argument("--rl-batch-size", type=int, default=None, help="default: the world's")
+    s.add_argument("--sft-batch-size", type=int, default=None, help="default: the world's")
+    s.add_argument("--max-completion-length", type=int, default=None, help="default: the world's")
+    s.add_argument("--logprobs-backend", default=None)
     s.add_argument("--warmup", type=int, default=1)
     args = p.parse_args(argv)
     if (args.suite == "gpu" or args.device == "cuda") and not torch.cuda.is_available():
@@ -329,7 +326,6 @@ def main(argv=None):
         args.repeats = args.repeats or 2
         qwen = args.model_shape == "qwen3-0.6b"
         args.discriminator = args.discriminator or ("polar-shape" if qwen else "lexical")
-        args.max_completion_length = args.max_completion_length or (512 if qwen else 64)
         bench_step(args)
 
 

@@ -136,17 +136,56 @@ def require_responses(rows: list[dict], source: str, method: str) -> list[dict]:
     if not demos:
         raise DataError(f"{source}: method {method!r} needs teacher responses (field 'response'), "
                         f"but none of its {len(rows)} rows has one. Generate them with "
-                        f"`python data.py demos --teacher MODEL --dataset {source} --out demos.jsonl`.")
+                        f"`python evaluate.py --model TEACHER --dataset {source} --write-verified demos.jsonl`.")
     return demos
 
 
-def check_prompt_lengths(rows: list[dict], tokenizer, max_prompt_length: int, source: str) -> None:
-    """An over-long prompt is an error (truncating it could cut the instructions off)."""
+def check_prompt_lengths(rows: list[dict], tokenizer, max_prompt_length: int, source: str, *,
+                         strict: bool = False) -> list[dict]:
+    """Rows whose chat-templated prompt fits; over-long ones are left out and counted.
+
+    A prompt is never truncated (that could cut its instructions off). By default an over-long
+    prompt is left out and the count and the first few are printed -- one long prompt should not
+    stop a 56,339-row run; `strict=True` (--strict-prompt-length) makes the first one an error.
+    """
+    kept, too_long = [], []
     for i, row in enumerate(rows):
         n = len(tokenizer(chat_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"])
-        if n > max_prompt_length:
-            raise DataError(f"{_where(source, i, row)}: field 'prompt' is {n} tokens after the chat "
-                            f"template, over --max-prompt-length {max_prompt_length}")
+        if n <= max_prompt_length:
+            kept.append(row)
+            continue
+        msg = (f"{_where(source, i, row)}: field 'prompt' is {n} tokens after the chat template, "
+               f"over --max-prompt-length {max_prompt_length}")
+        if strict:
+            raise DataError(msg)
+        too_long.append(msg)
+    if too_long:
+        print(f"[data] {source}: left out {len(too_long)} of {len(rows)} rows whose prompt is over "
+              f"--max-prompt-length {max_prompt_length} (--strict-prompt-length stops instead):",
+              file=sys.stderr)
+        for msg in too_long[:3]:
+            print(f"    {msg}", file=sys.stderr)
+    if not kept:
+        raise DataError(f"{source}: every prompt is over --max-prompt-length {max_prompt_length}")
+    return kept
+
+
+def training_pools(rows: list[dict], source: str, method: str, pool_split: str, *,
+                   needs_demos: bool, rl_needs_reference: bool) -> tuple[list[dict], list[dict]]:
+    """(demonstrations, RL prompts) for the mixed sampler; rows without what a pool needs are
+    left out with a message (never silently)."""
+    demos, prompts = rows, rows                     # pool_split "shared" (the default)
+    if pool_split == "disjoint":
+        demos, prompts = rows[:len(rows) // 2], rows[len(rows) // 2:]
+    demos = require_responses(demos, source, method) if needs_demos else []
+    if rl_needs_reference:
+        # L_ADV compares each rollout with the teacher's answer to its prompt: RL prompts need one.
+        with_ref = require_responses(prompts, source, method)
+        if len(with_ref) < len(prompts):
+            print(f"[data] {len(prompts) - len(with_ref)} of {len(prompts)} RL prompts have no teacher "
+                  "response (the discriminator's reference) and are not used as RL prompts")
+        prompts = with_ref
+    return demos, prompts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,6 +318,12 @@ def demo_batch(tokenizer, rows: list[dict], max_response_length: int) -> DemoBat
         truncated=truncated)
 
 
+@dataclass
+class MixedBatch:
+    demos: list[dict]     # rows used as demonstrations (L_SFT; a-sft also rolls them out)
+    prompts: list[dict]   # RL prompts, each rolled out G times (L_GRPO, L_ADV)
+
+
 class MixedSampler:
     """Per step: `sft_batch_size` demonstrations and `rl_batch_size` RL prompts.
 
@@ -316,8 +361,8 @@ class MixedSampler:
                 st["epoch"], st["pos"] = st["epoch"] + 1, 0
         return out
 
-    def next(self) -> tuple[list[dict], list[dict]]:
-        return self._take("sft"), self._take("rl")
+    def next(self) -> MixedBatch:
+        return MixedBatch(self._take("sft"), self._take("rl"))
 
     def state_dict(self) -> dict:
         return json.loads(json.dumps(self.state))
@@ -327,81 +372,21 @@ class MixedSampler:
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI: convert a source to JSONL; generate verified teacher demonstrations
+# CLI: convert a source to JSONL (teacher demonstrations: `python evaluate.py --write-verified`)
 # ----------------------------------------------------------------------------------------------
 
-def generate_demos(teacher, tokenizer, rows: list[dict], *, batch_size: int = 16,
-                   max_new_tokens: int = 512, show_progress: bool = True) -> tuple[list[dict], dict]:
-    """Greedy teacher responses for `rows`, keeping only those with ifeval.reward == 1."""
-    from tqdm import tqdm
-    kept, stats = [], {"total": len(rows), "kept": 0, "empty": 0, "failed_checks": 0}
-    device = next(teacher.parameters()).device
-    teacher.eval()
-    for i in tqdm(range(0, len(rows), batch_size), disable=not show_progress, desc="demos"):
-        chunk = rows[i:i + batch_size]
-        input_ids, mask = encode_prompts(tokenizer, [r["prompt"] for r in chunk])
-        with torch.no_grad():
-            out = teacher.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                                   do_sample=False, max_new_tokens=max_new_tokens,
-                                   pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id)
-        texts = tokenizer.batch_decode(out[:, input_ids.shape[1]:], skip_special_tokens=True)
-        for row, text in zip(chunk, texts):
-            if not text.strip():
-                stats["empty"] += 1
-            elif ifeval.reward(text, row["instruction_id_list"], row["kwargs"], row["prompt"]) < 1:
-                stats["failed_checks"] += 1
-            else:
-                kept.append(dict(row, response=text))
-    stats["kept"] = len(kept)
-    return kept, stats
-
-
-def load_teacher(name: str):
-    """A causal LM and its tokenizer from a local directory or a hub id, with a clear error."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
-    except OSError as e:
-        raise SystemExit(f"data.py demos: cannot load teacher {name!r} ({str(e).splitlines()[0]}). "
-                         "Give a local model directory, or check network access to the hub.") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Convert datasets; generate teacher demonstrations.")
+    p = argparse.ArgumentParser(description="Convert any supported source to normalised JSONL.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="any supported source -> normalised JSONL")
     c.add_argument("--dataset", required=True)
     c.add_argument("--split", default="train")
     c.add_argument("--out", required=True)
     c.add_argument("--skip-invalid-rows", action="store_true")
-    d = sub.add_parser("demos", help="teacher responses that pass every check -> JSONL")
-    d.add_argument("--teacher", required=True, help="hub id or local directory of a causal LM")
-    d.add_argument("--dataset", required=True)
-    d.add_argument("--split", default="train")
-    d.add_argument("--out", required=True)
-    d.add_argument("--limit", type=int, default=None, help="use the first N rows only")
-    d.add_argument("--batch-size", type=int, default=16)
-    d.add_argument("--max-new-tokens", type=int, default=512)
-    d.add_argument("--skip-invalid-rows", action="store_true")
     args = p.parse_args(argv)
     rows = load_rows(args.dataset, args.split, skip_invalid=args.skip_invalid_rows)
-    if args.cmd == "convert":
-        write_jsonl(rows, args.out)
-        print(f"wrote {len(rows)} rows to {args.out}")
-        return
-    rows = rows[:args.limit] if args.limit else rows
-    teacher, tokenizer = load_teacher(args.teacher)
-    kept, stats = generate_demos(teacher, tokenizer, rows, batch_size=args.batch_size,
-                                 max_new_tokens=args.max_new_tokens)
-    write_jsonl(kept, args.out)
-    print(f"kept {stats['kept']} of {stats['total']} teacher responses (empty: {stats['empty']}, "
-          f"failed the instruction checks: {stats['failed_checks']}) -> {args.out}")
+    write_jsonl(rows, args.out)
+    print(f"wrote {len(rows)} rows to {args.out}")
 
 
 if __name__ == "__main__":

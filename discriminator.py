@@ -22,15 +22,18 @@ Implementations
 * `embedding` -- cosine similarity of mean-pooled, L2-normalised token embeddings of candidate and
   reference from any Hugging Face encoder (default sentence-transformers/all-MiniLM-L6-v2; any
   local directory). The prompt is not used.
-* `polar` -- InternLM's POLAR reward model (internlm/POLAR-1_8B default, POLAR-7B optional), a
-  policy-discriminative RM: pre-trained to tell whether two responses come from the same policy,
-  so its score of (reference, candidate) is exactly an "is this the expert's distribution" signal.
+* `polar` -- InternLM's POLAR reward model (arXiv 2507.05197; internlm/POLAR-1_8B default,
+  POLAR-7B optional), a policy-discriminative RM: pre-trained to tell whether two responses come
+  from the same policy, so its score of (reference, candidate) is exactly an "is this the expert's
+  distribution" signal. Its output is one unbounded scalar: about 0 means "indistinguishable from
+  the reference", clearly wrong answers score far below; only differences matter.
   What the paper's "modified POLAR" changes is not public; we use POLAR as released.
   Loaded WITHOUT trust_remote_code: its InternLM2 weights are converted at load time into a
-  stock transformers LlamaModel plus Linear(hidden, 1) (REFERENCE.md §3 gives the key map and the
-  fused `wqkv` layout); weights load through safetensors or torch.load(weights_only=True); the
-  tokenizer is its sentencepiece model plus the added tokens of tokenizer_config.json. The input
-  string is built exactly as POLAR's own client builds it (see `polar_input`).
+  stock transformers LlamaModel plus Linear(hidden, 1) (the key map and the fused `wqkv` layout
+  sit above `convert_internlm2_state_dict`); weights load through safetensors or
+  torch.load(weights_only=True); the tokenizer is its sentencepiece model plus the added tokens of
+  tokenizer_config.json. The input string is built exactly as POLAR's own client builds it (see
+  `polar_input`).
 
 Every candidate has a leading `<think>...</think>` block removed first (POLAR's RL hook does this;
 Qwen3's empty think block would otherwise count as text).
@@ -214,6 +217,15 @@ def llama_config_from_internlm2(cfg: dict):
         max_position_embeddings=cfg.get("max_position_embeddings", 32768),
         attention_bias=bool(cfg.get("bias", False)), mlp_bias=False, hidden_act="silu",
         tie_word_embeddings=False, pad_token_id=cfg.get("pad_token_id"))
+
+
+# InternLM2 -> Llama (transformers) weight names, per layer i:
+#   attention_norm -> input_layernorm          ffn_norm -> post_attention_layernorm
+#   attention.wo   -> self_attn.o_proj          feed_forward.w1 / w3 / w2 -> mlp.gate / up / down_proj
+#   tok_embeddings -> embed_tokens              norm -> norm;  v_head -> the value head [1, H]
+#   attention.wqkv [(n_heads + 2 n_kv) d, H] -> q_proj, k_proj, v_proj: its rows are grouped per
+#   key/value head -- for each of the n_kv groups, g = n_heads / n_kv query heads, then one key
+#   head, then one value head, d rows each -- i.e. rows viewed as [n_kv, g + 2, d, H].
 
 
 def convert_internlm2_state_dict(sd: dict, cfg: dict) -> tuple[dict, torch.Tensor]:

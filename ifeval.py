@@ -41,8 +41,8 @@ all deliberate:
 * Keywords are matched literally (`re.escape`); the reference passes them to `re` as patterns,
   which only differs for keywords containing regex metacharacters.
 * `keywords:frequency` counts case-insensitive *substring* occurrences, exactly as the reference
-  does (REFERENCE.md says "whole word"; the reference code does not use word boundaries, and we
-  match the code so that scores are comparable with published IFEval numbers).
+  does (IFEval's description reads like "whole word", but the reference code uses no word
+  boundaries, and we match the code so that scores are comparable with published IFEval numbers).
   `keywords:forbidden_words` does use whole-word matching, as the reference does.
 * `combination:repeat_prompt` reads `prompt_to_repeat` from kwargs (as google/IFEval rows carry
   it); when absent it falls back to the row's own prompt.

@@ -127,10 +127,11 @@ def _lse_torch(hidden, weight, inv_t, token_chunk, vocab_chunk):
         s = torch.zeros(h.shape[0], dtype=lse.dtype, device=h.device)  # running sum of exp
         for v0 in range(0, v, vocab_chunk):
             z = _mm_f32(h, weight[v0:v0 + vocab_chunk].T) * it         # [n, v] fp32
+            # online log-sum-exp: m' = max(m, max_j z_j);  s' = s e^(m - m') + sum_j e^(z_j - m')
             m_new = torch.maximum(m, z.max(dim=-1).values)
             s = s * torch.exp(m - m_new) + torch.exp(z - m_new[:, None]).sum(-1)
             m = m_new
-        lse[n0:n0 + token_chunk] = m + torch.log(s)
+        lse[n0:n0 + token_chunk] = m + torch.log(s)                   # lse = m + log s
     return lse
 
 
@@ -228,7 +229,7 @@ class _TokenLogprobs(torch.autograd.Function):
             lse = _lse_triton(hidden, weight, inv_t)                               # [N]
         else:
             lse = _lse_torch(hidden, weight, inv_t, token_chunk, vocab_chunk)      # [N]
-        out = _target_logits(hidden, weight, targets, inv_t, token_chunk) - lse   # [N]
+        out = _target_logits(hidden, weight, targets, inv_t, token_chunk) - lse   # logp = z_t - lse
         ctx.save_for_backward(hidden, weight, targets, inv_t, lse)
         ctx.chunks = (token_chunk, vocab_chunk)
         return out
@@ -255,9 +256,9 @@ class _TokenLogprobs(torch.autograd.Function):
                 h = hidden[n0:n1]                                      # [n, H]
                 z = _mm_f32(h, w.T) * inv_t[n0:n1, None]               # [n, v] recomputed
                 coef = (torch.exp(z - lse[n0:n1, None]) * -g[n0:n1, None]).to(op_dtype)  # -g p
-                if need_h:
+                if need_h:   # dL/dh_i += -g_i sum_j p_ij W_j
                     grad_h[n0:n1] += _mm_f32(coef, w.to(op_dtype))     # [n, H]
-                if need_w:
+                if need_w:   # dL/dW_j += -sum_i g_i p_ij h_i
                     gw += _mm_f32(coef.T, h.to(op_dtype))              # [v, H]
             if need_w:
                 # The chosen-token term +g h_i lands on row t_i of W (fp32, then one cast).

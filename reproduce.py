@@ -1,7 +1,7 @@
 """The toy reproduction table: every method at one step budget, over seeds, plus the lambda sweep.
 
-    python reproduce.py              # 3 seeds, 150 steps per run, 2 runs at a time (~40 min, 2 CPUs)
-    python reproduce.py --quick      # a smoke test of the whole pipeline in under a minute
+    python reproduce.py --out results   # 3 seeds, 150 steps per run, 2 at a time (~40 min, 2 CPUs)
+    python reproduce.py --quick         # a smoke test of the whole pipeline in under a minute
 
 The idea
 --------
@@ -18,7 +18,7 @@ Runs (each seed; every run gets the same total number of optimizer steps):
     uniapl with lambda_adv in 1e-4, 1e-3, 1e-2, 1e-1 (the default run), 1
 
 For every run: held-out prompt-level strict accuracy (greedy, the toy eval split), wall time, and
-the behaviour analysis of eval.py (W1 distance of the student's sample lengths and mean token
+the behaviour analysis of evaluate.py (W1 distance of the student's sample lengths and mean token
 log-probs to the teacher's). Results: results/toy_table.md (mean +- std over seeds), .json, and
 plots (training curves of the first seed, accuracy against lambda_adv).
 
@@ -63,7 +63,9 @@ def run_job(spec: dict) -> dict:
     """One configuration at one seed, in this process: its stages, then the behaviour analysis."""
     import torch
 
-    import eval as evaluation
+    import checkpoint
+    import data
+    import evaluate
     import train
     torch.set_num_threads(1)   # jobs run side by side, one core each
     t0 = time.perf_counter()
@@ -76,15 +78,14 @@ def run_job(spec: dict) -> dict:
         model_arg = os.path.join(out, "final")
     wall = time.perf_counter() - t0
     device = torch.device("cpu")
-    model, tok = train.load_policy(model_arg, device)
+    model, tok = checkpoint.load_policy(model_arg, device)
     cfg = json.load(open(os.path.join(out, "config.json")))
-    import data
     rows = data.load_rows("toy", "eval", toy_seed=spec["seed"])[:cfg["eval_limit"]]
-    b = evaluation.behaviour(model, tok, rows, max_new_tokens=cfg["max_completion_length"],
+    b = evaluate.behaviour(model, tok, rows, max_new_tokens=cfg["max_completion_length"],
                              seed=spec["seed"])
     final = json.load(open(os.path.join(out, "eval_final.json")))
     return {"name": spec["name"], "seed": spec["seed"], "accuracy": final["prompt_strict"],
-            "inst_strict": final["inst_strict"], "teacher": evaluation.teacher_accuracy(rows)["prompt_strict"],
+            "inst_strict": final["inst_strict"], "teacher": evaluate.teacher_accuracy(rows)["prompt_strict"],
             "length_w1": b["length"]["w1"], "logprob_w1": b["logprob"]["w1"],
             "length_mean": b["length"]["student_mean"], "teacher_length_mean": b["length"]["teacher_mean"],
             "wall_s": wall, "run_dir": out, "n_eval": len(rows)}
@@ -132,12 +133,12 @@ def write_table(results: list[dict], args, out: str) -> str:
 
 
 def plots(results: list[dict], out: str) -> None:
-    import eval as evaluation
-    plt = evaluation._pyplot()
+    import plots as plotting
+    plt = plotting.pyplot()
     first = min(r["seed"] for r in results)
     picked = [r for name in ("sft", "grpo", "a-grpo", "uniapl", "sft -> grpo")
               for r in results if r["name"] == name and r["seed"] == first]
-    evaluation.plot_curves([r["run_dir"] for r in picked], os.path.join(out, "toy_curves.png"),
+    plotting.plot_curves([r["run_dir"] for r in picked], os.path.join(out, "toy_curves.png"),
                            labels=[f"{r['name']} (seed {first})" for r in picked])
     pts = [(lam, [r["accuracy"] for r in results if r["name"] == n]) for n, lam in SWEEP.items()]
     pts = [(lam, accs) for lam, accs in pts if accs]
@@ -166,7 +167,8 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (all stages)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one core each)")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", default="runs/reproduce",
+                   help="where the table, plots and runs go (README's results: --out results)")
     p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test of the pipeline")
     p.add_argument("--machine", default=None, help="what to call this machine in the table")
     p.add_argument("--replot", action="store_true", help="redraw the plots from OUT/toy_table.json")
@@ -178,8 +180,8 @@ def main(argv=None):
     if args.quick:
         args.seeds, args.steps, extra = args.seeds[:1], 4, QUICK
     if args.machine is None:
-        import bench
-        args.machine = bench.device_name("cpu")
+        import dist
+        args.machine = dist.device_name("cpu")
     runs_dir = os.path.join(args.out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     specs = [{"name": name, "stages": stages, "seed": seed, "steps": args.steps, "extra": extra,

@@ -4,12 +4,9 @@ The idea
 --------
 Supervised fine-tuning maximises the likelihood of expert responses y^E given their prompts x.
 In UniAPL it is the "demonstrated preference" half of post-training (PAPER.md), and it enters the
-unified objective with weight alpha:
-
-    L_SFT = - (1 / sum_i |y^E_i|) * sum_i sum_t log pi_theta(y^E_{i,t} | x_i, y^E_{i,<t})
-
-i.e. the token-level mean negative log-likelihood over every response token of the batch (the
-closing EOS included, so the model learns to stop), at temperature 1.
+unified objective with weight alpha: the token-level mean negative log-likelihood over every
+response token of the batch (the closing EOS included, so the model learns to stop), at
+temperature 1 (the equation sits beside the line that computes it).
 
 Choices
 -------
@@ -37,6 +34,7 @@ def sft_loss(model, batch: DemoBatch, backend: str = "auto") -> tuple[torch.Tens
     score = batch.score_mask.to(device)                                         # [B, T]
     logp = sequence_logprobs(model, input_ids, attention, score, 1.0, backend)  # [B, T-1]
     mask = score[:, 1:].to(logp.dtype)                                          # [B, T-1]
+    # L_SFT = -(1 / sum_i |y_i|) sum_i sum_t log pi_theta(y_{i,t} | x_i, y_{i,<t}),  y = y^E
     loss = -(logp * mask).sum() / mask.sum().clamp(min=1)
     return loss, {"nll": float(loss.detach()), "tokens": int(mask.sum()),
                   "truncated": batch.truncated}

@@ -19,7 +19,7 @@ So this file builds, deterministically from a seed:
   text still round-trips losslessly), wrapped as a `PreTrainedTokenizerFast` with a Qwen-style
   chat template and `<|im_end|>` as EOS. Why not bytes: measured while designing this, a 0.8M
   model on byte tokens learned nothing of a word-count task in 400 steps; on word tokens it
-  reached 60-70% in 100 steps (DESIGN.md §4).
+  reached 60-70% in 100 steps.
 * **a model**: `Qwen3ForCausalLM` with a tiny `Qwen3Config` (about 0.88 M parameters, tied
   embeddings like Qwen3-0.6B), random init.
 

@@ -2,8 +2,8 @@
 
 The idea
 --------
-UniAPL (arXiv 2509.25148; v2 "AAPA") treats SFT and RL as one preference-learning problem and
-optimises, in every gradient step, one objective over a mixed batch:
+UniAPL (arXiv 2509.25148; its v2 is titled "AAPA") treats SFT and RL as one preference-learning
+problem and optimises, in every gradient step, one objective over a mixed batch:
 
     L_unified = alpha * L_SFT + (1 - alpha) * L_GRPO + lambda_adv * L_ADV
 
@@ -11,28 +11,22 @@ L_SFT imitates demonstrations (sft.py); L_GRPO rewards the policy's rollouts wit
 instruction checks (grpo.py); L_ADV anchors the rollouts to the expert's distribution through a
 fixed discriminator (discriminator.py) that compares each rollout with the teacher's response.
 
-Algorithm 1 -- OUR RECONSTRUCTION
+Algorithm 1 is OUR RECONSTRUCTION
 ---------------------------------
 The paper's Algorithm 1 is not public in any form we could read (PAPER.md). What is public: the
 discriminator is fixed, gives a sentence-level signal, compares rollouts with offline teacher
 responses, and works better as a separate loss than as reward shaping (an ablation). This file
-builds the simplest thing consistent with all of it. For a prompt x with teacher response y_E
-and rollouts y_1..y_G:
+builds the simplest thing consistent with all of it (the steps sit above the functions below):
+a per-rollout "advantage" that says whether this rollout is more (c_i > 0) or less (c_i < 0)
+expert-like than its siblings, driving GRPO's clipped surrogate. Group normalisation makes it
+scale-free (POLAR's scores are unbounded, lexical ones lie in [0, 1]) and the clip at c = 2 (our
+choice) keeps one odd score from dominating; lambda_adv then weighs it against a GRPO term of
+unit scale.
 
-    1. d_i    = D(x, y_E, y_i)                                        (frozen, no gradient)
-    2. c_i    = clip((d_i - mean_j d_j) / (std_j d_j + 1e-4), -c, c)  the adversarial coefficient
-    3. L_ADV  = the clipped per-token surrogate of GRPO with c_i in place of A_i, aggregated the
-                same way (token-level mean over the step's completion tokens), no KL term.
-
-So L_ADV is a policy gradient whose "advantage" says: this rollout is more (c_i > 0) or less
-(c_i < 0) expert-like than its siblings. Group normalisation makes it scale-free (POLAR's scores
-are unbounded, lexical ones lie in [0, 1]) and the clip at c = 2 (our choice) keeps one odd score
-from dominating. Then lambda_adv weighs it against a GRPO term of unit scale.
-
-Ablation (--adv-mode reward): no separate loss; instead r_i <- r_i + lambda_adv * d_i before the
+Ablation (`adv_mode="reward"`): no separate loss; instead r_i <- r_i + lambda_adv * d_i before the
 group normalisation of GRPO (reward shaping). The paper reports the separate loss as better.
 
-Methods are presets of the same step (DESIGN.md §3.6):
+Methods are presets of the same step:
 
     method   alpha   lambda_adv  rollouts on
     sft      1       0           none
@@ -43,7 +37,7 @@ Methods are presets of the same step (DESIGN.md §3.6):
 
 Our defaults where the paper is silent: alpha = 0.5 for uniapl, lambda_adv = 0.1 (the seed summary
 suggests sweeping 1e-4 ... 1e-2 for an unnormalised signal; ours is normalised to unit scale like
-an advantage, so 0.1 makes ADV a tenth of a GRPO-sized term -- eval.py's sweep covers 1e-4 ... 1e-1).
+an advantage, so 0.1 makes ADV a tenth of a GRPO-sized term -- reproduce.py sweeps 1e-4 ... 1).
 """
 
 from __future__ import annotations
@@ -54,25 +48,29 @@ import torch
 
 import grpo
 
-METHODS = {  # method -> (alpha, uses the adversarial term, rollouts on)
+METHODS = {  # method -> (alpha, uses the adversarial signal, whose prompts are rolled out)
     "sft": (1.0, False, "none"),
     "grpo": (0.0, False, "rl"),
     "a-sft": (1.0, True, "demo"),
     "a-grpo": (0.0, True, "rl"),
     "uniapl": (0.5, True, "rl"),
 }
-DEFAULT_LAMBDA_ADV = 0.1
-DEFAULT_COEF_CLIP = 2.0
+PRESET_LAMBDA_ADV = 0.1   # every adversarial preset's lambda_adv (ours)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Objective:
-    """The resolved weights of one method: what the step computes and how it sums the terms."""
+    """What one step optimises: the weights of the three terms and how the signal is used."""
     method: str
-    alpha: float
-    lambda_adv: float
-    rollouts: str        # "none" | "rl" | "demo"
-    adv_mode: str        # "loss" | "reward"
+    alpha: float              # weight of L_SFT; (1 - alpha) weighs L_GRPO
+    lambda_adv: float         # weight of the adversarial signal (0: no discriminator at all)
+    rollouts_on: str          # "none" | "rl" (RL prompts) | "demo" (demonstration prompts)
+    adv_mode: str = "loss"    # "loss": L_ADV is its own term; "reward": shaped into r
+    coef_clip: float = 2.0    # c in Algorithm 1
+
+    @property
+    def uses_sft(self) -> bool:
+        return self.alpha > 0
 
     @property
     def uses_grpo(self) -> bool:
@@ -83,16 +81,24 @@ class Objective:
         return self.lambda_adv > 0
 
     @property
+    def uses_adv_loss(self) -> bool:
+        return self.uses_discriminator and self.adv_mode == "loss"
+
+    @property
+    def shapes_reward(self) -> bool:
+        return self.uses_discriminator and self.adv_mode == "reward"
+
+    @property
     def needs_demos(self) -> bool:
-        return self.alpha > 0 or self.uses_discriminator
+        return self.uses_sft or self.uses_discriminator
 
 
 def resolve(method: str, alpha: float | None = None, lambda_adv: float | None = None,
-            adv_mode: str = "loss") -> Objective:
+            adv_mode: str = "loss", coef_clip: float = 2.0) -> Objective:
     """The method's preset, with --alpha / --lambda-adv overrides checked against it."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    default_alpha, adversarial, rollouts = METHODS[method]
+    default_alpha, adversarial, rollouts_on = METHODS[method]
     if alpha is not None and method != "uniapl" and alpha != default_alpha:
         raise ValueError(f"--alpha {alpha} contradicts --method {method} (alpha = {default_alpha}); "
                          "use --method uniapl to mix SFT and GRPO")
@@ -102,20 +108,29 @@ def resolve(method: str, alpha: float | None = None, lambda_adv: float | None = 
     if not adversarial and lambda_adv:
         raise ValueError(f"--lambda-adv {lambda_adv} contradicts --method {method}, which has no "
                          f"adversarial term; use a-{method} or uniapl")
-    lam = (DEFAULT_LAMBDA_ADV if lambda_adv is None else lambda_adv) if adversarial else 0.0
+    lam = (PRESET_LAMBDA_ADV if lambda_adv is None else lambda_adv) if adversarial else 0.0
     if adversarial and lam <= 0:
         raise ValueError(f"--method {method} needs --lambda-adv > 0, got {lam}")
     if adv_mode not in ("loss", "reward"):
         raise ValueError(f"unknown --adv-mode {adv_mode!r} (loss or reward)")
-    if adv_mode == "reward" and not (adversarial and rollouts == "rl"):
+    if adv_mode == "reward" and not (adversarial and rollouts_on == "rl"):
         raise ValueError("--adv-mode reward shapes the GRPO reward: use it with a-grpo or uniapl")
-    return Objective(method, alpha, lam, rollouts, adv_mode)
+    return Objective(method, alpha, lam, rollouts_on, adv_mode, coef_clip)
 
 
-def adversarial_coefficient(d: torch.Tensor, group_size: int, clip: float = DEFAULT_COEF_CLIP,
+# Algorithm 1, for a prompt x with teacher response y_E and rollouts y_1..y_G:
+#   1. d_i = D(x, y_E, y_i)                                  frozen discriminator, no gradient
+#   2. c_i = clip((d_i - mean_j d_j) / (std_j d_j + eps), -c, c)     the adversarial coefficient
+
+
+def adversarial_coefficient(d: torch.Tensor, group_size: int, clip: float,
                             eps: float = 1e-4) -> torch.Tensor:
     """Algorithm 1, step 2: group-normalised, clipped discriminator scores; [R] -> [R]."""
     return grpo.group_advantages(d, group_size, scale=True, eps=eps).clamp(-clip, clip)
+
+
+#   3. L_ADV = aggregate(-min(rho_t c_i, clip(rho_t, 1 - eps_low, 1 + eps_high) c_i))
+#      GRPO's clipped surrogate with c_i in place of A_i, aggregated the same way, no KL term.
 
 
 def adv_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2,
@@ -125,20 +140,24 @@ def adv_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2,
                             beta=0.0, loss_type=loss_type)
 
 
-def unified_loss(obj: Objective, l_sft=None, l_grpo=None, l_adv=None) -> torch.Tensor:
-    """alpha * L_SFT + (1 - alpha) * L_GRPO + lambda_adv * L_ADV; absent terms contribute 0.
+# L_unified = alpha L_SFT + (1 - alpha) L_GRPO + lambda_adv L_ADV
+
+
+def unified_loss(objective: Objective, l_sft=None, l_grpo=None, l_adv=None) -> torch.Tensor:
+    """The weighted sum of the terms that were computed.
 
     A term whose weight is 0 is not added at all (not even as 0 * L), so that alpha = 1,
     lambda = 0 is *exactly* L_SFT and alpha = 0, lambda = 0 exactly L_GRPO, and a NaN in an
     unused term cannot leak in.
     """
     total = None
-    for weight, term in ((obj.alpha, l_sft), (1 - obj.alpha, l_grpo), (obj.lambda_adv, l_adv)):
+    for weight, term in ((objective.alpha, l_sft), (1 - objective.alpha, l_grpo),
+                         (objective.lambda_adv, l_adv)):
         if weight and term is not None:
             part = term if weight == 1 else weight * term
             total = part if total is None else total + part
     if total is None:
-        raise ValueError(f"method {obj.method}: no loss term was computed")
+        raise ValueError(f"method {objective.method}: no loss term was computed")
     return total
 
 

@@ -115,7 +115,7 @@ def _internlm2_checkpoint(path, fmt="bin"):
 
 
 def internlm2_reference(sd, cfg, ids):
-    """InternLM2's reward forward written from REFERENCE.md §3, independent of transformers."""
+    """InternLM2's reward forward written from its published description, independent of transformers."""
     H, nh, kv, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], \
         cfg["rms_norm_eps"]
     d, g, T = H // nh, nh // kv, ids.shape[0]

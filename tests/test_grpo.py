@@ -1,4 +1,4 @@
-"""grpo.py: advantages, clipping, KL and aggregation against hand-computed values; rollouts."""
+"""grpo.py and rollouts.py: advantages, clipping, KL, aggregation by hand; rollouts and rewards."""
 
 import math
 
@@ -7,6 +7,7 @@ import torch
 
 import data
 import grpo
+import rollouts
 
 
 def test_group_advantages_hand_computed():
@@ -67,7 +68,7 @@ def test_rollouts_masks_truncation_and_rewards(model, tok):
     torch.manual_seed(0)
     rows = [{"prompt": "Describe the cat.", "instruction_id_list": ["punctuation:no_comma"],
              "kwargs": [{}]}]
-    ro = grpo.generate(model, tok, [rows[0]["prompt"]], 6, temperature=1.0, max_new_tokens=5)
+    ro = rollouts.generate(model, tok, rows, 6, temperature=1.0, max_new_tokens=5)
     assert ro.completion_ids.shape[0] == 6 and ro.completion_ids.shape[1] <= 5
     eos = tok.eos_token_id
     for ids, m, trunc, text in zip(ro.completion_ids, ro.completion_mask, ro.truncated, ro.texts):
@@ -77,7 +78,8 @@ def test_rollouts_masks_truncation_and_rewards(model, tok):
         if not trunc:
             assert ids[n - 1] == eos
         assert text == tok.decode(ids[:n], skip_special_tokens=True)
-    r = grpo.rewards(rows, ro)
+    assert ro.rows == rows * 6                                   # each rollout carries its row
+    r = grpo.rewards(ro)
     assert r.shape == (6,) and all(x in (0.0, 1.0) for x in r.tolist())
 
 
@@ -91,8 +93,8 @@ def test_scored_logprobs_equal_the_sampling_distribution(model, tok):
                          pad_token_id=tok.pad_token_id)
     comp = out.sequences[:, ids.shape[1]:]
     expected = torch.log_softmax(torch.stack(out.scores, 1).float(), -1).gather(-1, comp[..., None])
-    ro = grpo.Rollouts(ids, mask, comp, torch.ones_like(comp), torch.zeros(2, dtype=torch.bool),
-                       [], 1)
+    ro = rollouts.Rollouts([{}, {}], ids, mask, comp, torch.ones_like(comp),
+                           torch.zeros(2, dtype=torch.bool), [], 1)
     ours = grpo.completion_logprobs(model, ro, 0.7)
     assert torch.allclose(ours, expected.squeeze(-1), atol=1e-5)
 
@@ -100,5 +102,5 @@ def test_scored_logprobs_equal_the_sampling_distribution(model, tok):
 def test_generate_ignores_a_models_top_k_and_top_p(model, tok):
     model.generation_config.top_k, model.generation_config.top_p = 1, 0.01   # would be greedy
     torch.manual_seed(0)
-    ro = grpo.generate(model, tok, ["Describe the cat."], 8, max_new_tokens=4)
+    ro = rollouts.generate(model, tok, [{"prompt": "Describe the cat."}], 8, max_new_tokens=4)
     assert len({tuple(x.tolist()) for x in ro.completion_ids}) > 1        # really sampled

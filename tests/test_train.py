@@ -7,6 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint
+import dist
 import train
 
 TINY = ["--steps", "3", "--sft-batch-size", "2", "--rl-batch-size", "2", "--num-generations", "2",
@@ -65,10 +67,10 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path, monkeypatch):
 
     real_step = train.unified_step
 
-    def crash_at_third(step, *a, **k):
+    def crash_at_third(*a, step, **k):
         if step == 2:
             raise KeyboardInterrupt("simulated crash")
-        return real_step(step, *a, **k)
+        return real_step(*a, step=step, **k)
 
     monkeypatch.setattr(train, "unified_step", crash_at_third)
     with pytest.raises(KeyboardInterrupt):
@@ -130,9 +132,9 @@ def test_operational_errors_are_one_clear_line(tmp_path):
     with pytest.raises(SystemExit, match="is not writable"):
         run(blocker / "sub")
     with pytest.raises(SystemExit, match="CUDA is not available"):
-        train.pick_device("cuda")
+        dist.pick_device("cuda")
     with pytest.raises(SystemExit, match="cannot load model 'Qwen/Qwen3-0.6B'.*--model toy"):
-        train.load_policy("Qwen/Qwen3-0.6B", torch.device("cpu"))
+        checkpoint.load_policy("Qwen/Qwen3-0.6B", torch.device("cpu"))
     run(tmp_path / "done", "--method", "sft")
     with pytest.raises(SystemExit, match="already holds a run; use --resume auto"):
         run(tmp_path / "done", "--method", "sft")
@@ -144,8 +146,8 @@ def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
     import sys
 
     import discriminator
-    import eval as evaluation
     import logprobs
+    import plots
     monkeypatch.setattr(logprobs, "triton", None)
     with pytest.raises(RuntimeError, match="pip install triton"):
         logprobs.token_logprobs(torch.randn(2, 4), torch.randn(5, 4), torch.tensor([0, 1]),
@@ -155,4 +157,4 @@ def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
         discriminator.PolarTokenizer(str(tmp_path))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match="pip install matplotlib"):
-        evaluation._pyplot()
+        plots.pyplot()

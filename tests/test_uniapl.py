@@ -17,9 +17,9 @@ def test_adversarial_coefficient_hand_made_group():
 
 
 def test_method_presets_and_overrides():
-    assert uniapl.resolve("sft") == uniapl.Objective("sft", 1.0, 0.0, "none", "loss")
+    assert uniapl.resolve("sft") == uniapl.Objective("sft", 1.0, 0.0, "none", "loss", 2.0)
     assert uniapl.resolve("grpo").alpha == 0 and not uniapl.resolve("grpo").uses_discriminator
-    assert uniapl.resolve("a-sft").rollouts == "demo"
+    assert uniapl.resolve("a-sft").rollouts_on == "demo"
     assert uniapl.resolve("a-grpo", lambda_adv=0.01).lambda_adv == 0.01
     assert uniapl.resolve("uniapl", alpha=0.3).alpha == 0.3
     for bad in [dict(method="grpo", alpha=0.5), dict(method="uniapl", alpha=1.0),
@@ -51,6 +51,6 @@ def test_adv_loss_is_the_grpo_surrogate_with_the_coefficient():
 
 def test_discriminator_stats_correlation():
     d, r = torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([0.0, 0.0, 1.0, 1.0])
-    s = uniapl.discriminator_stats(d, r, uniapl.adversarial_coefficient(d, 4))
+    s = uniapl.discriminator_stats(d, r, uniapl.adversarial_coefficient(d, 4, clip=2.0))
     assert s["corr_d_r"] == pytest.approx(0.894427, abs=1e-5)
     assert "corr_d_r" not in uniapl.discriminator_stats(d, torch.ones(4), d)

@@ -1,0 +1,195 @@
+"""Models in and out: loading a policy, atomic checkpoints, and an exact resume.
+
+Plumbing, kept out of train.py's way.
+
+* `load_policy("toy" | directory | hub id)` -> (model, tokenizer); offline, a hub id fails with one
+  line that says what to do.
+* A checkpoint `OUT/checkpoints/step-N/` holds the model and tokenizer (`save_pretrained`) and
+  `trainer_state.pt`: the step, the optimizer, the scheduler, the data sampler's position and
+  every random state (Python, NumPy, torch, CUDA). Resuming from it continues with exactly the
+  batches and random draws the run would have had (bit-identical on the CPU; a test checks it).
+* Writes are atomic: everything goes into a temporary directory that is renamed at the end, so a
+  crash or a full disk never leaves a half-written checkpoint, and the previous one stays intact.
+* `trainer_state.pt` holds tensors and plain lists only, so it loads with `weights_only=True`
+  (a pickle that cannot run code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import warnings
+
+import numpy as np
+import torch
+
+import toy
+
+
+def load_policy(name: str, device: torch.device, seed: int = 0):
+    """(model, tokenizer): a fresh toy model, a saved directory, or a hub id (clear offline error)."""
+    if name == "toy":
+        tokenizer = toy.build_tokenizer()
+        return toy.build_model(tokenizer, seed=seed).to(device), tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+    except OSError as e:
+        where = "directory" if os.path.isdir(name) else "hub id"
+        raise SystemExit(
+            f"cannot load model {name!r} ({where}): {str(e).splitlines()[0]} "
+            "Without network access to the Hugging Face hub, use a local directory, or run the "
+            "embedded toy world: python train.py --model toy") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if device.type != "cuda" and model.num_parameters() > 50_000_000:
+        warnings.warn(f"training {name} ({model.num_parameters() / 1e6:.0f} M parameters) without "
+                      "CUDA will be very slow; the toy world (--model toy) is made for CPUs",
+                      stacklevel=2)
+    return model.to(device), tokenizer
+
+
+def prepare_out(out: str, resuming: bool) -> None:
+    """Create the run directory; refuse to mix two runs in one directory."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"output directory {out!r} is not writable ({e.strerror}); choose "
+                         "another with --out") from None
+    if not resuming and os.path.exists(os.path.join(out, "metrics.jsonl")):
+        raise SystemExit(f"{out} already holds a run; use --resume auto to continue it, or "
+                         "another --out")
+
+
+# ----------------------------------------------------------------------------------------------
+# Random states
+# ----------------------------------------------------------------------------------------------
+
+def rng_state() -> dict:
+    """All random states as tensors and plain lists (loadable with weights_only=True)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {"python": [py[0], list(py[1]), py[2]],
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+# ----------------------------------------------------------------------------------------------
+
+def save_pretrained_atomic(model, tokenizer, path: str, extra: dict | None = None) -> None:
+    """save_pretrained into a temporary directory, then rename: a crash leaves no half directory.
+
+    `extra` maps file names to objects: `*.json` is written as JSON, anything else with torch.save.
+    """
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name, obj in (extra or {}).items():
+            if name.endswith(".json"):
+                with open(os.path.join(tmp, name), "w") as f:
+                    json.dump(obj, f, indent=1)
+            else:
+                torch.save(obj, os.path.join(tmp, name))
+        if os.path.exists(path):
+            old = f"{path}.old-{os.getpid()}"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise SystemExit(f"could not write {path} ({type(e).__name__}: {e}); any earlier "
+                             "checkpoint is intact") from None
+        raise
+
+
+def list_checkpoints(out: str) -> list[str]:
+    """Finished checkpoint directories of a run, oldest first (`*.tmp-*`/`*.old-*` are in flight)."""
+    ckpt_dir = os.path.join(out, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        return []
+    return [os.path.join(ckpt_dir, d) for d in sorted(os.listdir(ckpt_dir))
+            if d.startswith("step-") and "." not in d]
+
+
+def save_checkpoint(out: str, step: int, model, tokenizer, optimizer, scheduler, sampler,
+                    keep: int) -> str:
+    """OUT/checkpoints/step-N with everything an exact resume needs; keeps the last `keep`."""
+    path = os.path.join(out, "checkpoints", f"step-{step:07d}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "sampler": sampler.state_dict(), "rng": rng_state()}
+    save_pretrained_atomic(model, tokenizer, path, {"trainer_state.pt": state})
+    for old in list_checkpoints(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming
+# ----------------------------------------------------------------------------------------------
+
+def find_checkpoint(resume: str, out: str) -> str:
+    """--resume PATH as given; --resume auto: the latest finished checkpoint in OUT."""
+    if resume != "auto":
+        return resume
+    found = list_checkpoints(out)
+    if not found:
+        raise SystemExit(f"--resume auto: no checkpoint in {os.path.join(out, 'checkpoints')}")
+    return found[-1]
+
+
+def load_checkpoint(path: str, model, optimizer, scheduler, sampler) -> int:
+    """Restore weights, optimizer, scheduler, sampler position and RNG states; returns the step."""
+    from safetensors.torch import load_file
+    if not os.path.exists(os.path.join(path, "trainer_state.pt")):
+        raise SystemExit(f"--resume: {path} is not a checkpoint (no trainer_state.pt)")
+    weights = load_file(os.path.join(path, "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # tied Qwen3 heads are saved once; anything else missing is a real mismatch
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise SystemExit(f"--resume: {path} does not match the model (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    return state["step"]
+
+
+def truncate_metrics(out: str, step: int) -> None:
+    """Drop metrics.jsonl lines written after `step` (they will be written again)."""
+    path = os.path.join(out, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if json.loads(line)["step"] <= step]
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)

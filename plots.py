@@ -1,0 +1,121 @@
+"""Plots: training curves from metrics.jsonl, and the behaviour histograms of evaluate.py.
+
+    python plots.py RUN_DIR [RUN_DIR ...] --out curves.png     # one line per run, one panel per metric
+
+Per-step RL metrics are noisy, so training curves are drawn as a trailing moving average (the
+window is in the panel title); evaluation points are drawn as they are. Each run keeps one colour
+in every panel. matplotlib is the only plotting dependency; without it, one line says what to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+
+def pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        raise SystemExit("plots need matplotlib: pip install matplotlib") from None
+
+
+def plot_behaviour(result: dict, path: str, title: str = "") -> None:
+    """Two histograms: response length and mean token log-prob, student vs teacher."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in ((axes[0], "length", "response length (tokens)"),
+                           (axes[1], "logprob", "mean token log-prob under the student")):
+        d = result[key]
+        bins = np.histogram_bin_edges(d["student"] + d["teacher"], bins=20)
+        ax.hist(d["teacher"], bins=bins, alpha=0.55, label="teacher responses")
+        ax.hist(d["student"], bins=bins, alpha=0.55, label="student samples")
+        ax.set_xlabel(label)
+        ax.set_title(f"W1 {d['w1']:.3g}, KS {d['ks']:.2f}")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training curves
+# ----------------------------------------------------------------------------------------------
+
+CURVES = [("reward", "mean rollout reward"), ("eval/prompt_strict", "held-out prompt-level strict"),
+          ("loss", "unified loss"), ("sft/nll", "L_SFT (NLL)"), ("grpo/loss", "L_GRPO"),
+          ("adv/loss", "L_ADV"), ("completion_len", "completion length (tokens)"),
+          ("adv/corr_d_r", "corr(discriminator, reward)")]
+
+
+def read_metrics(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path}: not found (is {run_dir} a training run directory?)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _smooth(ys: list[float], window: int) -> list[float]:
+    """Trailing moving average (per-step metrics of RL are noisy; eval points are not smoothed)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y - (ys[i - window] if i >= window else 0.0)
+        out.append(acc / min(i + 1, window))
+    return out
+
+
+def plot_curves(run_dirs: list[str], path: str, labels: list[str] | None = None,
+                smooth: int = 10) -> None:
+    """Reward, IF accuracy, losses and completion length against the step, one line per run."""
+    plt = pyplot()
+    labels = labels or [os.path.normpath(d) for d in run_dirs]
+    runs = dict(zip(labels, (read_metrics(d) for d in run_dirs)))
+    present = [(k, t) for k, t in CURVES if any(k in m for ms in runs.values() for m in ms)]
+    cols = 2
+    fig, axes = plt.subplots((len(present) + 1) // cols, cols,
+                             figsize=(10, 2.8 * ((len(present) + 1) // cols)), squeeze=False)
+    for ax, (key, title) in zip(axes.flat, present):
+        for color, (name, ms) in enumerate(runs.items()):   # one colour per run in every panel
+            pts = [(m["step"], m[key]) for m in ms if key in m and m[key] is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                is_eval = key.startswith("eval/")
+                ax.plot(xs, ys if is_eval else _smooth(list(ys), smooth), label=name,
+                        color=f"C{color}", marker="o" if is_eval else None, markersize=3,
+                        linewidth=1)
+        ax.set_title(title + ("" if key.startswith("eval/") else f" (moving avg {smooth})"),
+                     fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    handles = [plt.Line2D([], [], color=f"C{i}", label=name) for i, name in enumerate(runs)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.03 * ((len(handles) + 2) // 3), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Training curves of one or several runs.")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="curves.png")
+    p.add_argument("--smooth", type=int, default=10, help="moving-average window (steps)")
+    args = p.parse_args(argv)
+    plot_curves(args.runs, args.out, smooth=args.smooth)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
