@@ -160,6 +160,13 @@ class PolarTokenizer:
         self.special_ids |= {self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id()} - {-1}
         names = sorted(self.added, key=len, reverse=True)   # longest match first
         self._split = re.compile("(" + "|".join(re.escape(n) for n in names) + ")") if names else None
+        # POLAR's input joins reference and candidate with "<|reward|>" and ends with the reward
+        # token; were either missing from the added tokens, sentencepiece would split it into
+        # ordinary pieces and every score would be read at the wrong position, silently.
+        for marker in ("<|reward|>", POLAR_REWARD_TOKEN):
+            if marker not in self.added or self.encode(marker, add_bos=False) != [self.added[marker]]:
+                raise SystemExit(f"discriminator 'polar': {marker!r} is not one added token in "
+                                 f"{cfg_file} (added_tokens_decoder); is this POLAR's tokenizer?")
 
     def encode(self, text: str, add_bos: bool = True) -> list[int]:
         ids = [self.bos_id] if add_bos else []
@@ -300,22 +307,33 @@ def resolve_model_dir(name: str) -> str:
 class Polar:
     name = "polar"
 
-    def __init__(self, path: str = "internlm/POLAR-1_8B", device="cpu", batch_size: int = 8):
+    def __init__(self, path: str = "internlm/POLAR-1_8B", device="cpu", batch_size: int = 8,
+                 dtype: torch.dtype | None = None):
         from transformers import LlamaModel
         path = resolve_model_dir(path)
         cfg = json.load(open(os.path.join(path, "config.json")))
         self.tokenizer = PolarTokenizer(path)
         llama_cfg = llama_config_from_internlm2(cfg)
         sd, v_head = convert_internlm2_state_dict(load_state_dict_safely(path), cfg)
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        if dtype is None:   # bf16 weights on a GPU (half the memory and time), fp32 elsewhere
+            dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
         with torch.device("meta"):
             self.model = LlamaModel(llama_cfg)
         self.model.load_state_dict(sd, strict=True, assign=True)
-        self.model.rotary_emb = type(self.model.rotary_emb)(llama_cfg)  # buffers, not weights
+        # RoPE's inverse frequencies are a buffer, so casting the model to bf16 would round them:
+        # at head_dim 128 and rope_theta 1e6 that rotates position 2,000 by up to 2.3 rad too far,
+        # and POLAR's reference and candidate sit 500-1,500 tokens apart. So the rotary module is
+        # built (for real, not on the meta device) in fp32 and kept out of the cast; its forward
+        # computes the angles in fp32 and only then casts cos/sin to the model's dtype.
+        rotary = type(self.model.rotary_emb)(llama_cfg).to(device)
+        self.model.rotary_emb = None
         self.model = self.model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        self.v_head = torch.nn.Linear(cfg["hidden_size"], 1, bias=False)
-        self.v_head.weight.data = v_head.to(torch.float32).reshape(1, -1)
-        self.v_head = self.v_head.to(device=device, dtype=dtype).requires_grad_(False)
+        self.model.rotary_emb = rotary
+        # The value head stays fp32 and reads an fp32 copy of the last hidden state: a bf16
+        # output would quantise scores to steps of 0.016-0.06 before group normalisation.
+        self.v_head = torch.nn.Linear(cfg["hidden_size"], 1, bias=False, device=device)
+        self.v_head.weight.data = v_head.to(device=device, dtype=torch.float32).reshape(1, -1)
+        self.v_head.requires_grad_(False)
         self.reward_token_id = cfg.get("reward_token_id", self.tokenizer.added.get(POLAR_REWARD_TOKEN))
         self.device, self.batch_size = device, batch_size
 
@@ -333,7 +351,7 @@ class Polar:
             pos = (mask.cumsum(1) - 1).clamp(min=0)
             hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
             last = mask.cumsum(1).argmax(1)            # the last real token: the reward token
-            out.append(self.v_head(hidden[torch.arange(len(chunk)), last]).float().squeeze(-1))
+            out.append(self.v_head(hidden[torch.arange(len(chunk)), last].float()).squeeze(-1))
         return torch.cat(out).cpu()
 
     def score(self, prompts, references, candidates) -> torch.Tensor:
@@ -347,12 +365,15 @@ class Polar:
         return self.score_ids(ids)
 
 
-def load_discriminator(name: str, model: str | None = None, device="cpu"):
-    """'lexical' | 'embedding' | 'polar' -> an object with .score(prompts, references, candidates)."""
+def load_discriminator(name: str, model: str | None = None, device="cpu",
+                       dtype: torch.dtype | None = None):
+    """'lexical' | 'embedding' | 'polar' -> an object with .score(prompts, references, candidates).
+
+    `dtype` is POLAR's weight dtype (default: bf16 on CUDA, fp32 elsewhere)."""
     if name == "lexical":
         return Lexical()
     if name == "embedding":
         return Embedding(model or "sentence-transformers/all-MiniLM-L6-v2", device)
     if name == "polar":
-        return Polar(model or "internlm/POLAR-1_8B", device)
+        return Polar(model or "internlm/POLAR-1_8B", device, dtype=dtype)
     raise ValueError(f"unknown discriminator {name!r} (lexical, embedding or polar)")

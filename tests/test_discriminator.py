@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import discriminator as D
+from tests.worlds import CFG, _internlm2_checkpoint, _write_sentencepiece
 
 # ----------------------------------------------------------------------------------------------
 # lexical and embedding
@@ -59,60 +60,6 @@ def test_embedding_discriminator_missing_model_is_a_clear_error(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # POLAR: a tiny InternLM2-format checkpoint written in the test
 # ----------------------------------------------------------------------------------------------
-
-CFG = {"architectures": ["InternLM2ForRewardModel"], "model_type": "internlm2", "bias": False,
-       "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-       "num_key_value_heads": 2, "num_hidden_layers": 2, "rms_norm_eps": 1e-5,
-       "rope_theta": 1000000, "rope_scaling": None, "max_position_embeddings": 32768,
-       "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
-
-
-def _write_sentencepiece(path):
-    import io
-
-    import sentencepiece as spm
-    corpus = ["The capital of China is Beijing.", "Shanghai is a large city.",
-              "What is the capital of France? Paris.", "Answer briefly and clearly, please.",
-              "numbers 1 2 3 and letters a b c"] * 20
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=buf, vocab_size=320,
-                                   model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-                                   byte_fallback=True, minloglevel=2)
-    (path / "tokenizer.model").write_bytes(buf.getvalue())
-    sp = spm.SentencePieceProcessor(model_file=str(path / "tokenizer.model"))
-    n = sp.get_piece_size()
-    added = {str(n): {"content": "<|reward|>", "special": True},
-             str(n + 1): {"content": "[UNUSED_TOKEN_130]", "special": True}}
-    (path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": added}))
-    return n + 2, n + 1
-
-
-def _internlm2_checkpoint(path, fmt="bin"):
-    vocab, reward_id = _write_sentencepiece(path)
-    cfg = dict(CFG, vocab_size=vocab, reward_token_id=reward_id)
-    (path / "config.json").write_text(json.dumps(cfg))
-    torch.manual_seed(0)
-    H, I, nh, kv = cfg["hidden_size"], cfg["intermediate_size"], 4, 2
-    d = H // nh
-    sd = {"model.tok_embeddings.weight": torch.randn(vocab, H),
-          "model.norm.weight": 1 + 0.1 * torch.randn(H), "v_head.weight": torch.randn(1, H),
-          "output.weight": torch.randn(vocab, H)}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        sd[p + "attention_norm.weight"] = 1 + 0.1 * torch.randn(H)
-        sd[p + "ffn_norm.weight"] = 1 + 0.1 * torch.randn(H)
-        sd[p + "attention.wqkv.weight"] = torch.randn((nh + 2 * kv) * d, H) / H ** 0.5
-        sd[p + "attention.wo.weight"] = torch.randn(H, H) / H ** 0.5
-        sd[p + "feed_forward.w1.weight"] = torch.randn(I, H) / H ** 0.5
-        sd[p + "feed_forward.w3.weight"] = torch.randn(I, H) / H ** 0.5
-        sd[p + "feed_forward.w2.weight"] = torch.randn(H, I) / I ** 0.5
-    if fmt == "bin":
-        torch.save(sd, path / "pytorch_model.bin")
-    else:
-        from safetensors.torch import save_file
-        save_file(sd, str(path / "model.safetensors"))
-    return cfg, sd
-
 
 def internlm2_reference(sd, cfg, ids):
     """InternLM2's reward forward written from its published description, independent of transformers."""
@@ -214,3 +161,33 @@ def test_polar_without_v_head_or_files_is_a_clear_error(tmp_path):
     _write_sentencepiece(tmp_path)
     with pytest.raises(SystemExit, match="no \\*.safetensors or pytorch_model\\*.bin"):
         D.Polar(str(tmp_path))
+
+
+def test_polar_in_bf16_keeps_rope_and_the_value_head_in_fp32(tmp_path):
+    """Cast to bf16 (as on a GPU), POLAR must still rotate far positions by the right angle and
+    return unquantised scores."""
+    _internlm2_checkpoint(tmp_path, cfg_overrides={"hidden_size": 512})   # head_dim 128, theta 1e6
+    polar = D.Polar(str(tmp_path), dtype=torch.bfloat16)
+    assert next(polar.model.parameters()).dtype == torch.bfloat16
+    pos = torch.arange(0, 2001, 250)[None]                                  # [1, 9]
+    cos, sin = polar.model.rotary_emb(torch.zeros(1, 1, 128, dtype=torch.bfloat16), pos)
+    inv = 1.0 / (1e6 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128))
+    angle = torch.cat([pos[0, :, None] * inv] * 2, -1)                      # [9, 128] exact
+    # only the final bf16 rounding of cos/sin remains (< 0.004); bf16 inverse frequencies
+    # would be off by up to 2.3 rad at position 2,000
+    assert (cos[0].double() - angle.cos()).abs().max() < 0.01
+    assert (sin[0].double() - angle.sin()).abs().max() < 0.01
+    ids = torch.randint(3, 300, (16, 12)).tolist()
+    s = polar.score_ids(ids)
+    assert s.dtype == torch.float32
+    assert not torch.equal(s, s.bfloat16().float())       # a bf16 head would round every score
+
+
+def test_polar_tokenizer_needs_its_reward_markers_as_single_tokens(tmp_path):
+    _internlm2_checkpoint(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    cfg["added_tokens_decoder"] = {k: v for k, v in cfg["added_tokens_decoder"].items()
+                                   if v["content"] != "<|reward|>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit, match="'<\\|reward\\|>' is not one added token"):
+        D.PolarTokenizer(str(tmp_path))
