@@ -46,6 +46,10 @@ Design
   accumulation; fp32 inputs use full fp32, never TF32 in the kernel). bf16 log-probs would lose
   ~4e-3 absolute accuracy at this vocabulary size. On CUDA the backward matmuls take bf16 operands
   with fp32 accumulation (fp32 operands would be ~10x slower); on CPU they are fp32.
+* Under autocast (training on a GPU) the decoder's last hidden state is still fp32 -- the residual
+  stream and Qwen3's final RMSNorm stay fp32 -- so `sequence_logprobs` casts the selected rows to
+  the autocast dtype, exactly as the model's own head would, and the Function itself runs with
+  autocast off, so that no fp32 product is silently demoted to bf16.
 * Temperature divides the logits before the softmax; the same T is used for the policy, the old
   policy and the reference, T = 1 for SFT, and the backward carries the 1/T factor.
 
@@ -196,13 +200,28 @@ if triton is not None:
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _lse_triton(hidden, weight, inv_t, block_n=64, block_v=128, block_h=64,
-                vocab_per_program=4096):
+# Tile sizes by operand dtype. Each pipeline stage holds one [BLOCK_N, BLOCK_H] tile of hidden
+# and one [BLOCK_H, BLOCK_V] tile of W in shared memory:
+#     bytes = stages * (BLOCK_N * BLOCK_H + BLOCK_H * BLOCK_V) * element size
+# Both choices need 72 KiB, within the ~100 KiB per block of RTX 30/40, L4 and A10 GPUs (an fp32
+# tile of BLOCK_H 64 with 3 stages would need 144 KiB and fail to launch there).
+TRITON_TILES = {2: dict(block_n=64, block_v=128, block_h=64, stages=3),    # bf16 / fp16
+                4: dict(block_n=64, block_v=128, block_h=32, stages=3)}    # fp32
+
+
+def triton_shared_memory_bytes(element_size: int) -> int:
+    t = TRITON_TILES[element_size]
+    return t["stages"] * (t["block_n"] * t["block_h"] + t["block_h"] * t["block_v"]) * element_size
+
+
+def _lse_triton(hidden, weight, inv_t, vocab_per_program=4096):
     if triton is None:
         raise RuntimeError("logprobs: backend='triton' needs triton (pip install triton); "
                            "use backend='torch' instead")
     n, h = hidden.shape
     v = weight.shape[0]
+    tiles = TRITON_TILES[hidden.element_size()]
+    block_n, block_v, block_h = tiles["block_n"], tiles["block_v"], tiles["block_h"]
     hidden = hidden.contiguous()
     weight = weight.contiguous()
     vocab_per_program = max(block_v, (vocab_per_program // block_v) * block_v)
@@ -213,6 +232,7 @@ def _lse_triton(hidden, weight, inv_t, block_n=64, block_v=128, block_h=64,
     _partial_lse_kernel[grid](hidden, weight, inv_t.contiguous(), pmax, psum, n, v, h,
                               hidden.stride(0), weight.stride(0), vocab_per_program,
                               BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h,
+                              num_stages=tiles["stages"], num_warps=4,
                               IEEE=hidden.dtype == torch.float32 or _INTERPRETED)
     m = pmax.max(dim=0).values                                         # [N]
     return m + torch.log((psum * torch.exp(pmax - m)).sum(0))          # [N]
@@ -223,8 +243,22 @@ def _lse_triton(hidden, weight, inv_t, block_n=64, block_v=128, block_h=64,
 # ----------------------------------------------------------------------------------------------
 
 class _TokenLogprobs(torch.autograd.Function):
+    # Both passes run with autocast OFF: under autocast an fp32 x fp32 matmul would silently
+    # become a bf16 one, and the log-sum-exp would come from bf16 logits (measured on the CPU:
+    # errors of 0.13 and log-probs above 0). The operands' own dtypes decide the precision.
     @staticmethod
     def forward(ctx, hidden, weight, targets, inv_t, backend, token_chunk, vocab_chunk):
+        with torch.autocast(hidden.device.type, enabled=False):
+            return _TokenLogprobs._forward(ctx, hidden, weight, targets, inv_t, backend,
+                                           token_chunk, vocab_chunk)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _TokenLogprobs._backward(ctx, grad_out)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, targets, inv_t, backend, token_chunk, vocab_chunk):
         if backend == "triton":
             lse = _lse_triton(hidden, weight, inv_t)                               # [N]
         else:
@@ -235,7 +269,7 @@ class _TokenLogprobs(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def _backward(ctx, grad_out):
         hidden, weight, targets, inv_t, lse = ctx.saved_tensors
         token_chunk, vocab_chunk = ctx.chunks
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -308,9 +342,9 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     if hidden.shape[0] == 0:
         return hidden.new_zeros(0, dtype=torch.float32) + 0 * hidden.sum() + 0 * weight.sum()
     if weight.dtype != hidden.dtype:
-        # Under bf16 autocast the decoder returns bf16 hidden states while the head's Parameter
-        # stays fp32 (the optimizer's master copy): cast it the way autocast casts F.linear's
-        # weight. The cast is differentiable, so the gradient still reaches the Parameter.
+        # bf16 hidden rows (see sequence_logprobs) meet the head's fp32 Parameter (the
+        # optimizer's master copy): cast it the way autocast casts F.linear's weight. The cast
+        # is differentiable, so the gradient still reaches the Parameter.
         weight = weight.to(hidden.dtype)
     if backend == "triton" and hidden.dtype == torch.float64:
         raise ValueError("token_logprobs: the triton backend takes fp32/bf16/fp16, not float64")
@@ -343,6 +377,11 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     h = hidden[:, :-1][select]                                                   # [N, H]
     targets = input_ids[:, 1:][select]                                           # [N]
     head = model.get_output_embeddings().weight   # tied to the input embedding in Qwen3
+    if torch.is_autocast_enabled(h.device.type):
+        # The residual stream (and Qwen3's final RMSNorm output) stays fp32 under autocast; the
+        # model's own head would multiply in the autocast dtype with fp32 accumulation. Do the
+        # same: bf16 operands (tensor cores, the Triton kernel's fast path), fp32 log-sum-exp.
+        h = h.to(torch.get_autocast_dtype(h.device.type))
     lp = token_logprobs(h, head, targets, temperature, backend=backend)          # [N] fp32
     out = torch.zeros(select.shape, dtype=lp.dtype, device=lp.device)
     return out.masked_scatter(select, lp)                                        # [B, T-1]

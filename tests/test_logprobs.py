@@ -190,3 +190,44 @@ print("ok")
     res = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["torch", "naive"])
+def test_fp32_inputs_under_bf16_autocast_stay_fp32(backend):
+    """Autocast must not demote the Function's fp32 products (it turned the log-sum-exp into a
+    bf16 one: errors of 0.13, log-probs above 0)."""
+    hidden, weight, targets = make(n=256, v=20000, h=64, scale=1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v, gh, gw = grads(lambda h, w, t, T: logprobs.token_logprobs(h, w, t, T, backend=backend),
+                          hidden, weight, targets, 1.0)
+    rv, rgh, rgw = grads(reference, hidden, weight, targets, 1.0)
+    if backend == "naive":   # the detector works: the naive path is demoted by autocast
+        assert (v - rv).abs().max() > 1e-2
+        return
+    assert (v - rv).abs().max() < 1e-4 and (v <= 0).all()     # was 0.13 with bf16 logits
+    assert torch.allclose(gh, rgh, atol=1e-4, rtol=1e-4)       # gradients of size ~15
+    assert torch.allclose(gw, rgw, atol=1e-4, rtol=1e-4)
+
+
+def test_sequence_logprobs_under_autocast_use_the_heads_precision(model, tok, monkeypatch):
+    """Under autocast the selected hidden rows reach the head in bf16 (as model.lm_head would
+    take them: the Triton kernel's fast path) and the log-sum-exp stays fp32."""
+    import data
+    b = data.demo_batch(tok, [{"prompt": "Describe the cat.", "response": "The cat is calm."}], 64)
+    seen, real = {}, logprobs.token_logprobs
+
+    def spy(h, w, t, *a, **k):
+        seen.update(h=h.detach(), w=w.detach(), t=t)
+        return real(h, w, t, *a, **k)
+    monkeypatch.setattr(logprobs, "token_logprobs", spy)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = logprobs.sequence_logprobs(model, b.input_ids, b.attention_mask, b.score_mask)
+    assert seen["h"].dtype == torch.bfloat16 and seen["w"].dtype == torch.float32
+    got = amp[b.score_mask[:, 1:]].double()
+    ref = reference(seen["h"], seen["w"].bfloat16(), seen["t"])   # float64 maths on bf16 inputs
+    assert amp.dtype == torch.float32 and (got - ref).abs().max() < 1e-5
+
+
+def test_triton_tiles_fit_gpus_with_100_kib_of_shared_memory():
+    for element_size in (2, 4):
+        assert logprobs.triton_shared_memory_bytes(element_size) <= 96 * 1024
