@@ -222,7 +222,7 @@ def bench_step(args) -> dict:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     if targs.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        dist.enable_activation_checkpointing(model)
     objective = uniapl.resolve(targs.method, targs.alpha, targs.lambda_adv, targs.adv_mode,
                                targs.adv_coef_clip)
     rows, _ = toy.train_eval_rows(0, n_train=max(64, 4 * targs.rl_batch_size), n_eval=1)

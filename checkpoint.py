@@ -164,12 +164,27 @@ def find_checkpoint(resume: str, out: str) -> str:
     return found[-1]
 
 
+def load_weights(path: str) -> dict:
+    """A save_pretrained directory's tensors: one model.safetensors, or the shards its index
+    lists (transformers shards models above its max_shard_size, e.g. Qwen3-4B)."""
+    from safetensors.torch import load_file
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        files = ["model.safetensors"]
+    weights = {}
+    for name in files:
+        weights.update(load_file(os.path.join(path, name)))
+    return weights
+
+
 def load_checkpoint(path: str, model, optimizer, scheduler, sampler) -> int:
     """Restore weights, optimizer, scheduler, sampler position and RNG states; returns the step."""
-    from safetensors.torch import load_file
     if not os.path.exists(os.path.join(path, "trainer_state.pt")):
         raise SystemExit(f"--resume: {path} is not a checkpoint (no trainer_state.pt)")
-    weights = load_file(os.path.join(path, "model.safetensors"))
+    weights = load_weights(path)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # tied Qwen3 heads are saved once; anything else missing is a real mismatch
     if unexpected or [k for k in missing if k != "lm_head.weight"]:

@@ -2,7 +2,8 @@
 
 Plumbing, kept out of train.py's way. One process on one device is the default; the mixed
 precision is the usual one for training on a GPU: fp32 master weights (the optimizer's copy),
-with matmuls under bf16 autocast on CUDA. On the CPU everything stays fp32.
+with matmuls under bf16 autocast on CUDA. On the CPU everything stays fp32 unless --precision bf16
+asks for autocast there too.
 """
 
 from __future__ import annotations
@@ -24,11 +25,22 @@ def pick_device(name: str | None = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device):
-    """A context factory: bf16 autocast on CUDA, a no-op on the CPU."""
-    if device.type == "cuda":
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of --precision: auto = bf16 on CUDA and none on the CPU; bf16 forces it
+    (on the CPU too: that is how tests rehearse the GPU's numerics); fp32 turns it off."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"unknown precision {precision!r} (auto, bf16 or fp32)")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """A context factory: autocast in `autocast_dtype(device, precision)`, or a no-op."""
+    dtype = autocast_dtype(device, precision)
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
 
 
 def device_name(device: str | torch.device) -> str:
@@ -36,3 +48,20 @@ def device_name(device: str | torch.device) -> str:
     if torch.device(device).type == "cuda":
         return torch.cuda.get_device_name(0)
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in backward instead of keeping them.
+
+    transformers acts on it only while the module is in train mode. Its name changed in
+    transformers 5 (activation_*); 4.x has only gradient_checkpointing_enable.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_activation_checkpointing(model) -> bool:
+    return bool(getattr(model, "is_activation_checkpointing", None)
+                or getattr(model, "is_gradient_checkpointing", False))

@@ -112,6 +112,9 @@ class Settings:
                            choices=["token", "sequence"])
     logprobs_backend: str = OPTIM("auto", "log-prob gathering: auto = triton on CUDA, else the "
                                   "chunked torch path", choices=["auto", "torch", "triton", "naive"])
+    precision: str = OPTIM("auto", "auto: bf16 autocast on CUDA (fp32 master weights), fp32 on "
+                           "the CPU; bf16 also autocasts on the CPU (rehearsing the GPU's numerics)",
+                           choices=["auto", "bf16", "fp32"])
     gradient_checkpointing: bool = OPTIM(False, "recompute each layer's activations in backward "
                                          "(needed for 0.6B at 64 x 512 tokens)", real=True,
                                          action=argparse.BooleanOptionalAction)

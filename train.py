@@ -63,6 +63,7 @@ class StepSettings:
     num_iterations: int           # optimizer updates per batch of rollouts
     max_grad_norm: float
     logprobs_backend: str
+    precision: str                # "auto" | "bf16" | "fp32": the autocast of every forward
 
     @classmethod
     def from_settings(cls, s: settings.Settings) -> StepSettings:
@@ -79,7 +80,7 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
     """One UniAPL step on a mixed batch; returns its metrics. Raises NonFiniteError before
     touching the weights if a loss or the gradient norm is not finite."""
     device = next(policy.parameters()).device
-    amp, timer = dist.autocast_for(device), Timer(device)
+    amp, timer = dist.autocast_for(device, s.precision), Timer(device)
     G, metrics = s.num_generations, {"step": step + 1}
 
     # 1. Rollouts: y_1..y_G ~ pi_theta(. | x) for each RL prompt (a-sft: each demonstration prompt).
@@ -133,7 +134,9 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
             # update pi_old = pi_theta, so the detached copy is the old policy (no extra forward).
             if ro is not None and (objective.uses_grpo or objective.uses_adv_loss):
                 logp = grpo.completion_logprobs(policy, ro, s.temperature, s.logprobs_backend)  # [R, L]
-                old_logp = logp.detach() if old_logp is None else old_logp
+                if old_logp is None:
+                    old_logp = logp.detach()
+                    metrics.update(grpo.sampler_gap(ro, old_logp))
 
             # L_GRPO = -aggregate(min(rho A, clip(rho) A)) + beta KL.
             if ro is not None and objective.uses_grpo:
@@ -188,8 +191,11 @@ def train(s: settings.Settings) -> dict:
 
     # --- Load: policy, data, reference (only if beta > 0), discriminator (only if used). ---
     policy, tokenizer = checkpoint.load_policy(s.model, device, seed=s.seed)
+    # from_pretrained returns a module in eval mode, and transformers checkpoints a layer only
+    # while its module is training: without this, --gradient-checkpointing would save nothing.
+    policy.train()
     if s.gradient_checkpointing:
-        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        dist.enable_activation_checkpointing(policy)
     load = dict(skip_invalid=s.skip_invalid_rows, toy_seed=s.seed, teacher_accuracy=s.teacher_accuracy)
     rows = data.load_rows(s.dataset, "train", **load)
     rows = data.check_prompt_lengths(rows, tokenizer, s.max_prompt_length, s.dataset,
@@ -202,7 +208,8 @@ def train(s: settings.Settings) -> dict:
     sampler = data.MixedSampler(demos, prompts, s.sft_batch_size if objective.uses_sft else 0,
                                 s.rl_batch_size if objective.rollouts_on == "rl" else 0, s.seed)
     reference = copy.deepcopy(policy).eval().requires_grad_(False) if s.beta > 0 else None
-    disc = load_discriminator(s.discriminator, s.discriminator_model, device) \
+    disc = load_discriminator(s.discriminator, s.discriminator_model, device,
+                              dist.autocast_dtype(device, s.precision) or torch.float32) \
         if objective.uses_discriminator else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -218,7 +225,7 @@ def train(s: settings.Settings) -> dict:
         print(f"resumed from {path} at step {start}")
     write_json(os.path.join(s.out, "config.json"), dataclasses.asdict(s) | {
         "alpha": objective.alpha, "lambda_adv": objective.lambda_adv})
-    amp = dist.autocast_for(device)
+    amp = dist.autocast_for(device, s.precision)
 
     def run_eval(tag: str) -> dict:
         res = evaluate.evaluate_model(policy, tokenizer, eval_rows, autocast=amp,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import discriminator as D
-from tests.worlds import CFG, _internlm2_checkpoint, _write_sentencepiece
+from tests.worlds import CFG, write_polar_checkpoint, write_polar_tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # lexical and embedding
@@ -93,7 +93,7 @@ def internlm2_reference(sd, cfg, ids):
 
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
 def test_polar_conversion_matches_an_independent_internlm2(tmp_path, fmt):
-    cfg, sd = _internlm2_checkpoint(tmp_path, fmt)
+    cfg, sd = write_polar_checkpoint(tmp_path, fmt)
     polar = D.Polar(str(tmp_path))
     ids = torch.randint(3, cfg["vocab_size"], (2, 9))
     scores = polar.score_ids(ids.tolist())
@@ -120,7 +120,7 @@ def test_polar_wqkv_split_layout():
 
 
 def test_polar_input_string_template_budgets_and_reward_token(tmp_path):
-    _internlm2_checkpoint(tmp_path)
+    write_polar_checkpoint(tmp_path)
     tok = D.PolarTokenizer(str(tmp_path))
     p, r, c = "What is the capital of China?", "Beijing.", "<think>\nhmm\n</think>\n\nShanghai."
     text = D.polar_input(tok, p, r, c)
@@ -144,7 +144,7 @@ def test_polar_input_string_template_budgets_and_reward_token(tmp_path):
 
 
 def test_polar_scores_identical_pairs_consistently(tmp_path):
-    _internlm2_checkpoint(tmp_path)
+    write_polar_checkpoint(tmp_path)
     polar = D.load_discriminator("polar", str(tmp_path))
     prompts = ["What is the capital of China?"] * 3
     s = polar.score(prompts, ["Beijing."] * 3, ["Beijing.", "Shanghai.", "Beijing."])
@@ -158,7 +158,7 @@ def test_polar_without_v_head_or_files_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no 'v_head.weight'"):
         D.convert_internlm2_state_dict({"model.norm.weight": torch.ones(4)}, CFG)
     (tmp_path / "config.json").write_text(json.dumps(dict(CFG, vocab_size=10)))
-    _write_sentencepiece(tmp_path)
+    write_polar_tokenizer(tmp_path)
     with pytest.raises(SystemExit, match="no \\*.safetensors or pytorch_model\\*.bin"):
         D.Polar(str(tmp_path))
 
@@ -166,7 +166,7 @@ def test_polar_without_v_head_or_files_is_a_clear_error(tmp_path):
 def test_polar_in_bf16_keeps_rope_and_the_value_head_in_fp32(tmp_path):
     """Cast to bf16 (as on a GPU), POLAR must still rotate far positions by the right angle and
     return unquantised scores."""
-    _internlm2_checkpoint(tmp_path, cfg_overrides={"hidden_size": 512})   # head_dim 128, theta 1e6
+    write_polar_checkpoint(tmp_path, cfg_overrides={"hidden_size": 512})   # head_dim 128, theta 1e6
     polar = D.Polar(str(tmp_path), dtype=torch.bfloat16)
     assert next(polar.model.parameters()).dtype == torch.bfloat16
     pos = torch.arange(0, 2001, 250)[None]                                  # [1, 9]
@@ -184,7 +184,7 @@ def test_polar_in_bf16_keeps_rope_and_the_value_head_in_fp32(tmp_path):
 
 
 def test_polar_tokenizer_needs_its_reward_markers_as_single_tokens(tmp_path):
-    _internlm2_checkpoint(tmp_path)
+    write_polar_checkpoint(tmp_path)
     cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
     cfg["added_tokens_decoder"] = {k: v for k, v in cfg["added_tokens_decoder"].items()
                                    if v["content"] != "<|reward|>"}

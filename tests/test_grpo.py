@@ -104,3 +104,19 @@ def test_generate_ignores_a_models_top_k_and_top_p(model, tok):
     torch.manual_seed(0)
     ro = rollouts.generate(model, tok, [{"prompt": "Describe the cat."}], 8, max_new_tokens=4)
     assert len({tuple(x.tolist()) for x in ro.completion_ids}) > 1        # really sampled
+
+
+def test_rollouts_record_the_samplers_log_probs(model, tok):
+    """In fp32 the sampler's log p of each drawn token equals the trainer's (up to kernels)."""
+    torch.manual_seed(0)
+    rows = [{"prompt": "Describe the cat."}, {"prompt": "Tell me about the old moon, now."}]
+    ro = rollouts.generate(model, tok, rows, 3, temperature=0.7, max_new_tokens=6)
+    assert ro.sampler_logp.shape == ro.completion_ids.shape
+    with torch.no_grad():
+        trainer = grpo.completion_logprobs(model, ro, 0.7)
+    gap = grpo.sampler_gap(ro, trainer)
+    assert gap["sampler_gap_max"] < 1e-4
+    # the detector works: the wrong temperature is a large gap
+    with torch.no_grad():
+        assert grpo.sampler_gap(ro, grpo.completion_logprobs(model, ro, 1.0))["sampler_gap_max"] > 1e-2
+    assert rollouts.generate(model, tok, rows, 1, greedy=True, max_new_tokens=3).sampler_logp is None

@@ -59,7 +59,7 @@ def test_the_step_runs_without_a_command_line(tok, toy_rows):
     step = train.StepSettings(num_generations=2, temperature=1.0, max_completion_length=8,
                               epsilon=0.2, epsilon_high=0.2, beta=0.0, loss_type="token",
                               scale_rewards="group", mask_truncated=False, num_iterations=1,
-                              max_grad_norm=1.0, logprobs_backend="auto")
+                              max_grad_norm=1.0, logprobs_backend="auto", precision="auto")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
     rows = toy_rows[0]

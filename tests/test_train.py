@@ -158,3 +158,36 @@ def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match="pip install matplotlib"):
         plots.pyplot()
+
+
+def test_evaluation_has_its_own_answer_length(tmp_path, monkeypatch):
+    """IFEval answers get --eval-max-new-tokens (1,280 in the real world), not the rollout length."""
+    import rollouts
+    calls, real = [], rollouts.generate
+
+    def spy(*a, greedy=False, max_new_tokens=64, **k):
+        calls.append((greedy, max_new_tokens))
+        return real(*a, greedy=greedy, max_new_tokens=max_new_tokens, **k)
+    monkeypatch.setattr(rollouts, "generate", spy)
+    run(tmp_path, "--method", "grpo", "--eval-max-new-tokens", "5")
+    assert {n for greedy, n in calls if greedy} == {5}          # evaluation
+    assert {n for greedy, n in calls if not greedy} == {12}     # rollouts (TINY's length)
+    res = json.load(open(tmp_path / "eval_final.json"))
+    assert 0 <= res["truncated_frac"] <= 1
+
+
+def test_resume_from_a_sharded_checkpoint(tmp_path):
+    """Models above transformers' shard size are saved in several files plus an index."""
+    from transformers import AutoModelForCausalLM
+    for name in ("plain", "sharded"):
+        run(tmp_path / name, "--method", "sft", "--steps", "2", "--save-every", "2")
+    ckpt = tmp_path / "sharded" / "checkpoints" / "step-0000002"
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    os.remove(ckpt / "model.safetensors")
+    model.save_pretrained(ckpt, max_shard_size="1MB")
+    assert (ckpt / "model.safetensors.index.json").exists()
+    for name in ("plain", "sharded"):
+        run(tmp_path / name, "--method", "sft", "--steps", "3", "--save-every", "2", "--resume", "auto")
+    a = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "sharded" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

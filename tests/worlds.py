@@ -23,8 +23,9 @@ CFG = {"architectures": ["InternLM2ForRewardModel"], "model_type": "internlm2", 
        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
 
 
-def _write_sentencepiece(path):
+def write_polar_tokenizer(path):
     path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
     import io
 
     import sentencepiece as spm
@@ -44,9 +45,9 @@ def _write_sentencepiece(path):
     return n + 2, n + 1
 
 
-def _internlm2_checkpoint(path, fmt="bin", cfg_overrides=None):
+def write_polar_checkpoint(path, fmt="bin", cfg_overrides=None):
     path = pathlib.Path(path)
-    vocab, reward_id = _write_sentencepiece(path)
+    vocab, reward_id = write_polar_tokenizer(path)
     cfg = dict(CFG, vocab_size=vocab, reward_token_id=reward_id, **(cfg_overrides or {}))
     (path / "config.json").write_text(json.dumps(cfg))
     torch.manual_seed(0)
