@@ -1,19 +1,30 @@
-"""Benchmarks: the fused log-prob gathering, and one full UniAPL training step.
+"""Benchmarks: the fused log-prob gathering, one full UniAPL step, and evaluation throughput.
 
     python bench.py logprobs                 # CPU sizes; on a GPU machine, GPU sizes (bf16)
     python bench.py logprobs --n 8192 16384 --device cuda
-    python bench.py step --model-shape toy   # one unified step, with the share of time per phase
-    python bench.py step --model-shape qwen3-0.6b   # Qwen3-0.6B's real shape, random weights (GPU)
+    python bench.py step                     # one unified step of the toy world, share per phase
+    python bench.py step --model-shape qwen3-0.6b   # Qwen3-0.6B's real shape, random weights
     python bench.py --suite gpu              # everything a lent GPU should measure, in one call
+    ... --out results                        # writes the files README's results come from
 
-How memory is measured (honestly): every (variant, N, mode) runs in its own Python process, so
-one variant's allocator caches cannot hide another's peak. On CUDA we read the allocator's peak
-(`torch.cuda.max_memory_allocated`) after resetting it; on the CPU the process's peak resident set
-size (`ru_maxrss`). "Extra peak" is that peak minus what was resident before the call (inputs
-built in place, so building them leaves no higher earlier peak), minus the bytes of the gradients
-of the inputs in the forward+backward mode -- those are outputs every variant must produce.
-Time is the median of several repeats after one warm-up run, synchronised on CUDA. Ratios are to
-the naive path measured in the same invocation on the same machine.
+The GPU suite (no hub needed: random weights at the real shapes) measures, in one process:
+log-probs at the dtype training feeds the head (bf16 rows under autocast) for the naive, chunked
+torch, Triton (and Liger, if installed) paths; three UniAPL steps at the real run's batch
+(8 prompts x G = 8 rollouts of up to 512 tokens + 8 demonstrations, a POLAR-1.8B-shaped
+discriminator) with the time and peak memory of every phase; and greedy evaluation throughput
+at IFEval's 1,280-token answers. It writes bench_gpu_suite.json and bench_gpu_suite.md.
+
+With random weights a rollout almost never samples a stop token, so every rollout and every
+evaluation answer runs to its length limit: the step is timed at its worst case.
+
+How memory is measured (honestly). On CUDA: the allocator's peak (`max_memory_allocated`) after
+resetting it, in one process (the caching allocator does not hide allocations from it). On the
+CPU every (variant, N, mode) of the log-prob benchmark runs in its own process and we read the
+peak resident set size (`ru_maxrss`), since one variant's freed memory would hide the next one's
+peak. "Extra peak" is that peak minus what was resident before the call (inputs built in place),
+minus the bytes of the gradients of the inputs in forward+backward -- outputs every variant must
+produce. Time is the median of several repeats after one warm-up run, synchronised on CUDA.
+Ratios are to the naive path measured in the same invocation on the same machine.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ QWEN3_H, QWEN3_V = 1024, 151936  # Qwen3-0.6B's hidden size and vocabulary (its 
 
 
 # ----------------------------------------------------------------------------------------------
-# logprobs: one measurement per process
+# logprobs
 # ----------------------------------------------------------------------------------------------
 
 def _rss_bytes() -> int:
@@ -53,7 +64,7 @@ def _liger_logprobs(hidden, weight, targets, temperature):
 
 def measure_one(variant: str, n: int, mode: str, device: str, dtype: str, repeats: int,
                 h: int = QWEN3_H, v: int = QWEN3_V) -> dict:
-    """Peak extra memory and median time of one variant; meant to run in a fresh process."""
+    """Peak extra memory and median time of one variant (on the CPU: in a fresh process)."""
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -99,10 +110,26 @@ def measure_one(variant: str, n: int, mode: str, device: str, dtype: str, repeat
             "times_s": times}
 
 
-def bench_logprobs(args) -> list[dict]:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype or ("bf16" if device == "cuda" else "fp32")
-    sizes = args.n or ([8192, 16384, 32768] if device == "cuda" else [512, 1024, 2048, 4096])
+def _measure(variant, n, mode, device, dtype, repeats, h, v) -> dict:
+    """CUDA: in this process (freeing everything between); CPU: in a fresh process (peak RSS)."""
+    try:
+        if device == "cuda":
+            row = measure_one(variant, n, mode, device, dtype, repeats, h, v)
+            torch.cuda.empty_cache()
+            return row
+        cmd = [sys.executable, os.path.abspath(__file__), "_one", variant, str(n), mode, device,
+               dtype, str(repeats), str(h), str(v)]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError((res.stderr.strip().splitlines() or ["?"])[-1])
+        return json.loads(res.stdout.strip().splitlines()[-1])
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as e:   # e.g. the naive path out of memory
+        torch.cuda.empty_cache() if device == "cuda" else None
+        return {"variant": variant, "n": n, "mode": mode, "error": str(e).splitlines()[0][:200]}
+
+
+def bench_logprobs(device: str, dtype: str, sizes: list[int], repeats: int,
+                   h: int = QWEN3_H, v: int = QWEN3_V) -> dict:
     variants = ["naive", "torch"]
     if device == "cuda":
         variants.append("triton")
@@ -115,38 +142,26 @@ def bench_logprobs(args) -> list[dict]:
     for mode in ("fwd", "fwd+bwd"):
         for n in sizes:
             for variant in variants:
-                cmd = [sys.executable, os.path.abspath(__file__), "_one", variant, str(n), mode,
-                       device, dtype, str(args.repeats)]
-                res = subprocess.run(cmd, capture_output=True, text=True)
-                if res.returncode != 0:
-                    tail = (res.stderr.strip().splitlines() or ["?"])[-1]
-                    print(f"  {variant:6s} N={n:6d} {mode:7s}: failed ({tail})")
-                    rows.append({"variant": variant, "n": n, "mode": mode, "error": tail})
-                    continue
-                row = json.loads(res.stdout.strip().splitlines()[-1])
+                row = _measure(variant, n, mode, device, dtype, repeats, h, v)
                 rows.append(row)
-                print(f"  {variant:6s} N={n:6d} {mode:7s}: extra peak "
-                      f"{row['extra_peak_bytes'] / 2**20:9.1f} MiB, median {row['median_s']:.4f} s",
-                      flush=True)
-    table = logprobs_table(rows, dist.device_name(device), dtype)
-    print("\n" + table)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"bench_logprobs_{device}.json"), "w") as f:
-        json.dump({"device": dist.device_name(device), "dtype": dtype, "H": QWEN3_H, "V": QWEN3_V,
-                   "rows": rows}, f, indent=1)
-    with open(os.path.join(args.out, f"bench_logprobs_{device}.md"), "w") as f:
-        f.write(table + "\n")
-    return rows
+                print(f"  {variant:6s} N={n:6d} {mode:7s}: " + (
+                    f"failed ({row['error']})" if "error" in row else
+                    f"extra peak {row['extra_peak_bytes'] / 2**20:9.1f} MiB, "
+                    f"median {row['median_s']:.4f} s"), flush=True)
+    return {"device": dist.device_name(device), "dtype": dtype, "H": h, "V": v, "rows": rows}
 
 
-def logprobs_table(rows, device: str, dtype: str) -> str:
+def logprobs_table(result: dict) -> str:
+    rows = result["rows"]
     naive = {(r["n"], r["mode"]): r for r in rows if r["variant"] == "naive" and "error" not in r}
-    lines = [f"token_logprobs at H={QWEN3_H}, V={QWEN3_V}, {dtype}, on {device}",
-             "", "| mode | N | variant | extra peak MiB | x naive mem | median s | x naive time |",
+    lines = [f"token_logprobs at H={result['H']}, V={result['V']}, {result['dtype']}, on "
+             f"{result['device']}", "",
+             "| mode | N | variant | extra peak MiB | x naive mem | median s | x naive time |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['mode']} | {r['n']} | {r['variant']} | failed | | | |")
+            lines.append(f"| {r['mode']} | {r['n']} | {r['variant']} | failed: {r['error'][:60]} "
+                         "| | | |")
             continue
         b = naive.get((r["n"], r["mode"]))
         mem_ratio = (f"{r['extra_peak_bytes'] / b['extra_peak_bytes']:.3f}"
@@ -159,7 +174,7 @@ def logprobs_table(rows, device: str, dtype: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# step: one full unified step at a model shape, with the share of time per phase
+# A world at a model shape: policy, tokenizer, rows, discriminator
 # ----------------------------------------------------------------------------------------------
 
 # Qwen3-0.6B's shape (its config.json) and POLAR-1.8B's (InternLM2-1.8B), random weights.
@@ -172,161 +187,348 @@ POLAR_18B = dict(vocab_size=92544, hidden_size=2048, intermediate_size=8192, num
                  rope_theta=1_000_000.0, max_position_embeddings=32768)
 
 
-def random_polar(tokenizer, device):
+def word_tokenizer(vocab_size: int):
+    """A tokenizer with exactly `vocab_size` ids, one whitespace-separated word each, and the toy
+    chat template: every id a random-weight model samples decodes to one word and encodes back
+    to one id, so text lengths (rewards, the discriminator's inputs) are those of real rollouts."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    import toy
+    specials = toy.SPECIAL_TOKENS
+    words = sorted({w for r in toy.make_rows(200, seed=1) for w in (r["prompt"] + " " +
+                                                                    r["response"]).split()})
+    vocab = specials + words + [f"w{i}" for i in range(vocab_size - len(specials) - len(words))]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", padding_side="left")
+    fast.add_special_tokens({"additional_special_tokens": specials})
+    fast.chat_template = toy.CHAT_TEMPLATE
+    return fast
+
+
+def random_polar(tokenizer, device, dtype):
     """A POLAR-1.8B-shaped scorer with random weights: times the discriminator honestly.
 
-    Inputs are built with the toy tokenizer (ids wrap into POLAR's vocabulary), so their lengths
-    match what POLAR's input string would be, give or take the tokenizer.
+    Its input is POLAR's string (prompt, reference, <|reward|>, prompt, candidate, reward token)
+    tokenized with the benchmark's tokenizer, ids wrapped into POLAR's vocabulary: the lengths
+    are those of POLAR's real input, give or take the tokenizer.
     """
     from transformers import LlamaConfig, LlamaModel
 
     import discriminator as D
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     polar = D.Polar.__new__(D.Polar)   # skip __init__: no files, random weights of the real shape
     with torch.device(device):
         polar.model = LlamaModel(LlamaConfig(**POLAR_18B)).to(dtype).eval().requires_grad_(False)
-        polar.v_head = torch.nn.Linear(POLAR_18B["hidden_size"], 1, bias=False).to(dtype)
+        polar.v_head = torch.nn.Linear(POLAR_18B["hidden_size"], 1, bias=False).requires_grad_(False)
     polar.device, polar.batch_size = device, 8
     polar.tokenizer = type("Pad", (), {"pad_id": 0})()
 
     def score(prompts, references, candidates):
-        ids = [tokenizer(f"{p}\n{r}<|reward|>{p}\n{c}", add_special_tokens=False)["input_ids"]
+        ids = [tokenizer(f"{p}\n{r} <|reward|> {p}\n{c}", add_special_tokens=False)["input_ids"]
                for p, r, c in zip(prompts, references, candidates)]
         return polar.score_ids([[1] + [i % POLAR_18B["vocab_size"] for i in x] + [92527] for x in ids])
     polar.score = score
     return polar
 
 
-def bench_step(args) -> dict:
-    import data
+def shaped_world(shape: str, device: torch.device, s: settings.Settings):
+    """(policy, tokenizer, rows, discriminator or None) at `shape`, random weights."""
     import toy
-    import train
     import uniapl
     from discriminator import load_discriminator
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    world = "toy" if args.model_shape == "toy" else "real"
-    overrides = {k: getattr(args, k) for k in ("method", "num_generations", "rl_batch_size",
-                                                "sft_batch_size", "max_completion_length",
-                                                "logprobs_backend") if getattr(args, k) is not None}
-    targs = settings.Settings.for_world(world, **overrides)    # the world's defaults otherwise
-    tokenizer = toy.build_tokenizer()
     torch.manual_seed(0)
-    if args.model_shape == "toy":
-        model = toy.build_model(tokenizer).to(device)
+    if shape == "toy":
+        tokenizer = toy.build_tokenizer()
+        policy = toy.build_model(tokenizer).to(device)
     else:
         from transformers import Qwen3Config, Qwen3ForCausalLM
+        tokenizer = word_tokenizer(QWEN3_06B["vocab_size"])
         cfg = Qwen3Config(**QWEN3_06B, eos_token_id=tokenizer.eos_token_id,
                           pad_token_id=tokenizer.pad_token_id)
         with torch.device(device):
-            model = Qwen3ForCausalLM(cfg)   # fp32 master weights; bf16 autocast on CUDA
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if targs.gradient_checkpointing:
-        dist.enable_activation_checkpointing(model)
-    objective = uniapl.resolve(targs.method, targs.alpha, targs.lambda_adv, targs.adv_mode,
-                               targs.adv_coef_clip)
-    rows, _ = toy.train_eval_rows(0, n_train=max(64, 4 * targs.rl_batch_size), n_eval=1)
-    sampler = data.MixedSampler(rows, rows, targs.sft_batch_size, targs.rl_batch_size, 0)
-    if not objective.uses_discriminator:
-        disc = None
-    elif args.discriminator == "polar-shape":
-        disc = random_polar(tokenizer, device)
-    else:
-        disc = load_discriminator(args.discriminator, None, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    step_settings = train.StepSettings.from_settings(targs)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+            policy = Qwen3ForCausalLM(cfg)   # fp32 master weights; autocast does the rest
+        policy.generation_config.eos_token_id = tokenizer.eos_token_id
+        policy.generation_config.pad_token_id = tokenizer.pad_token_id
+    policy.train()
+    if s.gradient_checkpointing:
+        dist.enable_activation_checkpointing(policy)
+    rows, _ = toy.train_eval_rows(0, n_train=max(64, 4 * s.rl_batch_size), n_eval=1)
+    objective = uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip)
+    disc = None
+    if objective.uses_discriminator:
+        dtype = dist.autocast_dtype(device, s.precision) or torch.float32
+        disc = random_polar(tokenizer, device, dtype) if s.discriminator == "polar" else \
+            load_discriminator(s.discriminator, None, device)
+    return policy, tokenizer, rows, disc
+
+
+# ----------------------------------------------------------------------------------------------
+# step: unified steps at a model shape, time and peak memory per phase
+# ----------------------------------------------------------------------------------------------
+
+def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: int = 1,
+               repeats: int = 2) -> dict:
+    import data
+    import train
+    import uniapl
+    policy, tokenizer, rows, disc = shaped_world(shape, device, s)
+    objective = uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip)
+    sampler = data.MixedSampler(rows, rows, s.sft_batch_size, s.rl_batch_size, 0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    step_settings = train.StepSettings.from_settings(s)
     steps = []
-    for i in range(args.warmup + args.repeats):
+    for i in range(warmup + repeats):
         t0 = time.perf_counter()
-        m = train.unified_step(model, tokenizer, sampler.next(), objective, step_settings,
-                               optimizer, scheduler, disc, None, i)
+        m = train.unified_step(policy, tokenizer, sampler.next(), objective, step_settings,
+                               optimizer, scheduler, disc, None, step=i)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         m["time/total"] = time.perf_counter() - t0
-        if i >= args.warmup:
+        if i >= warmup:
             steps.append(m)
-    phases = sorted(k for k in steps[0] if k.startswith("time/") and k != "time/total")
-    total = statistics.median(s["time/total"] for s in steps)
-    gen_tokens = statistics.median(s["completion_len"] * targs.rl_batch_size * targs.num_generations
-                                   for s in steps) if "completion_len" in steps[0] else 0
+    total = statistics.median(m["time/total"] for m in steps)
+    phases = [k[5:] for k in steps[0] if k.startswith("time/") and k != "time/total"]
+    gen_tokens = statistics.median(m["completion_len"] * s.rl_batch_size * s.num_generations
+                                   for m in steps) if "completion_len" in steps[0] else 0
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result = {"device": dist.device_name(device.type), "model_shape": args.model_shape,
-              "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-              "method": targs.method, "discriminator": args.discriminator,
-              "rollouts": targs.rl_batch_size * targs.num_generations,
-              "max_completion_length": targs.max_completion_length,
-              "demos": targs.sft_batch_size, "median_step_s": total,
-              "generated_tokens_per_step": gen_tokens, "generated_tokens_per_s": gen_tokens / total,
-              "peak_memory_GiB": peak / 2**30,
-              "share": {p[5:]: statistics.median(s.get(p, 0) for s in steps) / total for p in phases},
-              "steps": steps}
-    lines = [f"one unified step ({targs.method}), {args.model_shape} shape "
-             f"({result['params_M']:.2f} M parameters) on {result['device']}: "
-             f"{result['rollouts']} rollouts of up to {targs.max_completion_length} tokens + "
-             f"{targs.sft_batch_size} demonstrations, discriminator {args.discriminator}",
-             f"median step {total:.2f} s, {gen_tokens:.0f} generated tokens "
-             f"({result['generated_tokens_per_s']:.0f} tokens/s), peak memory "
-             f"{result['peak_memory_GiB']:.2f} GiB", "",
-             "| phase | share of step time |", "|---|---|"]
-    lines += [f"| {p} | {v:.1%} |" for p, v in result["share"].items()]
-    print("\n".join(lines))
-    os.makedirs(args.out, exist_ok=True)
-    name = f"bench_step_{args.model_shape}_{device.type}"
-    with open(os.path.join(args.out, name + ".json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, name + ".md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    return {"device": dist.device_name(device), "model_shape": shape,
+            "params_M": sum(p.numel() for p in policy.parameters()) / 1e6,
+            "method": s.method, "discriminator": s.discriminator, "precision": s.precision,
+            "rollouts": s.rl_batch_size * s.num_generations,
+            "max_completion_length": s.max_completion_length, "demos": s.sft_batch_size,
+            "median_step_s": total, "generated_tokens_per_step": gen_tokens,
+            "generated_tokens_per_s": gen_tokens / total, "peak_memory_GiB": peak / 2**30,
+            "phase_s": {p: statistics.median(m.get(f"time/{p}", 0) for m in steps) for p in phases},
+            "phase_peak_GiB": {p: max(m.get(f"mem/{p}", 0) for m in steps) for p in phases},
+            "steps": steps}
+
+
+def step_table(r: dict) -> str:
+    lines = [f"one unified step ({r['method']}, precision {r['precision']}), {r['model_shape']} "
+             f"shape ({r['params_M']:.2f} M parameters) on {r['device']}: {r['rollouts']} rollouts "
+             f"of up to {r['max_completion_length']} tokens + {r['demos']} demonstrations, "
+             f"discriminator {r['discriminator']}",
+             f"median step {r['median_step_s']:.2f} s, {r['generated_tokens_per_step']:.0f} "
+             f"generated tokens ({r['generated_tokens_per_s']:.0f} tokens/s), peak memory "
+             f"{r['peak_memory_GiB']:.2f} GiB", "",
+             "| phase | median s | share of step | peak GiB (CUDA) |", "|---|---|---|---|"]
+    for p, t in r["phase_s"].items():
+        mem = r["phase_peak_GiB"].get(p)
+        lines.append(f"| {p} | {t:.3f} | {t / r['median_step_s']:.1%} | "
+                     f"{f'{mem:.2f}' if mem else '-'} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# eval: greedy evaluation throughput at IFEval's answer length
+# ----------------------------------------------------------------------------------------------
+
+def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: int = 64) -> dict:
+    import evaluate
+    policy, tokenizer, rows, _ = shaped_world(shape, device, s)
+    rows = (rows * (prompts // len(rows) + 1))[:prompts]
+    t0 = time.perf_counter()
+    res = evaluate.evaluate_model(policy, tokenizer, rows, max_new_tokens=s.eval_max_new_tokens,
+                                  batch_size=prompts, autocast=dist.autocast_for(device, s.precision))
+    wall = time.perf_counter() - t0
+    lengths = [len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
+               for r in res["responses"]]
+    return {"device": dist.device_name(device), "model_shape": shape, "prompts": prompts,
+            "max_new_tokens": s.eval_max_new_tokens, "wall_s": wall,
+            "tokens_per_s": sum(lengths) / wall,
+            "ifeval_541_estimate_s": wall * 541 / prompts}
+
+
+# ----------------------------------------------------------------------------------------------
+# memory: what one step of the real run holds, measured per layer and per token on the CPU
+# ----------------------------------------------------------------------------------------------
+
+def saved_bytes(params, fn) -> int:
+    """Bytes autograd saves for backward while fn() runs (parameters excluded)."""
+    ptrs, total = {p.data_ptr() for p in params}, [0]
+
+    def pack(t):
+        if t.data_ptr() not in ptrs:
+            total[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total[0]
+
+
+def bench_memory(lengths: tuple[int, ...] = (512, 1024)) -> dict:
+    """Bytes autograd saves in the training forward (log-probs of every token of one sequence)
+    at Qwen3-0.6B's width under bf16 autocast, with 2 and 4 layers at each sequence length: half
+    the difference is what one layer costs, the rest is everything else (embedding, final norm,
+    the log-prob rows, and the bf16 copy of the 151,936 x 1,024 head saved for backward)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from logprobs import sequence_logprobs
+
+    def measure(layers: int, tokens: int, ckpt: bool) -> int:
+        torch.manual_seed(0)
+        model = Qwen3ForCausalLM(Qwen3Config(**(QWEN3_06B | {"num_hidden_layers": layers})))
+        model.train()
+        if ckpt:
+            dist.enable_activation_checkpointing(model)
+        ids = torch.randint(0, QWEN3_V, (1, tokens))
+        mask = torch.ones_like(ids)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return saved_bytes(model.parameters(),
+                               lambda: sequence_logprobs(model, ids, mask, mask, 1.0).sum())
+
+    out = {"hidden": QWEN3_06B["hidden_size"], "rows": []}
+    for ckpt in (False, True):
+        for t in lengths:
+            m2, m4 = measure(2, t, ckpt), measure(4, t, ckpt)
+            out["rows"].append({"checkpointing": ckpt, "tokens": t,
+                                "per_token_per_layer": (m4 - m2) / (2 * t),
+                                "rest": m2 - (m4 - m2), "measured_2_layers": m2,
+                                "measured_4_layers": m4})
+    return out
+
+
+def memory_table(m: dict, rollouts: int = 64, tokens: int = 700, demos: int = 8,
+                 demo_tokens: int = 700) -> str:
+    """Measured costs, extrapolated to Qwen3-0.6B's 28 layers and one step of the real run:
+    per layer, the cost per token at the longest measured sequence; everything else as a
+    constant plus a cost per token, fitted from the two lengths."""
+    n_tok = rollouts * tokens + demos * demo_tokens
+    layers, params = QWEN3_06B["num_hidden_layers"], 596_049_920
+    kv = 2 * layers * QWEN3_06B["num_key_value_heads"] * QWEN3_06B["head_dim"] * 2   # bf16 K and V
+    lines = [f"Saved activations of the training forward at Qwen3-0.6B's width (hidden "
+             f"{m['hidden']}, vocabulary {QWEN3_V}), bf16 autocast, measured on the CPU:", "",
+             "| activation checkpointing | sequence tokens | per token per layer | everything else |",
+             "|---|---|---|---|"]
+    for r in m["rows"]:
+        lines.append(f"| {'on' if r['checkpointing'] else 'off'} | {r['tokens']} | "
+                     f"{r['per_token_per_layer'] / 1024:,.1f} KiB | {r['rest'] / 2**20:,.0f} MiB |")
+    lines += ["", f"Extrapolated to one step of the real run ({n_tok:,} tokens: {rollouts} rollouts "
+              f"and {demos} demonstrations of about {tokens} tokens, {layers} layers):", ""]
+    for ckpt in (False, True):
+        short, long = sorted((r for r in m["rows"] if r["checkpointing"] == ckpt),
+                             key=lambda r: r["tokens"])
+        per_token = (long["rest"] - short["rest"]) / (long["tokens"] - short["tokens"])
+        constant = short["rest"] - per_token * short["tokens"]
+        total = constant + n_tok * (per_token + layers * long["per_token_per_layer"])
+        lines.append(f"* checkpointing {'on' if ckpt else 'off'}: {total / 2**30:.1f} GiB of saved "
+                     f"activations ({constant / 2**20:.0f} MiB constant per log-prob call -- the "
+                     f"bf16 copy of the head; a step makes two --, {per_token / 1024:.1f} KiB per "
+                     "token outside the layers)")
+    worst = max(r["per_token_per_layer"] for r in m["rows"] if not r["checkpointing"])
+    lines += [f"* with checkpointing, backward recomputes one layer at a time: up to "
+              f"{worst * n_tok / 2**30:.1f} GiB more while it runs (one layer's activations for "
+              "the step's tokens; the CPU's attention path, an upper bound for a GPU's fused one)",
+              "", "Computed (not measured): fp32 weights + gradients + AdamW state "
+              f"{params * 16 / 2**30:.1f} GiB; POLAR-1.8B in bf16 {1.89e9 * 2 / 2**30:.1f} GiB; "
+              f"KV cache {kv / 1024:.0f} KiB per token in bf16, {rollouts * tokens * kv / 2**30:.1f} "
+              f"GiB for {rollouts} rollouts of {tokens} tokens (prompt + completion)."]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The GPU suite, and the CLI
+# ----------------------------------------------------------------------------------------------
+
+def suite(device: torch.device, shape: str, sizes: list[int], out: str, s: settings.Settings,
+          eval_prompts: int = 64, hv: tuple[int, int] = (QWEN3_H, QWEN3_V)) -> dict:
+    """Log-probs at the training dtype, three real-shape steps, evaluation throughput."""
+    t0 = time.perf_counter()
+    lp = bench_logprobs(device.type, "bf16" if dist.autocast_dtype(device, s.precision) else "fp32",
+                        sizes, 3, *hv)
+    step = bench_step(shape, device, s, warmup=1, repeats=3)
+    print(step_table(step), flush=True)
+    ev = bench_eval(shape, device, s, prompts=eval_prompts)
+    result = {"device": dist.device_name(device), "logprobs": lp, "step": step, "eval": ev,
+              "suite_wall_s": time.perf_counter() - t0}
+    md = "\n\n".join([f"GPU suite on {result['device']} ({result['suite_wall_s']:.0f} s)",
+                      logprobs_table(lp), step_table(step),
+                      f"greedy evaluation, {ev['prompts']} prompts x up to {ev['max_new_tokens']} "
+                      f"tokens in one batch: {ev['wall_s']:.1f} s, {ev['tokens_per_s']:.0f} "
+                      f"tokens/s (IFEval's 541 prompts: about {ev['ifeval_541_estimate_s']:.0f} s)"])
+    write(out, "bench_gpu_suite", result, md)
+    print(md)
     return result
 
 
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
+def write(out: str, name: str, result: dict, md: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name + ".json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out, name + ".md"), "w") as f:
+        f.write(md + "\n")
+
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "_one":  # internal: one measurement in this fresh process
-        variant, n, mode, device, dtype, repeats = argv[1:7]
-        print(json.dumps(measure_one(variant, int(n), mode, device, dtype, int(repeats))))
-        return
+    if argv and argv[0] == "_one":  # internal: one CPU measurement in this fresh process
+        variant, n, mode, device, dtype, repeats, h, v = argv[1:9]
+        print(json.dumps(measure_one(variant, int(n), mode, device, dtype, int(repeats), int(h),
+                                     int(v))))
+        return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="?", choices=["logprobs", "step"], default="logprobs")
-    p.add_argument("--suite", choices=["gpu"], help="run the GPU suite (logprobs + step)")
-    p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--dtype", choices=["fp32", "bf16"])
+    p.add_argument("what", nargs="?", choices=["logprobs", "step", "eval", "memory"],
+                   default="logprobs")
+    p.add_argument("--suite", choices=["gpu"], help="everything a lent GPU should measure")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], help="logprobs (default: bf16 on cuda)")
     p.add_argument("--n", type=int, nargs="+", help="token counts for logprobs")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (logprobs 3, step 2)")
     p.add_argument("--out", default="bench_out", help="directory for JSON/markdown results")
-    s = p.add_argument_group("step")
-    s.add_argument("--model-shape", choices=["toy", "qwen3-0.6b"], default="toy")
-    s.add_argument("--method", default=None, help="default: the world's (uniapl)")
-    s.add_argument("--discriminator", default=None, choices=["lexical", "polar-shape"],
-                   help="default: polar-shape (random POLAR-1.8B) for qwen3-0.6b, lexical for toy")
-    s.add_argument("--num-generations", type=int, default=None, help="default: the world's")
-    s.add_argument("--rl-batch-size", type=int, default=None, help="default: the world's")
-    s.add_argument("--sft-batch-size", type=int, default=None, help="default: the world's")
-    s.add_argument("--max-completion-length", type=int, default=None, help="default: the world's")
-    s.add_argument("--logprobs-backend", default=None)
-    s.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--model-shape", choices=["toy", "qwen3-0.6b"], default=None,
+                   help="step/eval/suite (default: toy for step and eval, qwen3-0.6b for the suite)")
+    p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                   help="override settings of the shape's world, e.g. --set rl_batch_size=2")
     args = p.parse_args(argv)
-    if (args.suite == "gpu" or args.device == "cuda") and not torch.cuda.is_available():
-        raise SystemExit("bench.py: --suite gpu / --device cuda need a CUDA GPU (none is visible)")
-    if args.suite == "gpu":   # everything a lent GPU should measure, in one call
-        args.device = "cuda"
-        args.repeats = args.repeats or 3
-        bench_logprobs(args)
-        args.model_shape, args.repeats = "qwen3-0.6b", 2
-    if args.what == "logprobs" and not args.suite:
-        args.repeats = args.repeats or 3
-        bench_logprobs(args)
-        return
-    if args.what == "step" or args.suite:
-        args.repeats = args.repeats or 2
-        qwen = args.model_shape == "qwen3-0.6b"
-        args.discriminator = args.discriminator or ("polar-shape" if qwen else "lexical")
-        bench_step(args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench.py: --device cuda needs a CUDA GPU (none is visible)")
+    if args.suite == "gpu" and args.device is None and device.type != "cuda":
+        raise SystemExit("bench.py --suite gpu needs a CUDA GPU (none is visible); "
+                         "--device cpu rehearses it here")
+    shape = args.model_shape or ("qwen3-0.6b" if args.suite else "toy")
+    s = shape_settings(shape, args.set)
+    if args.suite:
+        return suite(device, shape, args.n or [8192, 32768], args.out, s)
+    if args.what == "logprobs":
+        dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+        sizes = args.n or ([8192, 16384, 32768] if device.type == "cuda" else [512, 1024, 2048, 4096])
+        result = bench_logprobs(device.type, dtype, sizes, args.repeats or 3)
+        write(args.out, f"bench_logprobs_{device.type}", result, logprobs_table(result))
+        print("\n" + logprobs_table(result))
+        return result
+    if args.what == "memory":
+        result = bench_memory()
+        write(args.out, "bench_memory_cpu", result, memory_table(result))
+        print(memory_table(result))
+        return result
+    if args.what == "step":
+        result = bench_step(shape, device, s, repeats=args.repeats or 2)
+        write(args.out, f"bench_step_{shape}_{device.type}", result, step_table(result))
+        print(step_table(result))
+        return result
+    result = bench_eval(shape, device, s)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def shape_settings(shape: str, overrides: list[str]) -> settings.Settings:
+    """The settings of the shape's world (toy or real), with NAME=VALUE overrides."""
+    import dataclasses
+    fields = {f.name: f for f in dataclasses.fields(settings.Settings)}
+    values = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"bench.py --set: no setting {name!r}")
+        kind = fields[name].type.split(" ")[0]
+        values[name] = {"int": int, "float": float, "bool": lambda x: x.lower() in ("1", "true")
+                        }.get(kind, str)(value)
+    return settings.Settings.for_world("toy" if shape == "toy" else "real", **values)
 
 
 if __name__ == "__main__":

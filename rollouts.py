@@ -115,13 +115,14 @@ def generate(model, tokenizer, rows: list[dict], num_generations: int, *,
     # own config, so the shipped sampling defaults are swapped out for this call.
     model.generation_config = GenerationConfig(eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
     model.eval()
+    # temperature lives in the recorder; every other warper is switched off
+    sampling = {} if greedy else dict(temperature=1.0, top_k=0, top_p=1.0,
+                                      logits_processor=LogitsProcessorList([recorder]))
     try:
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy,
                              max_new_tokens=max_new_tokens, eos_token_id=stops,
                              pad_token_id=tokenizer.pad_token_id, use_cache=True,
-                             # temperature lives in the recorder; no other warper is active
-                             temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0,
-                             logits_processor=LogitsProcessorList([recorder] if recorder else []))
+                             repetition_penalty=1.0, **sampling)
     finally:
         model.generation_config = shipped
         model.train(was_training)

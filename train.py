@@ -290,19 +290,24 @@ def check_finite(step: int, **terms) -> None:
 
 
 class Timer:
-    """Wall time per phase (synchronised on CUDA), reported as time/<phase> in the metrics."""
+    """Wall time per phase, reported as time/<phase> (s) in the metrics; on CUDA also the peak
+    memory allocated during the phase, mem/<phase> (GiB)."""
 
     def __init__(self, device):
         self.device, self.times = device, {}
 
     @contextlib.contextmanager
     def __call__(self, phase):
-        if self.device.type == "cuda":
+        cuda = self.device.type == "cuda"
+        if cuda:
             torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         yield
-        if self.device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated() / 2**30
+            self.times[f"mem/{phase}"] = max(self.times.get(f"mem/{phase}", 0), peak)
         self.times[f"time/{phase}"] = self.times.get(f"time/{phase}", 0) + time.perf_counter() - t0
 
 

@@ -1,0 +1,48 @@
+"""bench.py: every benchmark runs end to end (on the CPU, small) and writes what README cites."""
+
+import json
+
+import pytest
+import torch
+
+import bench
+
+
+def test_gpu_suite_rehearsed_on_the_cpu(tmp_path):
+    """The suite a lent GPU runs, at the toy shape on the CPU: the same code path end to end."""
+    s = bench.shape_settings("toy", ["rl_batch_size=2", "num_generations=2", "sft_batch_size=2",
+                                     "max_completion_length=8", "eval_max_new_tokens=8"])
+    r = bench.suite(torch.device("cpu"), "toy", [64], str(tmp_path), s, eval_prompts=4,
+                    hv=(32, 1000))
+    saved = json.load(open(tmp_path / "bench_gpu_suite.json"))
+    assert saved["step"]["rollouts"] == 4 and len(saved["step"]["steps"]) == 3
+    assert {"generate", "forward", "backward", "optimizer"} <= set(saved["step"]["phase_s"])
+    assert {row["variant"] for row in r["logprobs"]["rows"]} == {"naive", "torch"}
+    assert saved["eval"]["max_new_tokens"] == 8 and saved["eval"]["tokens_per_s"] > 0
+    assert "| generate |" in (tmp_path / "bench_gpu_suite.md").read_text()
+
+
+def test_step_writes_the_file_readme_cites(tmp_path):
+    bench.main(["step", "--repeats", "1", "--out", str(tmp_path), "--set", "rl_batch_size=2",
+                "num_generations=2", "max_completion_length=8"])
+    r = json.load(open(tmp_path / "bench_step_toy_cpu.json"))
+    assert r["rollouts"] == 4 and r["median_step_s"] > 0
+    with pytest.raises(SystemExit, match="no setting"):
+        bench.shape_settings("toy", ["nope=1"])
+
+
+def test_word_tokenizer_round_trips_every_id():
+    tok = bench.word_tokenizer(5000)
+    assert len(tok) == 5000
+    ids = [7, 4321, 4999, 123]
+    assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids
+
+
+@pytest.mark.slow
+def test_real_shape_step_on_the_cpu(tmp_path):
+    """Qwen3-0.6B's shape with a POLAR-1.8B-shaped discriminator, one tiny step (~90 s, ~18 GB)."""
+    r = bench.main(["step", "--model-shape", "qwen3-0.6b", "--device", "cpu", "--repeats", "1",
+                    "--out", str(tmp_path), "--set", "rl_batch_size=1", "num_generations=2",
+                    "sft_batch_size=1", "max_completion_length=8"])
+    assert 590 < r["params_M"] < 600 and r["discriminator"] == "polar"
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in r["steps"])
