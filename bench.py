@@ -268,12 +268,30 @@ def shaped_world(shape: str, device: torch.device, s: settings.Settings):
 # step: unified steps at a model shape, time and peak memory per phase
 # ----------------------------------------------------------------------------------------------
 
+def shaped_engine(policy, tokenizer, device, s: settings.Settings):
+    """The rollout engine of `s`, as train.py builds it (vLLM reads the config from a directory)."""
+    import tempfile
+
+    import rollouts
+    path = None
+    if s.rollout_engine in ("vllm", "auto") and device.type == "cuda":
+        path = tempfile.mkdtemp(prefix="bench_engine_")
+        policy.config.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+    return rollouts.make_engine(s.rollout_engine, device, model_path=path, seed=s.seed,
+                                prompt_width=s.max_prompt_length,
+                                max_model_len=s.max_prompt_length + max(s.max_completion_length,
+                                                                        s.eval_max_new_tokens),
+                                gpu_memory_utilization=s.vllm_gpu_memory_utilization)
+
+
 def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: int = 1,
                repeats: int = 2) -> dict:
     import data
     import train
     import uniapl
     policy, tokenizer, rows, disc = shaped_world(shape, device, s)
+    engine = shaped_engine(policy, tokenizer, device, s)
     objective = uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip)
     sampler = data.MixedSampler(rows, rows, s.sft_batch_size, s.rl_batch_size, 0)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate)
@@ -283,7 +301,7 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
         m = train.unified_step(policy, tokenizer, sampler.next(), objective, step_settings,
-                               optimizer, scheduler, disc, None, step=i)
+                               optimizer, scheduler, disc, None, step=i, engine=engine)
         if device.type == "cuda":
             torch.cuda.synchronize()
         m["time/total"] = time.perf_counter() - t0
@@ -295,9 +313,13 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
                                    for m in steps) if "completion_len" in steps[0] else 0
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"device": dist.device_name(device), "model_shape": shape,
-            "params_M": sum(p.numel() for p in policy.parameters()) / 1e6,
+    params_m = sum(p.numel() for p in policy.parameters()) / 1e6
+    del engine, policy, optimizer   # free the GPU for the next measurement
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"device": dist.device_name(device), "model_shape": shape, "params_M": params_m,
             "method": s.method, "discriminator": s.discriminator, "precision": s.precision,
+            "engine": s.rollout_engine,
             "rollouts": s.rl_batch_size * s.num_generations,
             "max_completion_length": s.max_completion_length, "demos": s.sft_batch_size,
             "median_step_s": total, "generated_tokens_per_step": gen_tokens,
@@ -308,7 +330,8 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
 
 
 def step_table(r: dict) -> str:
-    lines = [f"one unified step ({r['method']}, precision {r['precision']}), {r['model_shape']} "
+    lines = [f"one unified step ({r['method']}, engine {r['engine']}, precision {r['precision']}), "
+             f"{r['model_shape']} "
              f"shape ({r['params_M']:.2f} M parameters) on {r['device']}: {r['rollouts']} rollouts "
              f"of up to {r['max_completion_length']} tokens + {r['demos']} demonstrations, "
              f"discriminator {r['discriminator']}",
@@ -330,14 +353,17 @@ def step_table(r: dict) -> str:
 def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: int = 64) -> dict:
     import evaluate
     policy, tokenizer, rows, _ = shaped_world(shape, device, s)
+    engine = shaped_engine(policy, tokenizer, device, s)
     rows = (rows * (prompts // len(rows) + 1))[:prompts]
     t0 = time.perf_counter()
     res = evaluate.evaluate_model(policy, tokenizer, rows, max_new_tokens=s.eval_max_new_tokens,
-                                  batch_size=prompts, autocast=dist.autocast_for(device, s.precision))
+                                  batch_size=prompts, autocast=dist.autocast_for(device, s.precision),
+                                  engine=engine)
     wall = time.perf_counter() - t0
     lengths = [len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
                for r in res["responses"]]
-    return {"device": dist.device_name(device), "model_shape": shape, "prompts": prompts,
+    return {"device": dist.device_name(device), "model_shape": shape, "engine": s.rollout_engine,
+            "prompts": prompts,
             "max_new_tokens": s.eval_max_new_tokens, "wall_s": wall,
             "tokens_per_s": sum(lengths) / wall,
             "ifeval_541_estimate_s": wall * 541 / prompts}
@@ -434,19 +460,37 @@ def memory_table(m: dict, rollouts: int = 64, tokens: int = 700, demos: int = 8,
 # The GPU suite, and the CLI
 # ----------------------------------------------------------------------------------------------
 
+def engines_here(device: torch.device) -> list[str]:
+    import importlib.util
+    if device.type != "cuda":
+        return ["hf", "hf-static"]
+    return ["hf", "hf-static"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
+
+
 def suite(device: torch.device, shape: str, sizes: list[int], out: str, s: settings.Settings,
           eval_prompts: int = 64, hv: tuple[int, int] = (QWEN3_H, QWEN3_V)) -> dict:
-    """Log-probs at the training dtype, three real-shape steps, evaluation throughput."""
+    """Log-probs at the training dtype; three real-shape uniapl steps with the best engine here,
+    one with each other engine and one of the grpo preset; evaluation throughput."""
+    import dataclasses
     t0 = time.perf_counter()
     lp = bench_logprobs(device.type, "bf16" if dist.autocast_dtype(device, s.precision) else "fp32",
                         sizes, 3, *hv)
-    step = bench_step(shape, device, s, warmup=1, repeats=3)
+    engines = engines_here(device)
+    best = dataclasses.replace(s, rollout_engine=engines[-1])
+    step = bench_step(shape, device, best, warmup=1, repeats=3)
     print(step_table(step), flush=True)
-    ev = bench_eval(shape, device, s, prompts=eval_prompts)
-    result = {"device": dist.device_name(device), "logprobs": lp, "step": step, "eval": ev,
-              "suite_wall_s": time.perf_counter() - t0}
+    others = [bench_step(shape, device, dataclasses.replace(s, rollout_engine=e), 1, 1)
+              for e in engines[:-1]]
+    others.append(bench_step(shape, device, dataclasses.replace(best, method="grpo"), 1, 1))
+    ev = bench_eval(shape, device, best, prompts=eval_prompts)
+    result = {"device": dist.device_name(device), "logprobs": lp, "step": step,
+              "compared": others, "eval": ev, "suite_wall_s": time.perf_counter() - t0}
+    compare = ["| method | engine | median step s | generated tokens/s | peak GiB |", "|---|---|---|---|---|"]
+    compare += [f"| {r['method']} | {r['engine']} | {r['median_step_s']:.2f} | "
+                f"{r['generated_tokens_per_s']:.0f} | {r['peak_memory_GiB']:.2f} |"
+                for r in [step] + others]
     md = "\n\n".join([f"GPU suite on {result['device']} ({result['suite_wall_s']:.0f} s)",
-                      logprobs_table(lp), step_table(step),
+                      logprobs_table(lp), step_table(step), "\n".join(compare),
                       f"greedy evaluation, {ev['prompts']} prompts x up to {ev['max_new_tokens']} "
                       f"tokens in one batch: {ev['wall_s']:.1f} s, {ev['tokens_per_s']:.0f} "
                       f"tokens/s (IFEval's 541 prompts: about {ev['ifeval_541_estimate_s']:.0f} s)"])

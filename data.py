@@ -280,11 +280,12 @@ def chat_prompt(tokenizer, prompt: str) -> str:
                                          add_generation_prompt=True, enable_thinking=False)
 
 
-def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chat-templated, left-padded prompt batch: input_ids [B, P], attention_mask [B, P]."""
+def encode_prompts(tokenizer, prompts: list[str], min_width: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chat-templated, left-padded prompt batch: input_ids [B, P], attention_mask [B, P], with
+    P = max(longest prompt, min_width) (a fixed width keeps a static KV cache one shape)."""
     texts = [chat_prompt(tokenizer, p) for p in prompts]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-    width = max(len(x) for x in ids)
+    width = max(min_width, *(len(x) for x in ids))
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])       # [B, P]
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])   # [B, P]

@@ -49,23 +49,24 @@ METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
 
 def generate_responses(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
                        batch_size: int = 32, greedy: bool = True, temperature: float = 1.0,
-                       autocast=contextlib.nullcontext) -> tuple[list[str], list[int]]:
+                       autocast=contextlib.nullcontext, engine=None) -> tuple[list[str], list[int]]:
     """One response per row; returns (texts, lengths in tokens incl. the stop token)."""
     texts, lengths = [], []
+    engine = engine or rollouts.HFEngine()
     for i in range(0, len(rows), batch_size):
         with autocast():
-            ro = rollouts.generate(model, tokenizer, rows[i:i + batch_size], 1, greedy=greedy,
-                                   temperature=temperature, max_new_tokens=max_new_tokens)
+            ro = engine.generate(model, tokenizer, rows[i:i + batch_size], 1, greedy=greedy,
+                                 temperature=temperature, max_new_tokens=max_new_tokens)
         texts += ro.texts
         lengths += ro.completion_mask.sum(1).tolist()
     return texts, lengths
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
-                   batch_size: int = 32, autocast=contextlib.nullcontext) -> dict:
+                   batch_size: int = 32, autocast=contextlib.nullcontext, engine=None) -> dict:
     """Greedy responses and IFEval's metrics; the dict also carries the responses."""
     texts, lengths = generate_responses(model, tokenizer, rows, max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size, autocast=autocast)
+                                        batch_size=batch_size, autocast=autocast, engine=engine)
     metrics = ifeval.evaluate(rows, texts)
     # An answer that hit the length limit may fail only because it was cut: count them.
     metrics["truncated_frac"] = float(np.mean([n >= max_new_tokens for n in lengths]))

@@ -31,6 +31,7 @@ for a training module with gradient checkpointing), and the previous mode restor
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -102,10 +103,13 @@ class TemperatureAndRecord(LogitsProcessor):
 
 @torch.no_grad()
 def generate(model, tokenizer, rows: list[dict], num_generations: int, *,
-             temperature: float = 1.0, max_new_tokens: int = 64, greedy: bool = False) -> Rollouts:
-    """G completions per row's prompt with the KV cache; records stops, truncation, sampler log p."""
+             temperature: float = 1.0, max_new_tokens: int = 64, greedy: bool = False,
+             static_cache: bool = False, prompt_width: int = 0, compile_config=None) -> Rollouts:
+    """G completions per row's prompt with HF generate and its KV cache (dynamic, or static at a
+    fixed prompt width); records stops, truncation and the sampler's log p."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = data.encode_prompts(tokenizer, [r["prompt"] for r in rows])  # [B, P]
+    prompt_ids, prompt_mask = data.encode_prompts(tokenizer, [r["prompt"] for r in rows],
+                                                  min_width=prompt_width)       # [B, P]
     prompt_ids = prompt_ids.repeat_interleave(num_generations, 0).to(device)    # [R, P]
     prompt_mask = prompt_mask.repeat_interleave(num_generations, 0).to(device)  # [R, P]
     stops = stop_token_ids(model, tokenizer)
@@ -118,6 +122,8 @@ def generate(model, tokenizer, rows: list[dict], num_generations: int, *,
     # temperature lives in the recorder; every other warper is switched off
     sampling = {} if greedy else dict(temperature=1.0, top_k=0, top_p=1.0,
                                       logits_processor=LogitsProcessorList([recorder]))
+    if static_cache:   # one cache shape [R, P + max_new_tokens]: compiled once, never regrown
+        sampling |= dict(cache_implementation="static", compile_config=compile_config)
     try:
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy,
                              max_new_tokens=max_new_tokens, eos_token_id=stops,
@@ -127,10 +133,143 @@ def generate(model, tokenizer, rows: list[dict], num_generations: int, *,
         model.generation_config = shipped
         model.train(was_training)
     completion = out[:, prompt_ids.shape[1]:]                                   # [R, L]
+    logp = recorder.finish(completion) if recorder else None
+    return _rollouts(tokenizer, rows, num_generations, prompt_ids, prompt_mask, completion, stops, logp)
+
+
+def _rollouts(tokenizer, rows, num_generations, prompt_ids, prompt_mask, completion, stops,
+              sampler_logp) -> Rollouts:
+    """Masks, truncation flags and texts of sampled completions, whichever engine drew them."""
     mask, truncated = completion_masks(completion, stops)
     lengths = mask.sum(1).tolist()
     texts = tokenizer.batch_decode([c[:n].tolist() for c, n in zip(completion, lengths)],
                                    skip_special_tokens=True)
     return Rollouts([r for r in rows for _ in range(num_generations)], prompt_ids, prompt_mask,
-                    completion, mask, truncated, texts, num_generations,
-                    recorder.finish(completion) if recorder else None)
+                    completion, mask, truncated, texts, num_generations, sampler_logp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Engines: one interface, three ways to sample (the same distribution)
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class HFEngine:
+    """`hf`: HF generate with the dynamic KV cache (the reference; the CPU default).
+    `hf-static`: a static KV cache of one shape -- prompts left-padded to `prompt_width`, so the
+    cache is [R, prompt_width + max_new_tokens] every step -- which generate compiles with
+    torch.compile on CUDA once and reuses (a cache that had to grow would recompile)."""
+    static_cache: bool = False
+    prompt_width: int = 0
+    compile_config: object = None
+    name: str = "hf"
+
+    def generate(self, model, tokenizer, rows, num_generations, *, temperature=1.0,
+                 max_new_tokens=64, greedy=False) -> Rollouts:
+        return generate(model, tokenizer, rows, num_generations, temperature=temperature,
+                        max_new_tokens=max_new_tokens, greedy=greedy,
+                        static_cache=self.static_cache, prompt_width=self.prompt_width,
+                        compile_config=self.compile_config)
+
+
+VLLM_HELP = ("--rollout-engine vllm needs vLLM, which pins its own torch and transformers: install "
+             "it in a separate environment (README, 'Rollout engines'), e.g. pip install "
+             "'vllm>=0.10.2', or use --rollout-engine hf-static")
+
+
+class VLLMEngine:
+    """`vllm`: an in-process vLLM engine on the policy's GPU, asleep while the policy trains.
+
+    Each call: wake the weights -> push the policy's current parameters (from memory, never the
+    checkpoint on disk) -> reset the prefix cache (its KV blocks came from the old weights) ->
+    wake the KV cache -> generate -> sleep (level 2: weights and KV cache freed for training).
+    Sampling maps onto SamplingParams as the plain distribution (temperature only; top-k 0,
+    top-p 1, min-p 0, no penalties; every stop id; max_tokens = the completion length), and
+    vLLM's own log p of each drawn token becomes `sampler_logp` (logprobs_mode
+    "processed_logprobs": after the temperature, as the trainer computes it).
+    """
+    name = "vllm"
+
+    def __init__(self, llm, sampling_params_cls, seed: int = 0):
+        self.llm, self.SamplingParams, self.seed = llm, sampling_params_cls, seed
+        self.llm.sleep(level=2)
+
+    def push_weights(self, model) -> None:
+        """The policy's parameters, by their HF names, into vLLM's model (cast to its dtype).
+        A tied head is not pushed on its own: named_parameters lists the shared tensor once."""
+        try:
+            target = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        except AttributeError:
+            raise SystemExit("--rollout-engine vllm: this vLLM version does not expose its model "
+                             "in-process (llm_engine.model_executor.driver_worker.model_runner); "
+                             "README lists the versions this adapter was written for") from None
+        target.load_weights((name, p.detach()) for name, p in model.named_parameters())
+
+    def generate(self, model, tokenizer, rows, num_generations, *, temperature=1.0,
+                 max_new_tokens=64, greedy=False) -> Rollouts:
+        device = next(model.parameters()).device
+        prompts = [r["prompt"] for r in rows]
+        ids = [tokenizer(data.chat_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
+               for p in prompts]
+        stops = stop_token_ids(model, tokenizer)
+        n = 1 if greedy else num_generations
+        params = self.SamplingParams(
+            n=n, temperature=0.0 if greedy else temperature, top_k=0, top_p=1.0, min_p=0.0,
+            repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+            max_tokens=max_new_tokens, stop_token_ids=stops, ignore_eos=False, logprobs=0,
+            detokenize=False, seed=int(torch.randint(2**31 - 1, (1,))))
+        self.llm.wake_up(tags=["weights"])
+        self.push_weights(model)
+        self.llm.reset_prefix_cache()
+        self.llm.wake_up(tags=["kv_cache"])
+        try:
+            outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params,
+                                        use_tqdm=False)
+        finally:
+            self.llm.sleep(level=2)
+        samples = [o for request in outputs for o in request.outputs]      # prompt-major, n each
+        width = max(1, max(len(o.token_ids) for o in samples))
+        pad = tokenizer.pad_token_id
+        completion = torch.tensor([list(o.token_ids) + [pad] * (width - len(o.token_ids))
+                                   for o in samples], device=device)                   # [R, L]
+        logp = None if greedy else torch.tensor(
+            [[d[t].logprob for t, d in zip(o.token_ids, o.logprobs)] + [0.0] * (width - len(o.token_ids))
+             for o in samples], dtype=torch.float32, device=device)                    # [R, L]
+        prompt_ids, prompt_mask = data.encode_prompts(tokenizer, prompts)
+        prompt_ids = prompt_ids.repeat_interleave(n, 0).to(device)                     # [R, P]
+        prompt_mask = prompt_mask.repeat_interleave(n, 0).to(device)
+        return _rollouts(tokenizer, rows, n, prompt_ids, prompt_mask, completion, stops, logp)
+
+
+def make_engine(name: str, device, *, model_path: str | None = None, prompt_width: int = 0,
+                max_model_len: int = 2048, gpu_memory_utilization: float = 0.3, seed: int = 0):
+    """'auto' | 'hf' | 'hf-static' | 'vllm' -> an engine; 'auto' says what it chose and why."""
+    if name == "auto":
+        if getattr(device, "type", device) != "cuda":
+            name = "hf"
+        else:
+            import importlib.util
+            name = "vllm" if importlib.util.find_spec("vllm") else "hf-static"
+            if name != "vllm":
+                print("[rollouts] vLLM is not installed, so rollouts use hf-static (README, "
+                      "'Rollout engines')")
+    if name == "hf":
+        return HFEngine()
+    if name == "hf-static":
+        return HFEngine(static_cache=True, prompt_width=prompt_width, name="hf-static")
+    if name != "vllm":
+        raise ValueError(f"unknown rollout engine {name!r} (auto, hf, hf-static or vllm)")
+    try:
+        import vllm
+    except ImportError:
+        raise SystemExit(VLLM_HELP) from None
+    if getattr(device, "type", device) != "cuda":
+        raise SystemExit("--rollout-engine vllm needs a CUDA GPU; on the CPU use hf")
+    for var, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533")):
+        os.environ.setdefault(var, value)   # external_launcher: the engine lives in this process
+    llm = vllm.LLM(model=model_path, dtype="bfloat16", enable_sleep_mode=True, seed=seed,
+                   gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                   distributed_executor_backend="external_launcher", load_format="dummy",
+                   generation_config="vllm", logprobs_mode="processed_logprobs",
+                   skip_tokenizer_init=True)
+    return VLLMEngine(llm, vllm.SamplingParams, seed)

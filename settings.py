@@ -89,6 +89,12 @@ class Settings:
                                   "train on exactly the sampling distribution")
     max_completion_length: int = ROLLOUTS(64, "new tokens per rollout (and demonstration cut)",
                                           real=512)
+    rollout_engine: str = ROLLOUTS("auto", "hf: HF generate (the reference); hf-static: static KV "
+                                   "cache + torch.compile on CUDA; vllm: in-process vLLM on the same "
+                                   "GPU; auto: hf on the CPU, vllm on CUDA if installed, else "
+                                   "hf-static", choices=["auto", "hf", "hf-static", "vllm"])
+    vllm_gpu_memory_utilization: float = ROLLOUTS(0.3, "vllm: the share of the GPU's memory vLLM "
+                                                  "may take while awake (TRL's default)")
     mask_truncated: bool = ROLLOUTS(False, "leave rollouts that hit the length limit out of the "
                                     "loss (DAPO's overlong filtering)", action="store_true")
 

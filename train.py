@@ -76,9 +76,10 @@ class StepSettings:
 
 def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Objective,
                  s: StepSettings, optimizer, scheduler, discriminator=None, reference=None,
-                 step: int = 0) -> dict:
+                 step: int = 0, engine=None) -> dict:
     """One UniAPL step on a mixed batch; returns its metrics. Raises NonFiniteError before
-    touching the weights if a loss or the gradient norm is not finite."""
+    touching the weights if a loss or the gradient norm is not finite. `engine` samples the
+    rollouts (rollouts.py; default: HF generate)."""
     device = next(policy.parameters()).device
     amp, timer = dist.autocast_for(device, s.precision), Timer(device)
     G, metrics = s.num_generations, {"step": step + 1}
@@ -88,8 +89,9 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
     ro = None
     if rollout_rows:
         with timer("generate"), amp():
-            ro = rollouts.generate(policy, tokenizer, rollout_rows, G, temperature=s.temperature,
-                                   max_new_tokens=s.max_completion_length)
+            ro = (engine or rollouts.HFEngine()).generate(
+                policy, tokenizer, rollout_rows, G, temperature=s.temperature,
+                max_new_tokens=s.max_completion_length)
         mask = ro.completion_mask.clone()                                        # [R, L]
         if s.mask_truncated:
             mask = mask * (~ro.truncated).long()[:, None]
@@ -211,6 +213,12 @@ def train(s: settings.Settings) -> dict:
     disc = load_discriminator(s.discriminator, s.discriminator_model, device,
                               dist.autocast_dtype(device, s.precision) or torch.float32) \
         if objective.uses_discriminator else None
+    engine = rollouts.make_engine(
+        s.rollout_engine, device, model_path=engine_model_dir(policy, tokenizer, s),
+        prompt_width=s.max_prompt_length, seed=s.seed,
+        max_model_len=s.max_prompt_length + max(s.max_completion_length, s.eval_max_new_tokens),
+        gpu_memory_utilization=s.vllm_gpu_memory_utilization)
+    print(f"[{s.method}] {s.world} world on {device}; rollouts and evaluation: {engine.name}")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)))
@@ -229,7 +237,7 @@ def train(s: settings.Settings) -> dict:
 
     def run_eval(tag: str) -> dict:
         res = evaluate.evaluate_model(policy, tokenizer, eval_rows, autocast=amp,
-                                      max_new_tokens=s.eval_max_new_tokens)
+                                      max_new_tokens=s.eval_max_new_tokens, engine=engine)
         write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
         return res
 
@@ -247,7 +255,7 @@ def train(s: settings.Settings) -> dict:
                disable=s.no_progress, dynamic_ncols=True)
     for step in bar:
         metrics = unified_step(policy, tokenizer, sampler.next(), objective, step_settings,
-                               optimizer, scheduler, disc, reference, step=step)
+                               optimizer, scheduler, disc, reference, step=step, engine=engine)
         if s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < s.steps:
             res = run_eval(f"step{step + 1}")
             metrics.update({f"eval/{k}": res[k] for k in evaluate.METRICS})
@@ -309,6 +317,19 @@ class Timer:
             peak = torch.cuda.max_memory_allocated() / 2**30
             self.times[f"mem/{phase}"] = max(self.times.get(f"mem/{phase}", 0), peak)
         self.times[f"time/{phase}"] = self.times.get(f"time/{phase}", 0) + time.perf_counter() - t0
+
+
+def engine_model_dir(policy, tokenizer, s: settings.Settings) -> str | None:
+    """vLLM reads a model's config and tokenizer from a directory; its weights come from the
+    policy's memory (load_format 'dummy'), so only those small files are written."""
+    if s.rollout_engine not in ("vllm", "auto") or dist.pick_device(s.device).type != "cuda":
+        return None
+    path = os.path.join(s.out, "rollout_engine_model")
+    os.makedirs(path, exist_ok=True)
+    policy.config.save_pretrained(path)
+    policy.generation_config.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 def write_json(path: str, obj) -> None:
