@@ -12,6 +12,10 @@ Plumbing, kept out of train.py's way.
   crash or a full disk never leaves a half-written checkpoint, and the previous one stays intact.
 * `trainer_state.pt` holds tensors and plain lists only, so it loads with `weights_only=True`
   (a pickle that cannot run code).
+* With several processes (dist.py) rank 0 writes and the others wait; every rank's random state
+  is saved, so a resume needs the same number of processes (it says so otherwise). Under --fsdp
+  the sharded weights and optimizer state are gathered to rank 0 first and written in the same
+  format as one process writes: a checkpoint is an ordinary save_pretrained directory either way.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import warnings
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint.state_dict as dcp
 
+import dist
 import toy
 
 
@@ -54,7 +60,7 @@ def load_policy(name: str, device: torch.device, seed: int = 0):
 
 
 def prepare_out(out: str, resuming: bool) -> None:
-    """Create the run directory; refuse to mix two runs in one directory."""
+    """Create the run directory; refuse to mix two runs in one directory (rank 0 only)."""
     try:
         os.makedirs(out, exist_ok=True)
         probe = os.path.join(out, f".write-test-{os.getpid()}")
@@ -97,7 +103,18 @@ def set_rng_state(state: dict) -> None:
 # Saving
 # ----------------------------------------------------------------------------------------------
 
-def save_pretrained_atomic(model, tokenizer, path: str, extra: dict | None = None) -> None:
+def full_state(model, optimizer, ctx: dist.Context) -> tuple[dict, dict | None]:
+    """(model state dict, optimizer state dict), gathered to rank 0 under FSDP (collective: every
+    rank calls it); the module's own otherwise."""
+    if not ctx.fsdp:
+        return model.state_dict(), optimizer.state_dict() if optimizer is not None else None
+    options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+    optim = dcp.get_optimizer_state_dict(model, optimizer, options=options) if optimizer else None
+    return dcp.get_model_state_dict(model, options=options), optim
+
+
+def save_pretrained_atomic(model, tokenizer, path: str, extra: dict | None = None,
+                           state_dict: dict | None = None) -> None:
     """save_pretrained into a temporary directory, then rename: a crash leaves no half directory.
 
     `extra` maps file names to objects: `*.json` is written as JSON, anything else with torch.save.
@@ -105,7 +122,15 @@ def save_pretrained_atomic(model, tokenizer, path: str, extra: dict | None = Non
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        name = type(model).__name__
+        if name.startswith("FSDP"):   # FSDP2 renames the class; vLLM reads `architectures`
+            cfg_path = os.path.join(tmp, "config.json")
+            with open(cfg_path) as f:
+                cfg = json.load(f)
+            cfg["architectures"] = [name.removeprefix("FSDP")]
+            with open(cfg_path, "w") as f:
+                json.dump(cfg, f, indent=2)
         tokenizer.save_pretrained(tmp)
         for name, obj in (extra or {}).items():
             if name.endswith(".json"):
@@ -138,15 +163,23 @@ def list_checkpoints(out: str) -> list[str]:
 
 
 def save_checkpoint(out: str, step: int, model, tokenizer, optimizer, scheduler, sampler,
-                    keep: int) -> str:
-    """OUT/checkpoints/step-N with everything an exact resume needs; keeps the last `keep`."""
+                    keep: int, ctx: dist.Context | None = None) -> str:
+    """OUT/checkpoints/step-N with everything an exact resume needs; keeps the last `keep`.
+    Every rank calls it; rank 0 writes."""
+    ctx = ctx or dist.Context()
     path = os.path.join(out, "checkpoints", f"step-{step:07d}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "sampler": sampler.state_dict(), "rng": rng_state()}
-    save_pretrained_atomic(model, tokenizer, path, {"trainer_state.pt": state})
-    for old in list_checkpoints(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    rngs = ctx.gather_objects(rng_state())
+    weights, optim = full_state(model, optimizer, ctx)
+    if ctx.is_main:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        state = {"step": step, "optimizer": optim, "scheduler": scheduler.state_dict(),
+                 "sampler": sampler.state_dict(), "world_size": ctx.world_size,
+                 "rng": rngs[0] if ctx.world_size == 1 else rngs}
+        save_pretrained_atomic(model, tokenizer, path, {"trainer_state.pt": state},
+                               state_dict=weights if ctx.fsdp else None)
+        for old in list_checkpoints(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    ctx.barrier()
     return path
 
 
@@ -180,21 +213,34 @@ def load_weights(path: str) -> dict:
     return weights
 
 
-def load_checkpoint(path: str, model, optimizer, scheduler, sampler) -> int:
-    """Restore weights, optimizer, scheduler, sampler position and RNG states; returns the step."""
+def load_checkpoint(path: str, model, optimizer, scheduler, sampler,
+                    ctx: dist.Context | None = None) -> int:
+    """Restore weights, optimizer, scheduler, sampler position and RNG states; returns the step.
+    Every rank reads the same files and takes its own random state."""
+    ctx = ctx or dist.Context()
     if not os.path.exists(os.path.join(path, "trainer_state.pt")):
         raise SystemExit(f"--resume: {path} is not a checkpoint (no trainer_state.pt)")
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=True)
+    written_by = state.get("world_size", 1)
+    if written_by != ctx.world_size:
+        raise SystemExit(f"--resume: {path} was written by {written_by} process(es) and this run "
+                         f"has {ctx.world_size}; resume with torchrun --nproc_per_node "
+                         f"{written_by} (each rank continues its own random stream)")
     weights = load_weights(path)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if ctx.fsdp:
+        options = dcp.StateDictOptions(full_state_dict=True, strict=False)
+        missing, unexpected = dcp.set_model_state_dict(model, weights, options=options)
+        dcp.set_optimizer_state_dict(model, optimizer, state["optimizer"], options=options)
+    else:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        optimizer.load_state_dict(state["optimizer"])
     # tied Qwen3 heads are saved once; anything else missing is a real mismatch
     if unexpected or [k for k in missing if k != "lm_head.weight"]:
         raise SystemExit(f"--resume: {path} does not match the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
-    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"][ctx.rank] if isinstance(state["rng"], list) else state["rng"])
     return state["step"]
 
 

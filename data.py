@@ -324,6 +324,17 @@ class MixedBatch:
     demos: list[dict]     # rows used as demonstrations (L_SFT; a-sft also rolls them out)
     prompts: list[dict]   # RL prompts, each rolled out G times (L_GRPO, L_ADV)
 
+    def shard(self, rank: int, world_size: int) -> MixedBatch:
+        """This rank's contiguous share of each list (whole prompts: their G rollouts stay
+        together). Every rank draws the same global batch from the same sampler state."""
+        def part(rows):
+            if len(rows) % world_size:
+                raise DataError(f"a batch of {len(rows)} rows cannot be split over {world_size} "
+                                "processes: make --sft-batch-size and --rl-batch-size multiples")
+            n = len(rows) // world_size
+            return rows[rank * n:(rank + 1) * n]
+        return MixedBatch(part(self.demos), part(self.prompts))
+
 
 class MixedSampler:
     """Per step: `sft_batch_size` demonstrations and `rl_batch_size` RL prompts.

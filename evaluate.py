@@ -67,6 +67,12 @@ def evaluate_model(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
     """Greedy responses and IFEval's metrics; the dict also carries the responses."""
     texts, lengths = generate_responses(model, tokenizer, rows, max_new_tokens=max_new_tokens,
                                         batch_size=batch_size, autocast=autocast, engine=engine)
+    return score_responses(rows, texts, lengths, max_new_tokens)
+
+
+def score_responses(rows: list[dict], texts: list[str], lengths: list[int],
+                    max_new_tokens: int) -> dict:
+    """IFEval's metrics of given responses, how many hit the length limit, and the responses."""
     metrics = ifeval.evaluate(rows, texts)
     # An answer that hit the length limit may fail only because it was cut: count them.
     metrics["truncated_frac"] = float(np.mean([n >= max_new_tokens for n in lengths]))

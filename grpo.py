@@ -94,23 +94,33 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 # token:    L = sum_{i,t} m_it l_it / sum_{i,t} m_it
 # sequence: L = (1/R) sum_i (sum_t m_it l_it / sum_t m_it)
+# With several ranks the denominators are the global counts (dist.py), passed as `total`.
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "token") -> torch.Tensor:
-    """Reduce a per-token loss [R, L] to a scalar over the masked tokens."""
+def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "token",
+              total: torch.Tensor | None = None) -> torch.Tensor:
+    """Reduce a per-token loss [R, L] to a scalar over the masked tokens. `total` replaces the
+    local denominator (tokens for 'token', sequences for 'sequence') by the global one."""
     mask = mask.to(per_token.dtype)
     if loss_type == "token":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+        return (per_token * mask).sum() / (mask.sum().clamp(min=1) if total is None else total)
     if loss_type == "sequence":
-        return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        per_seq = (per_token * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return per_seq.mean() if total is None else per_seq.sum() / total
     raise ValueError(f"unknown loss_type {loss_type!r} (token or sequence)")
+
+
+def loss_units(mask: torch.Tensor, loss_type: str) -> torch.Tensor:
+    """What `aggregate` divides by: masked tokens ('token') or sequences ('sequence')."""
+    return mask.sum().clamp(min=1).float() if loss_type == "token" else \
+        torch.tensor(float(mask.shape[0]), device=mask.device)
 
 
 # L_GRPO = aggregate(-(s_t - beta k3_t))
 
 
 def policy_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2, beta=0.0,
-                ref_logp=None, loss_type="token") -> tuple[torch.Tensor, dict]:
+                ref_logp=None, loss_type="token", total=None) -> tuple[torch.Tensor, dict]:
     """-(aggregated clipped surrogate) + beta * KL; used by GRPO (coef = A) and ADV (coef = c)."""
     surrogate, is_clipped = clipped_surrogate(logp, old_logp, coef, eps_low, eps_high)
     per_token = -surrogate                                                      # [R, L]
@@ -119,7 +129,7 @@ def policy_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2, beta=0
         kl = kl_k3(logp, ref_logp)
         per_token = per_token + beta * kl
         stats["kl"] = float(aggregate(kl.detach(), mask, loss_type))
-    return aggregate(per_token, mask, loss_type), stats
+    return aggregate(per_token, mask, loss_type, total), stats
 
 
 def sampler_gap(rollouts: Rollouts, logp: torch.Tensor) -> dict:

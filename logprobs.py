@@ -370,9 +370,11 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     # Position ids from the mask, so a left-padded row gets the same positions it had while it
     # was generated (HF generate derives them the same way); right padding is unaffected.
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)           # [B, T]
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                     position_ids=position_ids, use_cache=False).last_hidden_state  # [B, T, H]
+    # Through the model's own forward (so that FSDP's and any wrapper's hooks run), asking for
+    # the last hidden states and the logits of one position only: never [B, T, V].
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                use_cache=False, output_hidden_states=True, logits_to_keep=1)
+    hidden = out.hidden_states[-1]                # after the final norm: what the head reads  [B, T, H]
     select = score_mask[:, 1:].bool()                                            # [B, T-1]
     h = hidden[:, :-1][select]                                                   # [N, H]
     targets = input_ids[:, 1:][select]                                           # [N]

@@ -134,7 +134,10 @@ class Settings:
     save_total_limit: int = RUN(2, "checkpoints kept")
     resume: str | None = RUN(None, "a checkpoint directory, or 'auto' (the latest in --out)")
     out: str | None = RUN(None, "run directory (default runs/<method>-<timestamp>)")
-    device: str = RUN("auto", "auto | cpu | cuda | cuda:N")
+    device: str = RUN("auto", "auto | cpu | cuda | cuda:N (under torchrun: each rank's own GPU)")
+    fsdp: bool = RUN(False, "under torchrun: shard parameters, gradients and optimizer state "
+                     "with FSDP2 (for models whose training state does not fit one GPU)",
+                     action="store_true")
     seed: int = RUN(0, "seeds the model init (toy), data order, sampling and the toy world")
     no_progress: bool = RUN(False, "no progress bar", action="store_true")
 

@@ -26,8 +26,10 @@ from data import DemoBatch
 from logprobs import sequence_logprobs
 
 
-def sft_loss(model, batch: DemoBatch, backend: str = "auto") -> tuple[torch.Tensor, dict]:
-    """Token-mean NLL of the teacher's response tokens; returns (loss, stats)."""
+def sft_loss(model, batch: DemoBatch, backend: str = "auto",
+             total: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """Token-mean NLL of the teacher's response tokens; returns (loss, stats). `total`: the
+    global number of response tokens, when several ranks share the batch (dist.py)."""
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)                                      # [B, T]
     attention = batch.attention_mask.to(device)                                 # [B, T]
@@ -35,6 +37,6 @@ def sft_loss(model, batch: DemoBatch, backend: str = "auto") -> tuple[torch.Tens
     logp = sequence_logprobs(model, input_ids, attention, score, 1.0, backend)  # [B, T-1]
     mask = score[:, 1:].to(logp.dtype)                                          # [B, T-1]
     # L_SFT = -(1 / sum_i |y_i|) sum_i sum_t log pi_theta(y_{i,t} | x_i, y_{i,<t}),  y = y^E
-    loss = -(logp * mask).sum() / mask.sum().clamp(min=1)
+    loss = -(logp * mask).sum() / (mask.sum().clamp(min=1) if total is None else total)
     return loss, {"nll": float(loss.detach()), "tokens": int(mask.sum()),
                   "truncated": batch.truncated}

@@ -76,11 +76,13 @@ class StepSettings:
 
 def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Objective,
                  s: StepSettings, optimizer, scheduler, discriminator=None, reference=None,
-                 step: int = 0, engine=None) -> dict:
+                 step: int = 0, engine=None, ctx: dist.Context | None = None) -> dict:
     """One UniAPL step on a mixed batch; returns its metrics. Raises NonFiniteError before
     touching the weights if a loss or the gradient norm is not finite. `engine` samples the
-    rollouts (rollouts.py; default: HF generate)."""
+    rollouts (rollouts.py; default: HF generate); `ctx` is this process's share of a torchrun
+    run (dist.py; default: one process, `batch` is the whole batch)."""
     device = next(policy.parameters()).device
+    ctx = ctx or dist.Context(device=device)
     amp, timer = dist.autocast_for(device, s.precision), Timer(device)
     G, metrics = s.num_generations, {"step": step + 1}
 
@@ -88,13 +90,15 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
     rollout_rows = {"rl": batch.prompts, "demo": batch.demos, "none": []}[objective.rollouts_on]
     ro = None
     if rollout_rows:
-        with timer("generate"), amp():
+        with timer("generate"), amp(), dist.gathered(policy, ctx):
             ro = (engine or rollouts.HFEngine()).generate(
                 policy, tokenizer, rollout_rows, G, temperature=s.temperature,
                 max_new_tokens=s.max_completion_length)
         mask = ro.completion_mask.clone()                                        # [R, L]
         if s.mask_truncated:
             mask = mask * (~ro.truncated).long()[:, None]
+        # several ranks: L_GRPO and L_ADV divide by the tokens (or sequences) of all of them
+        rl_total = ctx.all_reduce_sum(grpo.loss_units(mask, s.loss_type)) if ctx.distributed else None
 
         # 2. Reward: r_i = fraction of x's instructions that y_i satisfies (ifeval.py).
         with timer("reward"):
@@ -120,16 +124,19 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
                 ref_logp = grpo.completion_logprobs(reference, ro, s.temperature)      # [R, L]
     demos = data.demo_batch(tokenizer, batch.demos, s.max_completion_length) \
         if objective.uses_sft else None
+    sft_total = ctx.all_reduce_sum(demos.score_mask[:, 1:].sum().float().to(device)) \
+        if demos is not None and ctx.distributed else None
 
     # 5. The losses, and one backward pass per update (--num-iterations reuses the rollouts).
-    clip = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
+    clip = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type,
+                total=rl_total if ro is not None else None)
     old_logp = None
     for _ in range(s.num_iterations):
         l_sft = l_grpo = l_adv = None
         with timer("forward"), amp():
             # L_SFT = token-mean NLL of the teacher's response tokens.
             if objective.uses_sft:
-                l_sft, st = sft.sft_loss(policy, demos, s.logprobs_backend)
+                l_sft, st = sft.sft_loss(policy, demos, s.logprobs_backend, sft_total)
                 metrics.update({"sft/nll": st["nll"], "sft/truncated": st["truncated"]})
 
             # log pi_theta(y_t) of every rollout token, shared by L_GRPO and L_ADV. On the first
@@ -157,15 +164,22 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
         with timer("backward"):
             loss.backward()
         with timer("optimizer"):
-            grad_norm = optimizer_update(policy, optimizer, scheduler, s.max_grad_norm, step)
+            grad_norm = optimizer_update(policy, optimizer, scheduler, s.max_grad_norm, step, ctx)
     metrics.update({"loss": float(loss.detach()), "grad_norm": float(grad_norm),
                     "lr": scheduler.get_last_lr()[0]} | timer.times)
-    return metrics
+    return ctx.reduce_metrics(metrics, maxes=("sampler_gap_max",),
+                              sums=("loss", "sft/nll", "sft/truncated", "grpo/loss", "adv/loss"))
 
 
-def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: int) -> torch.Tensor:
-    """Clip the gradient norm, step; a non-finite norm raises before the weights change."""
+def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: int,
+                     ctx: dist.Context | None = None) -> torch.Tensor:
+    """Sum the gradients across ranks, clip their norm, step; a non-finite norm raises before
+    the weights change."""
+    if ctx is not None:
+        ctx.all_reduce_grads(policy)
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):      # FSDP2: a DTensor holding the global norm
+        grad_norm = grad_norm.full_tensor()
     if not torch.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         check_finite(step + 1, grad_norm=grad_norm)
@@ -180,24 +194,29 @@ def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: i
 # ----------------------------------------------------------------------------------------------
 
 def train(s: settings.Settings) -> dict:
-    """Load -> evaluate -> unified steps (metrics, checkpoints) -> evaluate -> save; a summary."""
+    """Load -> evaluate -> unified steps (metrics, checkpoints) -> evaluate -> save; a summary.
+    Under torchrun every rank runs this; rank 0 alone writes (dist.py)."""
     objective = uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip)
     if objective.rollouts_on != "none" and s.num_generations < 2:
         raise SystemExit("--num-generations must be at least 2 (advantages are relative to the group)")
-    random.seed(s.seed)
-    np.random.seed(s.seed)
-    torch.manual_seed(s.seed)
-    device = dist.pick_device(s.device)
+    ctx = dist.setup(s.device, s.fsdp)
+    device, say = ctx.device, (print if ctx.is_main else lambda *a, **k: None)
+    seed_everything(s.seed)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()   # our own progress bar is enough
 
     # --- Load: policy, data, reference (only if beta > 0), discriminator (only if used). ---
     policy, tokenizer = checkpoint.load_policy(s.model, device, seed=s.seed)
+    if ctx.rank:   # every rank builds the same weights, then samples with its own seed
+        seed_everything(s.seed + 1_000_003 * ctx.rank)
     # from_pretrained returns a module in eval mode, and transformers checkpoints a layer only
     # while its module is training: without this, --gradient-checkpointing would save nothing.
     policy.train()
     if s.gradient_checkpointing:
         dist.enable_activation_checkpointing(policy)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False) if s.beta > 0 else None
+    if ctx.fsdp:
+        policy, reference = dist.shard(policy, ctx), reference and dist.shard(reference, ctx)
     load = dict(skip_invalid=s.skip_invalid_rows, toy_seed=s.seed, teacher_accuracy=s.teacher_accuracy)
     rows = data.load_rows(s.dataset, "train", **load)
     rows = data.check_prompt_lengths(rows, tokenizer, s.max_prompt_length, s.dataset,
@@ -209,75 +228,103 @@ def train(s: settings.Settings) -> dict:
         rl_needs_reference=objective.uses_discriminator and objective.rollouts_on == "rl")
     sampler = data.MixedSampler(demos, prompts, s.sft_batch_size if objective.uses_sft else 0,
                                 s.rl_batch_size if objective.rollouts_on == "rl" else 0, s.seed)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False) if s.beta > 0 else None
     disc = load_discriminator(s.discriminator, s.discriminator_model, device,
                               dist.autocast_dtype(device, s.precision) or torch.float32) \
         if objective.uses_discriminator else None
+    if ctx.distributed and s.rollout_engine == "vllm":
+        raise SystemExit("--rollout-engine vllm runs in one process; under torchrun use hf-static")
     engine = rollouts.make_engine(
-        s.rollout_engine, device, model_path=engine_model_dir(policy, tokenizer, s),
+        "hf-static" if ctx.distributed and s.rollout_engine == "auto" and device.type == "cuda"
+        else s.rollout_engine, device, model_path=engine_model_dir(policy, tokenizer, s),
         prompt_width=s.max_prompt_length, seed=s.seed,
         max_model_len=s.max_prompt_length + max(s.max_completion_length, s.eval_max_new_tokens),
         gpu_memory_utilization=s.vllm_gpu_memory_utilization)
-    print(f"[{s.method}] {s.world} world on {device}; rollouts and evaluation: {engine.name}")
+    say(f"[{s.method}] {s.world} world, {ctx.world_size} process(es) on {device.type}"
+        f"{' with FSDP2' if ctx.fsdp else ''}; rollouts and evaluation: {engine.name}")
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)))
 
     # --- The run directory: resume, config. ---
-    checkpoint.prepare_out(s.out, resuming=s.resume is not None)
+    if ctx.is_main:
+        checkpoint.prepare_out(s.out, resuming=s.resume is not None)
+    ctx.barrier()
     start = 0
     if s.resume:
-        path = checkpoint.find_checkpoint(s.resume, s.out)
-        start = checkpoint.load_checkpoint(path, policy, optimizer, scheduler, sampler)
-        checkpoint.truncate_metrics(s.out, start)
-        print(f"resumed from {path} at step {start}")
-    write_json(os.path.join(s.out, "config.json"), dataclasses.asdict(s) | {
-        "alpha": objective.alpha, "lambda_adv": objective.lambda_adv})
+        path = ctx.broadcast_object(checkpoint.find_checkpoint(s.resume, s.out) if ctx.is_main else None)
+        start = checkpoint.load_checkpoint(path, policy, optimizer, scheduler, sampler, ctx)
+        if ctx.is_main:
+            checkpoint.truncate_metrics(s.out, start)
+        say(f"resumed from {path} at step {start}")
+    if ctx.is_main:
+        write_json(os.path.join(s.out, "config.json"), dataclasses.asdict(s) | {
+            "alpha": objective.alpha, "lambda_adv": objective.lambda_adv,
+            "world_size": ctx.world_size})
     amp = dist.autocast_for(device, s.precision)
 
     def run_eval(tag: str) -> dict:
-        res = evaluate.evaluate_model(policy, tokenizer, eval_rows, autocast=amp,
-                                      max_new_tokens=s.eval_max_new_tokens, engine=engine)
-        write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
+        """Each rank answers its share of the prompts; all of them score the gathered answers."""
+        mine = eval_rows[ctx.rank::ctx.world_size]
+        with dist.gathered(policy, ctx):
+            answers = evaluate.generate_responses(policy, tokenizer, mine, autocast=amp,
+                                                  max_new_tokens=s.eval_max_new_tokens, engine=engine)
+        parts = ctx.gather_objects(answers)       # rank r holds rows r, r + N, r + 2N, ...
+        texts = [parts[i % ctx.world_size][0][i // ctx.world_size] for i in range(len(eval_rows))]
+        lengths = [parts[i % ctx.world_size][1][i // ctx.world_size] for i in range(len(eval_rows))]
+        res = evaluate.score_responses(eval_rows, texts, lengths, s.eval_max_new_tokens)
+        if ctx.is_main:
+            write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
         return res
 
     # --- Evaluate before training (skipped when resuming: it was done). ---
     start_eval = os.path.join(s.out, "eval_start.json")
     before = run_eval("start") if start == 0 or not os.path.exists(start_eval) else read_json(start_eval)
-    print(f"[{s.method}] held-out IF accuracy before training: prompt-strict "
-          f"{before['prompt_strict']:.3f}, inst-strict {before['inst_strict']:.3f} "
-          f"({before['n_prompts']} prompts)")
+    say(f"[{s.method}] held-out IF accuracy before training: prompt-strict "
+        f"{before['prompt_strict']:.3f}, inst-strict {before['inst_strict']:.3f} "
+        f"({before['n_prompts']} prompts)")
 
     # --- Train. ---
     from tqdm import tqdm
     step_settings = StepSettings.from_settings(s)
     bar = tqdm(range(start, s.steps), initial=start, total=s.steps, desc=s.method,
-               disable=s.no_progress, dynamic_ncols=True)
+               disable=s.no_progress or not ctx.is_main, dynamic_ncols=True)
     for step in bar:
-        metrics = unified_step(policy, tokenizer, sampler.next(), objective, step_settings,
-                               optimizer, scheduler, disc, reference, step=step, engine=engine)
+        batch = sampler.next().shard(ctx.rank, ctx.world_size)
+        metrics = unified_step(policy, tokenizer, batch, objective, step_settings, optimizer,
+                               scheduler, disc, reference, step=step, engine=engine, ctx=ctx)
         if s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < s.steps:
             res = run_eval(f"step{step + 1}")
             metrics.update({f"eval/{k}": res[k] for k in evaluate.METRICS})
-        with open(os.path.join(s.out, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        if ctx.is_main:
+            with open(os.path.join(s.out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(metrics) + "\n")
         bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reward", "sft/nll") if k in metrics})
         if s.save_every and ((step + 1) % s.save_every == 0 or step + 1 == s.steps):
             checkpoint.save_checkpoint(s.out, step + 1, policy, tokenizer, optimizer, scheduler,
-                                       sampler, s.save_total_limit)
+                                       sampler, s.save_total_limit, ctx)
 
     # --- Evaluate after training, save. ---
     after = run_eval("final")
-    marker = {"world": s.world, "method": s.method, "steps": s.steps, "source_model": s.model}
-    checkpoint.save_pretrained_atomic(policy, tokenizer, os.path.join(s.out, "final"),
-                                      {"uniapl.json": marker})
+    weights, _ = checkpoint.full_state(policy, None, ctx)
+    if ctx.is_main:
+        marker = {"world": s.world, "method": s.method, "steps": s.steps, "source_model": s.model}
+        checkpoint.save_pretrained_atomic(policy, tokenizer, os.path.join(s.out, "final"),
+                                          {"uniapl.json": marker},
+                                          state_dict=weights if ctx.fsdp else None)
+    ctx.barrier()
     teacher = evaluate.teacher_accuracy(eval_rows)
-    print(f"[{s.method}] held-out IF accuracy (prompt-strict): {before['prompt_strict']:.3f} -> "
-          f"{after['prompt_strict']:.3f}" + (f"  (teacher: {teacher['prompt_strict']:.3f})"
-                                             if teacher else "")
-          + f"; inst-strict {before['inst_strict']:.3f} -> {after['inst_strict']:.3f}. Run: {s.out}")
+    say(f"[{s.method}] held-out IF accuracy (prompt-strict): {before['prompt_strict']:.3f} -> "
+        f"{after['prompt_strict']:.3f}" + (f"  (teacher: {teacher['prompt_strict']:.3f})"
+                                           if teacher else "")
+        + f"; inst-strict {before['inst_strict']:.3f} -> {after['inst_strict']:.3f}. Run: {s.out}")
     return {"before": before["prompt_strict"], "after": after["prompt_strict"],
             "teacher": teacher.get("prompt_strict"), "out": s.out}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------------------------

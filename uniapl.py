@@ -134,10 +134,10 @@ def adversarial_coefficient(d: torch.Tensor, group_size: int, clip: float,
 
 
 def adv_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2,
-             loss_type="token") -> tuple[torch.Tensor, dict]:
+             loss_type="token", total=None) -> tuple[torch.Tensor, dict]:
     """Algorithm 1, step 3: GRPO's clipped surrogate driven by the adversarial coefficient."""
     return grpo.policy_loss(logp, old_logp, coef, mask, eps_low=eps_low, eps_high=eps_high,
-                            beta=0.0, loss_type=loss_type)
+                            beta=0.0, loss_type=loss_type, total=total)
 
 
 # L_unified = alpha L_SFT + (1 - alpha) L_GRPO + lambda_adv L_ADV
