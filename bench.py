@@ -456,6 +456,40 @@ def memory_table(m: dict, rollouts: int = 64, tokens: int = 700, demos: int = 8,
     return "\n".join(lines)
 
 
+# Public configs of the Qwen3 students (hidden, layers, kv heads x head_dim, parameters).
+QWEN3_SIZES = {"Qwen3-0.6B": (1024, 28, 8 * 128, 0.596e9), "Qwen3-4B": (2560, 36, 8 * 128, 4.02e9),
+               "Qwen3-8B": (4096, 36, 8 * 128, 8.19e9)}
+
+
+def memory_plan(gpus=(1, 2, 4, 8), rollouts: int = 64, tokens: int = 700, demos: int = 8,
+                recompute_per_hidden: float = 136.3 * 1024 / 1024) -> str:
+    """GiB per GPU for one real step, COMPUTED (not measured) from the model's shape: training
+    state (fp32 weights, gradients, AdamW: 16 bytes per parameter; divided by N under FSDP2),
+    checkpointed activations (4 bytes x hidden per token per layer, as measured at 0.6B's width),
+    one layer recomputed in backward (scaled from 0.6B's measured cost by the hidden size), the
+    bf16 KV cache of this rank's rollouts, POLAR-1.8B in bf16. Under FSDP2 generation also holds
+    the gathered fp32 weights (4 bytes per parameter)."""
+    lines = ["| model | GPUs | data parallel: training | during generation | FSDP2: training | "
+             "during generation |", "|---|---|---|---|---|---|"]
+    polar = 1.89e9 * 2
+    for name, (hidden, layers, kv, params) in QWEN3_SIZES.items():
+        for n in gpus:
+            tok = (rollouts + demos) * tokens / n                 # this rank's tokens
+            acts = tok * layers * 4 * hidden + tok * recompute_per_hidden * hidden
+            kv_cache = rollouts / n * tokens * 2 * layers * kv * 2
+            for_mode = []
+            for fsdp in (False, True):
+                state = 16 * params / (n if fsdp else 1)
+                gathered = 4 * params if fsdp else 0
+                for_mode += [(state + acts + polar) / 2**30,
+                             (state + gathered + kv_cache + polar) / 2**30]
+            cells = [f"{x:.0f}" for x in for_mode]
+            if n == 1:
+                cells[2:] = ["—", "—"]          # FSDP2 shards across processes: none with one
+            lines.append(f"| {name} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------
 # The GPU suite, and the CLI
 # ----------------------------------------------------------------------------------------------
@@ -515,7 +549,7 @@ def main(argv=None):
                                      int(v))))
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="?", choices=["logprobs", "step", "eval", "memory"],
+    p.add_argument("what", nargs="?", choices=["logprobs", "step", "eval", "memory", "plan"],
                    default="logprobs")
     p.add_argument("--suite", choices=["gpu"], help="everything a lent GPU should measure")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
@@ -545,6 +579,11 @@ def main(argv=None):
         write(args.out, f"bench_logprobs_{device.type}", result, logprobs_table(result))
         print("\n" + logprobs_table(result))
         return result
+    if args.what == "plan":
+        table = memory_plan()
+        write(args.out, "memory_plan", {"table": table}, table)
+        print(table)
+        return table
     if args.what == "memory":
         result = bench_memory()
         write(args.out, "bench_memory_cpu", result, memory_table(result))

@@ -49,3 +49,10 @@ def test_real_shape_step_on_the_cpu(tmp_path):
                     "sft_batch_size=1", "max_completion_length=8"])
     assert 590 < r["params_M"] < 600 and r["discriminator"] == "polar"
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in r["steps"])
+
+
+def test_memory_plan_is_labelled_and_shrinks_with_fsdp():
+    table = bench.memory_plan()
+    row = {(c[1], c[2]): c for c in (line.split(" | ") for line in table.splitlines()[2:])}
+    one, four = row[("Qwen3-4B", "1")], row[("Qwen3-4B", "4")]
+    assert one[4] == "—" and float(four[4]) < float(four[2]) < float(one[2])
