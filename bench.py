@@ -236,7 +236,7 @@ def random_polar(tokenizer, device, dtype):
 def shaped_world(shape: str, device: torch.device, s: settings.Settings):
     """(policy, tokenizer, rows, discriminator or None) at `shape`, random weights."""
     import toy
-    import uniapl
+    import train
     from discriminator import load_discriminator
     torch.manual_seed(0)
     if shape == "toy":
@@ -255,7 +255,7 @@ def shaped_world(shape: str, device: torch.device, s: settings.Settings):
     if s.gradient_checkpointing:
         dist.enable_activation_checkpointing(policy)
     rows, _ = toy.train_eval_rows(0, n_train=max(64, 4 * s.rl_batch_size), n_eval=1)
-    objective = uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip)
+    objective = train.objective_of(s)
     disc = None
     if objective.uses_discriminator:
         dtype = dist.autocast_dtype(device, s.precision) or torch.float32
@@ -289,10 +289,9 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
                repeats: int = 2) -> dict:
     import data
     import train
-    import uniapl
     policy, tokenizer, rows, disc = shaped_world(shape, device, s)
     engine = shaped_engine(policy, tokenizer, device, s)
-    objective = uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip)
+    objective = train.objective_of(s)
     sampler = data.MixedSampler(rows, rows, s.sft_batch_size, s.rl_batch_size, 0)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)

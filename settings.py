@@ -23,7 +23,8 @@ import json
 import os
 from dataclasses import dataclass
 
-METHODS = ["sft", "grpo", "a-sft", "a-grpo", "uniapl"]   # presets: uniapl.METHODS
+METHODS = ["sft", "grpo", "a-sft", "a-grpo", "uniapl",   # presets: uniapl.METHODS
+           "chord-mu", "chord-phi", "a-chord-mu", "a-chord-phi"]
 SAME = object()                                           # the real world uses the toy value
 
 
@@ -59,6 +60,14 @@ class Settings:
                            choices=["loss", "reward"])
     adv_coef_clip: float = METHOD(2.0, "c in Algorithm 1: coefficients are clipped to [-c, c] "
                                   "(ours: one odd score cannot dominate its group)")
+    adv_coef_norm: str = METHOD("group", "what a discriminator score is compared with: its group "
+                                "(Algorithm 1 as we read it), every rollout of the step, or "
+                                "nothing (the raw, clipped score)", choices=["group", "batch", "none"])
+    chord_mu_peak: float = METHOD(0.9, "CHORD-mu: the SFT weight's peak (CHORD's published value)")
+    chord_mu_valley: float = METHOD(0.05, "CHORD-mu: the value it decays to (CHORD's)")
+    chord_mu_warmup_steps: int = METHOD(0, "CHORD-mu: linear warm-up from 0 to the peak (CHORD's)")
+    chord_mu_decay_steps: int | None = METHOD(None, "CHORD-mu: cosine decay length (default: the "
+                                              "whole run; ours -- CHORD used 200 of its steps)")
     discriminator: str = METHOD("lexical", "the fixed discriminator (the paper: a POLAR model)",
                                 real="polar", choices=["lexical", "embedding", "polar"])
     discriminator_model: str | None = METHOD(

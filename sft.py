@@ -16,6 +16,10 @@ Choices
   aggregation of L_GRPO and L_ADV so that alpha weighs like with like.
 * Demonstrations longer than --max-completion-length are cut (and counted in sft/truncated);
   the cut response then has no EOS to learn.
+* CHORD-phi (arXiv 2508.11408) weights each token's NLL by phi = p (1 - p), p = pi_theta(token),
+  detached: tokens the policy already predicts well (p -> 1) or finds very unlikely (p -> 0)
+  count little, those in between most (at most 0.25). It is still divided by the token count,
+  as CHORD's published code does, so the phi-weighted term is at most a quarter of plain NLL.
 """
 
 from __future__ import annotations
@@ -26,17 +30,23 @@ from data import DemoBatch
 from logprobs import sequence_logprobs
 
 
-def sft_loss(model, batch: DemoBatch, backend: str = "auto",
-             total: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-    """Token-mean NLL of the teacher's response tokens; returns (loss, stats). `total`: the
-    global number of response tokens, when several ranks share the batch (dist.py)."""
+def sft_loss(model, batch: DemoBatch, backend: str = "auto", total: torch.Tensor | None = None,
+             weighting: str = "nll") -> tuple[torch.Tensor, dict]:
+    """Token-mean NLL of the teacher's response tokens ("phi": CHORD's phi-weighted NLL); returns
+    (loss, stats). `total`: the global number of response tokens, when several ranks share the
+    batch (dist.py)."""
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)                                      # [B, T]
     attention = batch.attention_mask.to(device)                                 # [B, T]
     score = batch.score_mask.to(device)                                         # [B, T]
     logp = sequence_logprobs(model, input_ids, attention, score, 1.0, backend)  # [B, T-1]
     mask = score[:, 1:].to(logp.dtype)                                          # [B, T-1]
-    # L_SFT = -(1 / sum_i |y_i|) sum_i sum_t log pi_theta(y_{i,t} | x_i, y_{i,<t}),  y = y^E
-    loss = -(logp * mask).sum() / (mask.sum().clamp(min=1) if total is None else total)
-    return loss, {"nll": float(loss.detach()), "tokens": int(mask.sum()),
+    if weighting == "phi":   # phi_t = p_t (1 - p_t), detached: a weight, not a path for gradient
+        p = logp.detach().exp()
+        mask = mask * p * (1 - p)
+    # L_SFT = -(1 / sum_i |y_i|) sum_i sum_t w_t log pi_theta(y_{i,t} | x_i, y_{i,<t}),  y = y^E,
+    #         w_t = 1 (plain NLL) or phi_t (CHORD-phi); always divided by the token count
+    tokens = score[:, 1:].sum().clamp(min=1) if total is None else total
+    loss = -(logp * mask).sum() / tokens
+    return loss, {"nll": float(loss.detach()), "tokens": int(score[:, 1:].sum()),
                   "truncated": batch.truncated}

@@ -111,7 +111,8 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
             with timer("discriminator"):
                 d = discriminator.score([row["prompt"] for row in ro.rows],
                                         [row["response"] for row in ro.rows], ro.texts).float()  # [R]
-            coef = uniapl.adversarial_coefficient(d, G, objective.coef_clip).to(device)  # [R]
+            coef = uniapl.adversarial_coefficient(d, G, objective.coef_clip,
+                                                  norm=objective.coef_norm).to(device)  # [R]
             metrics.update({f"adv/{k}": v for k, v in uniapl.discriminator_stats(d, r, coef).items()})
             if objective.shapes_reward:      # the ablation: r_i <- r_i + lambda_adv d_i
                 r = r + objective.lambda_adv * d
@@ -136,7 +137,8 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
         with timer("forward"), amp():
             # L_SFT = token-mean NLL of the teacher's response tokens.
             if objective.uses_sft:
-                l_sft, st = sft.sft_loss(policy, demos, s.logprobs_backend, sft_total)
+                l_sft, st = sft.sft_loss(policy, demos, s.logprobs_backend, sft_total,
+                                         objective.sft_weighting)
                 metrics.update({"sft/nll": st["nll"], "sft/truncated": st["truncated"]})
 
             # log pi_theta(y_t) of every rollout token, shared by L_GRPO and L_ADV. On the first
@@ -158,8 +160,8 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
                 l_adv, st = uniapl.adv_loss(logp, old_logp, coef, mask, **clip)
                 metrics.update({"adv/loss": float(l_adv.detach()), "adv/clip_frac": st["clip_frac"]})
 
-            # L = alpha L_SFT + (1 - alpha) L_GRPO + lambda_adv L_ADV
-            loss = uniapl.unified_loss(objective, l_sft, l_grpo, l_adv)
+            # L = alpha L_SFT + (1 - alpha) L_GRPO + lambda_adv L_ADV   (CHORD-mu: alpha = mu(step))
+            loss = uniapl.unified_loss(objective, l_sft, l_grpo, l_adv, objective.alpha_at(step))
         check_finite(step + 1, loss=loss, l_sft=l_sft, l_grpo=l_grpo, l_adv=l_adv)
         with timer("backward"):
             loss.backward()
@@ -167,6 +169,8 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
             grad_norm = optimizer_update(policy, optimizer, scheduler, s.max_grad_norm, step, ctx)
     metrics.update({"loss": float(loss.detach()), "grad_norm": float(grad_norm),
                     "lr": scheduler.get_last_lr()[0]} | timer.times)
+    if objective.chord == "mu":
+        metrics["alpha"] = objective.alpha_at(step)
     return ctx.reduce_metrics(metrics, maxes=("sampler_gap_max",),
                               sums=("loss", "sft/nll", "sft/truncated", "grpo/loss", "adv/loss"))
 
@@ -196,7 +200,7 @@ def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: i
 def train(s: settings.Settings) -> dict:
     """Load -> evaluate -> unified steps (metrics, checkpoints) -> evaluate -> save; a summary.
     Under torchrun every rank runs this; rank 0 alone writes (dist.py)."""
-    objective = uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip)
+    objective = objective_of(s)
     if objective.rollouts_on != "none" and s.num_generations < 2:
         raise SystemExit("--num-generations must be at least 2 (advantages are relative to the group)")
     ctx = dist.setup(s.device, s.fsdp)
@@ -319,6 +323,14 @@ def train(s: settings.Settings) -> dict:
         + f"; inst-strict {before['inst_strict']:.3f} -> {after['inst_strict']:.3f}. Run: {s.out}")
     return {"before": before["prompt_strict"], "after": after["prompt_strict"],
             "teacher": teacher.get("prompt_strict"), "out": s.out}
+
+
+def objective_of(s: settings.Settings) -> uniapl.Objective:
+    """The method's preset with the settings' overrides; CHORD-mu's decay spans the run unless set."""
+    decay = s.chord_mu_decay_steps if s.chord_mu_decay_steps is not None else s.steps
+    return uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip,
+                          s.adv_coef_norm,
+                          (s.chord_mu_peak, s.chord_mu_valley, s.chord_mu_warmup_steps, decay))
 
 
 def seed_everything(seed: int) -> None:

@@ -28,12 +28,23 @@ group normalisation of GRPO (reward shaping). The paper reports the separate los
 
 Methods are presets of the same step:
 
-    method   alpha   lambda_adv  rollouts on
-    sft      1       0           none
-    grpo     0       0           RL prompts
-    a-sft    1       > 0         demonstration prompts (ADV only, no verifier reward)
-    a-grpo   0       > 0         RL prompts
-    uniapl   0<a<1   > 0         RL prompts
+    method       alpha                 lambda_adv  rollouts on
+    sft          1                     0           none
+    grpo         0                     0           RL prompts
+    a-sft        1                     > 0         demonstration prompts (ADV only, no verifier reward)
+    a-grpo       0                     > 0         RL prompts
+    uniapl       0<a<1                 > 0         RL prompts
+    chord-mu     mu(step): 0.9 -> 0.05 0           RL prompts
+    chord-phi    0.1, phi-weighted SFT 0           RL prompts
+    a-chord-mu   as chord-mu           > 0         RL prompts
+    a-chord-phi  as chord-phi          > 0         RL prompts
+
+CHORD (Zhang et al. 2025, arXiv 2508.11408) is the closest published relative: the same
+single-stage mix L = (1 - mu) L_GRPO + mu L_SFT, with mu decayed over the run (CHORD-mu) or small
+and fixed with each expert token's NLL weighted by phi = p (1 - p) (CHORD-phi; sft.py). The
+reviews read the paper's single-stage experiment as CHORD plus the adversarial term, which is
+what a-chord-* are. Preset values follow CHORD's published configurations (peak 0.9, valley 0.05,
+no warm-up; phi with a fixed 0.1); the decay length is ours (the run's length).
 
 Our defaults where the paper is silent: alpha = 0.5 for uniapl, lambda_adv = 0.1 (the seed summary
 suggests sweeping 1e-4 ... 1e-2 for an unnormalised signal; ours is normalised to unit scale like
@@ -42,18 +53,23 @@ an advantage, so 0.1 makes ADV a tenth of a GRPO-sized term -- reproduce.py swee
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 import grpo
 
-METHODS = {  # method -> (alpha, uses the adversarial signal, whose prompts are rolled out)
-    "sft": (1.0, False, "none"),
-    "grpo": (0.0, False, "rl"),
-    "a-sft": (1.0, True, "demo"),
-    "a-grpo": (0.0, True, "rl"),
-    "uniapl": (0.5, True, "rl"),
+METHODS = {  # method -> (alpha, adversarial signal?, whose prompts are rolled out, CHORD variant)
+    "sft": (1.0, False, "none", ""),
+    "grpo": (0.0, False, "rl", ""),
+    "a-sft": (1.0, True, "demo", ""),
+    "a-grpo": (0.0, True, "rl", ""),
+    "uniapl": (0.5, True, "rl", ""),
+    "chord-mu": (0.9, False, "rl", "mu"),     # alpha: mu's peak; it decays over the run
+    "chord-phi": (0.1, False, "rl", "phi"),
+    "a-chord-mu": (0.9, True, "rl", "mu"),
+    "a-chord-phi": (0.1, True, "rl", "phi"),
 }
 PRESET_LAMBDA_ADV = 0.1   # every adversarial preset's lambda_adv (ours)
 
@@ -67,6 +83,17 @@ class Objective:
     rollouts_on: str          # "none" | "rl" (RL prompts) | "demo" (demonstration prompts)
     adv_mode: str = "loss"    # "loss": L_ADV is its own term; "reward": shaped into r
     coef_clip: float = 2.0    # c in Algorithm 1
+    coef_norm: str = "group"  # what the discriminator score is compared with (adversarial_coefficient)
+    chord: str = ""           # "" | "mu": alpha follows chord_mu(step) | "phi": phi-weighted L_SFT
+    mu_schedule: tuple = (0.9, 0.05, 0, 0)   # CHORD-mu: (peak, valley, warm-up steps, decay steps)
+
+    def alpha_at(self, step: int) -> float:
+        """The weight of L_SFT at this step: fixed, or CHORD-mu's schedule."""
+        return chord_mu(step, *self.mu_schedule) if self.chord == "mu" else self.alpha
+
+    @property
+    def sft_weighting(self) -> str:
+        return "phi" if self.chord == "phi" else "nll"
 
     @property
     def uses_sft(self) -> bool:
@@ -94,11 +121,12 @@ class Objective:
 
 
 def resolve(method: str, alpha: float | None = None, lambda_adv: float | None = None,
-            adv_mode: str = "loss", coef_clip: float = 2.0) -> Objective:
+            adv_mode: str = "loss", coef_clip: float = 2.0, coef_norm: str = "group",
+            mu_schedule: tuple = (0.9, 0.05, 0, 0)) -> Objective:
     """The method's preset, with --alpha / --lambda-adv overrides checked against it."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    default_alpha, adversarial, rollouts_on = METHODS[method]
+    default_alpha, adversarial, rollouts_on, chord = METHODS[method]
     if alpha is not None and method != "uniapl" and alpha != default_alpha:
         raise ValueError(f"--alpha {alpha} contradicts --method {method} (alpha = {default_alpha}); "
                          "use --method uniapl to mix SFT and GRPO")
@@ -115,18 +143,46 @@ def resolve(method: str, alpha: float | None = None, lambda_adv: float | None = 
         raise ValueError(f"unknown --adv-mode {adv_mode!r} (loss or reward)")
     if adv_mode == "reward" and not (adversarial and rollouts_on == "rl"):
         raise ValueError("--adv-mode reward shapes the GRPO reward: use it with a-grpo or uniapl")
-    return Objective(method, alpha, lam, rollouts_on, adv_mode, coef_clip)
+    if coef_norm not in ("group", "batch", "none"):
+        raise ValueError(f"unknown --adv-coef-norm {coef_norm!r} (group, batch or none)")
+    if chord == "mu":
+        alpha = mu_schedule[0]
+    return Objective(method, alpha, lam, rollouts_on, adv_mode, coef_clip, coef_norm, chord,
+                     tuple(mu_schedule))
+
+
+# CHORD-mu's weight of L_SFT at step s (warm-up W, decay D; arXiv 2508.11408, as published code):
+#   s < W:          mu = peak * s / W
+#   W <= s < W + D: mu = valley + (peak - valley) * (1 + cos(pi (s - W) / D)) / 2
+#   otherwise:      mu = valley
+
+
+def chord_mu(step: int, peak: float, valley: float, warmup: int, decay: int) -> float:
+    if step < warmup:
+        return peak * step / warmup
+    if step < warmup + decay:
+        return valley + (peak - valley) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / decay))
+    return valley
 
 
 # Algorithm 1, for a prompt x with teacher response y_E and rollouts y_1..y_G:
 #   1. d_i = D(x, y_E, y_i)                                  frozen discriminator, no gradient
 #   2. c_i = clip((d_i - mean_j d_j) / (std_j d_j + eps), -c, c)     the adversarial coefficient
+#      with j over the group (default). Ablations (--adv-coef-norm): j over every rollout of the
+#      step ("batch"), which still says something when a whole group collapses to one answer;
+#      "none": c_i = clip(d_i, -c, c), the raw score (meaningful only for a bounded score).
 
 
 def adversarial_coefficient(d: torch.Tensor, group_size: int, clip: float,
-                            eps: float = 1e-4) -> torch.Tensor:
-    """Algorithm 1, step 2: group-normalised, clipped discriminator scores; [R] -> [R]."""
-    return grpo.group_advantages(d, group_size, scale=True, eps=eps).clamp(-clip, clip)
+                            eps: float = 1e-4, norm: str = "group") -> torch.Tensor:
+    """Algorithm 1, step 2: normalised, clipped discriminator scores; [R] -> [R]."""
+    if norm == "group":
+        c = grpo.group_advantages(d, group_size, scale=True, eps=eps)
+    elif norm == "batch":
+        c = grpo.group_advantages(d, d.numel(), scale=True, eps=eps)
+    else:
+        c = d
+    return c.clamp(-clip, clip)
 
 
 #   3. L_ADV = aggregate(-min(rho_t c_i, clip(rho_t, 1 - eps_low, 1 + eps_high) c_i))
@@ -143,16 +199,18 @@ def adv_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2,
 # L_unified = alpha L_SFT + (1 - alpha) L_GRPO + lambda_adv L_ADV
 
 
-def unified_loss(objective: Objective, l_sft=None, l_grpo=None, l_adv=None) -> torch.Tensor:
-    """The weighted sum of the terms that were computed.
+def unified_loss(objective: Objective, l_sft=None, l_grpo=None, l_adv=None,
+                 alpha: float | None = None) -> torch.Tensor:
+    """The weighted sum of the terms that were computed (`alpha`: this step's weight of L_SFT,
+    default the objective's).
 
     A term whose weight is 0 is not added at all (not even as 0 * L), so that alpha = 1,
     lambda = 0 is *exactly* L_SFT and alpha = 0, lambda = 0 exactly L_GRPO, and a NaN in an
     unused term cannot leak in.
     """
     total = None
-    for weight, term in ((objective.alpha, l_sft), (1 - objective.alpha, l_grpo),
-                         (objective.lambda_adv, l_adv)):
+    alpha = objective.alpha if alpha is None else alpha
+    for weight, term in ((alpha, l_sft), (1 - alpha, l_grpo), (objective.lambda_adv, l_adv)):
         if weight and term is not None:
             part = term if weight == 1 else weight * term
             total = part if total is None else total + part

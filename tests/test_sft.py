@@ -31,3 +31,26 @@ def test_sft_gradient_reaches_tied_embedding(model, tok):
     loss.backward()
     emb = model.get_input_embeddings().weight
     assert emb.grad is not None and emb.grad.abs().sum() > 0
+
+
+def test_chord_phi_weights_each_token_by_p_times_one_minus_p(model, tok):
+    """phi-weighted NLL: sum_t p_t (1 - p_t) (-log p_t) / tokens, phi detached (hand computed)."""
+    rows = [{"prompt": "Describe the cat.", "response": "The cat is calm."}]
+    batch = data.demo_batch(tok, rows, 64)
+    loss, stats = sft.sft_loss(model, batch, weighting="phi")
+    p_ids = tok(data.chat_prompt(tok, rows[0]["prompt"]), add_special_tokens=False)["input_ids"]
+    r_ids = tok(rows[0]["response"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ids = torch.tensor([p_ids + r_ids])
+    logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    lp = torch.stack([logp[t - 1, ids[0, t]] for t in range(len(p_ids), len(p_ids) + len(r_ids))])
+    p = lp.exp()
+    assert abs(loss.item() - (-(p * (1 - p) * lp).sum() / len(r_ids)).item()) < 1e-6
+    assert stats["tokens"] == len(r_ids)
+    loss.backward()                              # the weight is detached: d/dtheta of -phi log p
+    g = model.get_input_embeddings().weight.grad.clone()
+    model.zero_grad()
+    lp_t = torch.log_softmax(model(ids).logits[0], -1)
+    lp_t = torch.stack([lp_t[t - 1, ids[0, t]] for t in range(len(p_ids), len(p_ids) + len(r_ids))])
+    w = (lp_t.detach().exp() * (1 - lp_t.detach().exp()))
+    (-(w * lp_t).sum() / len(r_ids)).backward()
+    assert torch.allclose(g, model.get_input_embeddings().weight.grad, atol=1e-6)

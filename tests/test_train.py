@@ -27,6 +27,7 @@ def metrics(out):
 @pytest.mark.parametrize("method,extra", [
     ("sft", []), ("grpo", []), ("a-sft", []), ("a-grpo", []), ("uniapl", []),
     ("uniapl", ["--adv-mode", "reward"]), ("grpo", ["--beta", "0.05", "--num-iterations", "2"]),
+    ("chord-mu", []), ("a-chord-phi", ["--adv-coef-norm", "batch"]),
 ])
 def test_every_method_runs_end_to_end(tmp_path, method, extra):
     summary = run(tmp_path, "--method", method, *extra)
@@ -40,10 +41,13 @@ def test_every_method_runs_end_to_end(tmp_path, method, extra):
     assert {"prompt_strict", "inst_strict", "prompt_loose", "inst_loose"} <= set(final)
     assert summary["after"] == final["prompt_strict"]
     keys = set(ms[-1])
-    assert ("sft/nll" in keys) == (method in ("sft", "a-sft", "uniapl"))
-    assert ("grpo/loss" in keys) == (method in ("grpo", "a-grpo", "uniapl"))
-    assert ("adv/loss" in keys) == (method in ("a-sft", "a-grpo") or
+    chord = method.endswith(("chord-mu", "chord-phi"))
+    assert ("sft/nll" in keys) == (method in ("sft", "a-sft", "uniapl") or chord)
+    assert ("grpo/loss" in keys) == (method in ("grpo", "a-grpo", "uniapl") or chord)
+    assert ("adv/loss" in keys) == (method in ("a-sft", "a-grpo", "a-chord-phi") or
                                     (method == "uniapl" and "reward" not in extra))
+    if method == "chord-mu":   # mu decays from 0.9 over the run (3 steps here)
+        assert [m["alpha"] for m in ms] == pytest.approx([0.9, 0.05 + 0.425 * 1.5, 0.05 + 0.425 * 0.5])
     if "--beta" in extra:
         assert "grpo/kl" in keys
 
