@@ -241,12 +241,21 @@ def _load_hub(spec: str, split: str) -> list:
 
 
 def load_rows(spec: str, split: str = "train", *, skip_invalid: bool = False,
-              toy_seed: int = 0, toy_n: int = 2000, teacher_accuracy: float = 0.65) -> list[dict]:
-    """Rows from `toy`, a local file, or a hub dataset `id` / `id:config`, normalised & validated."""
-    if spec == "toy":
+              toy_seed: int = 0, toy_n: int = 2000, teacher_accuracy: float = 0.65,
+              toy_eval_n: int = 100) -> list[dict]:
+    """Rows from `toy[:variant]`, a local file, or a hub dataset `id` / `id:config`, normalised
+    and validated. Toy variants (toy.py): base, flawed, holdout, and validation (a third split)."""
+    if spec == "toy" or spec.startswith("toy:"):
         import toy
-        train, evals = toy.train_eval_rows(toy_seed, n_train=toy_n, teacher_accuracy=teacher_accuracy)
-        raw = train if split == "train" else evals
+        variant = spec.partition(":")[2]
+        if variant not in ("", "base", "flawed", "holdout", "validation"):
+            raise DataError(f"unknown toy variant {variant!r} (base, flawed, holdout, validation)")
+        if variant == "validation":
+            raw = toy.validation_rows(toy_seed, toy_eval_n, teacher_accuracy, toy_n)
+        else:
+            train, evals = toy.train_eval_rows(toy_seed, n_train=toy_n, n_eval=toy_eval_n,
+                                               teacher_accuracy=teacher_accuracy, variant=variant)
+            raw = train if split == "train" else evals
     elif os.path.splitext(spec)[1] in (".jsonl", ".json", ".parquet"):
         raw = _read_local(spec)
     else:
@@ -254,6 +263,12 @@ def load_rows(spec: str, split: str = "train", *, skip_invalid: bool = False,
             spec += ":filtered"   # the verified subset is the one this project trains on
         raw = _load_hub(spec, split)
     return validate_rows(raw, spec, skip_invalid=skip_invalid)
+
+
+def evaluation_split(spec: str) -> str:
+    """The split evaluation reads: the toy world's own evaluation rows; split 'train' of a hub
+    dataset or file (google/IFEval has only that one)."""
+    return "eval" if spec == "toy" or spec.startswith("toy:") else "train"
 
 
 def write_jsonl(rows: list[dict], path: str) -> None:

@@ -200,7 +200,7 @@ def main(argv=None):
     device = dist.pick_device("auto")
     model, tokenizer = checkpoint.load_policy(args.model, device, seed=args.seed)
     spec = args.dataset or defaults.eval_dataset
-    split = args.split or ("eval" if spec == "toy" else "train")
+    split = args.split or data.evaluation_split(spec)
     rows = data.load_rows(spec, split, toy_seed=args.seed)[:args.limit]
     max_new = args.max_new_tokens or defaults.eval_max_new_tokens
     result = evaluate_model(model, tokenizer, rows, max_new_tokens=max_new,

@@ -1,36 +1,41 @@
-"""The toy reproduction table: every method at one step budget, over seeds, plus the lambda sweep.
+"""The paper's experiment on the toy world: every method of its tables, from one shared base model.
 
-    python reproduce.py --out results   # 3 seeds, 150 steps per run, 2 at a time (~40 min, 2 CPUs)
-    python reproduce.py --quick         # a smoke test of the whole pipeline in under a minute
+    python reproduce.py lr-grid --out results    # 1. each method's learning rate, on a validation split
+    python reproduce.py --out results            # 2. the main table (5 seeds, 300 prompts)
+    python reproduce.py ablations --out results  # 3. coefficient, reward shaping, lambda, flawed teacher
+    python reproduce.py discriminators --out results   # 4. does the discriminator track the reward?
+    python reproduce.py --quick                  # the whole pipeline in a minute (a CI test)
 
 The idea
 --------
-The paper's claims (PAPER.md): one unified step beats GRPO and the staged SFT -> GRPO pipeline;
-the student can beat its teacher; the trained model's length and log-probability distributions
-match the teacher's; the adversarial term works better as a separate loss than as reward shaping;
-too large a lambda_adv hurts. This script measures each of them on the toy world, where they can
-be seen in minutes -- or not seen. It reports what it measures.
+The paper's claims (PAPER.md) are comparisons between post-training methods that all start from
+the same capable model. So does this script: for each seed it first makes a **base student** --
+the toy model after a short SFT on a teacher that ignores every instruction (toy.py, "base"): it
+speaks the toy language and the chat format but follows instructions about as well as chance --
+and every method then starts from that base. Runs train on the "holdout" world, whose training
+prompts never combine the instructions of three held-out pairs; evaluation on 300 held-out prompts
+reports those combinations separately (out-of-domain).
 
-Runs (each seed; every run gets the same total number of optimizer steps):
-    sft, grpo, a-grpo, uniapl                        one stage
-    sft -> grpo, sft -> a-grpo                       two stages of half the budget each
-    uniapl --adv-mode reward                         the reward-shaping ablation
-    uniapl with lambda_adv in 1e-4, 1e-3, 1e-2, 1e-1 (the default run), 1
+Methods (the paper's rows; "A-" adds the adversarial term): SFT, A-SFT, GRPO, A-GRPO, UniAPL, the
+staged SFT -> GRPO, SFT -> A-GRPO and A-SFT -> A-GRPO (two stages of half the steps each),
+CHORD-mu, CHORD-phi and A-CHORD-phi. Every run gets the same number of optimizer steps.
 
-For every run: held-out prompt-level strict accuracy (greedy, the toy eval split), wall time, and
-the behaviour analysis of evaluate.py (W1 distance of the student's sample lengths and mean token
-log-probs to the teacher's). Results: results/toy_table.md (mean +- std over seeds), .json, and
-plots (training curves of the first seed, accuracy against lambda_adv).
+Fair optimisation: `lr-grid` trains every method at each learning rate of one small grid, one
+seed, and scores it on a *validation* split (toy.py: prompts disjoint from training and from
+evaluation); the main table then uses each method's best rate, read from OUT/lr_grid.json (the
+toy default 1e-3 for all when that file is absent -- the table says which).
 
-Nothing here is tuned per method: every run uses train.py's toy defaults except the method and
-the step budget.
+Statistics: mean +- std over seeds, and for each comparison the paper makes the paired difference
+(same seed, same base model, same evaluation prompts) with a 95% t-interval. Figures: one per claim.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -40,27 +45,77 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-CONFIGS = [  # name -> stages: list of (method, extra args); stages split the step budget
+MAIN = [  # name -> stages: (method, extra args); stages split the step budget
     ("sft", [("sft", [])]),
+    ("a-sft", [("a-sft", [])]),
     ("grpo", [("grpo", [])]),
     ("a-grpo", [("a-grpo", [])]),
     ("uniapl", [("uniapl", [])]),
     ("sft -> grpo", [("sft", []), ("grpo", [])]),
     ("sft -> a-grpo", [("sft", []), ("a-grpo", [])]),
+    ("a-sft -> a-grpo", [("a-sft", []), ("a-grpo", [])]),
+    ("chord-mu", [("chord-mu", [])]),
+    ("chord-phi", [("chord-phi", [])]),
+    ("a-chord-phi", [("a-chord-phi", [])]),
+]
+ABLATIONS = [
     ("uniapl, adv as reward", [("uniapl", ["--adv-mode", "reward"])]),
-    ("uniapl, lambda 1e-4", [("uniapl", ["--lambda-adv", "1e-4"])]),
+    ("uniapl, coef over batch", [("uniapl", ["--adv-coef-norm", "batch"])]),
+    ("uniapl, raw coef", [("uniapl", ["--adv-coef-norm", "none"])]),
+    ("a-grpo, coef over batch", [("a-grpo", ["--adv-coef-norm", "batch"])]),
     ("uniapl, lambda 1e-3", [("uniapl", ["--lambda-adv", "1e-3"])]),
     ("uniapl, lambda 1e-2", [("uniapl", ["--lambda-adv", "1e-2"])]),
     ("uniapl, lambda 1", [("uniapl", ["--lambda-adv", "1"])]),
-]
-SWEEP = {"uniapl, lambda 1e-4": 1e-4, "uniapl, lambda 1e-3": 1e-3, "uniapl, lambda 1e-2": 1e-2,
-         "uniapl": 0.1, "uniapl, lambda 1": 1.0}
+] + [(f"{m}, flawed teacher", [(m, [])]) for m in ("sft", "grpo", "a-grpo", "uniapl")]
+SWEEP = {"uniapl, lambda 1e-3": 1e-3, "uniapl, lambda 1e-2": 1e-2, "uniapl": 0.1,
+         "uniapl, lambda 1": 1.0}
+LR_GRID = [3e-4, 1e-3, 3e-3]
+# the comparisons the paper makes: (claim, a, b) -- "a beats b"
+CLAIMS = [("UniAPL beats GRPO", "uniapl", "grpo"),
+          ("UniAPL beats SFT -> GRPO", "uniapl", "sft -> grpo"),
+          ("UniAPL beats SFT", "uniapl", "sft"),
+          ("A-GRPO beats GRPO", "a-grpo", "grpo"),
+          ("SFT -> A-GRPO beats SFT -> GRPO", "sft -> a-grpo", "sft -> grpo"),
+          ("A-CHORD beats CHORD (phi)", "a-chord-phi", "chord-phi"),
+          ("ADV as a loss beats ADV as reward shaping", "uniapl", "uniapl, adv as reward")]
+BASE_STEPS = 60
 QUICK = ["--sft-batch-size", "2", "--rl-batch-size", "2", "--num-generations", "2",
-         "--max-completion-length", "12", "--eval-limit", "6"]
+         "--max-completion-length", "12"]
+
+
+# ----------------------------------------------------------------------------------------------
+# One run: the base model, then the stages, then the scores
+# ----------------------------------------------------------------------------------------------
+
+def base_model(seed: int, out: str, extra: list[str]) -> str:
+    """The shared base student of this seed (cached): SFT on the instruction-ignoring teacher."""
+    import train
+    path = os.path.join(out, "base", f"seed{seed}")
+    if not os.path.exists(os.path.join(path, "final", "model.safetensors")):
+        shutil.rmtree(path, ignore_errors=True)
+        train.main(["--model", "toy", "--method", "sft", "--dataset", "toy:base", "--steps",
+                    str(BASE_STEPS), "--seed", str(seed), "--out", path, "--no-progress",
+                    "--save-every", "0", "--no-eval-start", "--eval-limit", "10", *extra])
+    return os.path.join(path, "final")
+
+
+def scores(run_dir: str, rows: list[dict]) -> dict:
+    """Prompt-level strict accuracy overall, in domain and on held-out combinations; per id."""
+    import ifeval
+    import toy
+    final = json.load(open(os.path.join(run_dir, "eval_final.json")))
+    texts = [r["response"] for r in final["responses"]]
+    ood = [i for i, r in enumerate(rows) if toy.is_held_out(r["instruction_id_list"])]
+    ind = [i for i in range(len(rows)) if i not in set(ood)]
+    part = lambda idx: ifeval.evaluate([rows[i] for i in idx], [texts[i] for i in idx])  # noqa: E731
+    return {"accuracy": final["prompt_strict"], "inst_strict": final["inst_strict"],
+            "in_domain": part(ind)["prompt_strict"], "ood": part(ood)["prompt_strict"] if ood else None,
+            "n_ood": len(ood), "per_instruction": {k: v["strict"] for k, v in
+                                                    final["per_instruction"].items()}}
 
 
 def run_job(spec: dict) -> dict:
-    """One configuration at one seed, in this process: its stages, then the behaviour analysis."""
+    """One configuration at one seed, in this process."""
     import torch
 
     import checkpoint
@@ -69,26 +124,33 @@ def run_job(spec: dict) -> dict:
     import train
     torch.set_num_threads(1)   # jobs run side by side, one core each
     t0 = time.perf_counter()
-    model_arg, per_stage = "toy", spec["steps"] // len(spec["stages"])
-    for i, (method, extra) in enumerate(spec["stages"]):
+    model_arg = base_model(spec["seed"], spec["out"], spec["extra"])
+    per_stage = spec["steps"] // len(spec["stages"])
+    for i, (method, args) in enumerate(spec["stages"]):
         out = os.path.join(spec["dir"], f"stage{i + 1}")
+        shutil.rmtree(out, ignore_errors=True)
         train.main(["--model", model_arg, "--method", method, "--steps", str(per_stage),
                     "--seed", str(spec["seed"]), "--out", out, "--no-progress", "--save-every", "0",
-                    *extra, *spec["extra"]])
+                    "--no-eval-start", "--dataset", spec["dataset"], "--eval-dataset",
+                    spec["eval_dataset"], "--toy-eval-size", str(spec["n_eval"]),
+                    "--learning-rate", str(spec["lr"]), *args, *spec["extra"]])
         model_arg = os.path.join(out, "final")
     wall = time.perf_counter() - t0
-    device = torch.device("cpu")
-    model, tok = checkpoint.load_policy(model_arg, device)
     cfg = json.load(open(os.path.join(out, "config.json")))
-    rows = data.load_rows("toy", "eval", toy_seed=spec["seed"])[:cfg["eval_limit"]]
-    b = evaluate.behaviour(model, tok, rows, max_new_tokens=cfg["max_completion_length"],
-                             seed=spec["seed"])
-    final = json.load(open(os.path.join(out, "eval_final.json")))
-    return {"name": spec["name"], "seed": spec["seed"], "accuracy": final["prompt_strict"],
-            "inst_strict": final["inst_strict"], "teacher": evaluate.teacher_accuracy(rows)["prompt_strict"],
-            "length_w1": b["length"]["w1"], "logprob_w1": b["logprob"]["w1"],
-            "length_mean": b["length"]["student_mean"], "teacher_length_mean": b["length"]["teacher_mean"],
-            "wall_s": wall, "run_dir": out, "n_eval": len(rows)}
+    rows = data.load_rows(cfg["eval_dataset"], data.evaluation_split(cfg["eval_dataset"]),
+                          toy_seed=spec["seed"], toy_eval_n=spec["n_eval"],
+                          teacher_accuracy=cfg["teacher_accuracy"])
+    result = {"name": spec["name"], "seed": spec["seed"], "lr": spec["lr"], "wall_s": wall,
+              "run_dir": out, "n_eval": len(rows), **scores(out, rows),
+              "teacher": evaluate.teacher_accuracy(rows)["prompt_strict"]}
+    if spec.get("behaviour"):
+        model, tok = checkpoint.load_policy(model_arg, torch.device("cpu"))
+        b = evaluate.behaviour(model, tok, rows[:100], max_new_tokens=cfg["max_completion_length"],
+                               seed=spec["seed"])
+        result |= {"length_w1": b["length"]["w1"], "logprob_w1": b["logprob"]["w1"],
+                   "length_mean": b["length"]["student_mean"],
+                   "teacher_length_mean": b["length"]["teacher_mean"]}
+    return result
 
 
 def _spawn(spec: dict) -> dict:
@@ -100,62 +162,379 @@ def _spawn(spec: dict) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def worlds(name: str, validation: bool) -> tuple[str, str]:
+    """(training rows, evaluation rows) of a configuration: the holdout world evaluated on every
+    combination (or on the validation split), or the flawed teacher's world."""
+    if name.endswith("flawed teacher"):
+        return "toy:flawed", "toy:flawed"
+    return "toy:holdout", "toy:validation" if validation else "toy"
+
+
+def run_all(configs, args, tag: str, lrs: dict, seeds, behaviour: bool = True,
+            validation: bool = False, n_eval: int | None = None) -> list[dict]:
+    """Every configuration at every seed, `args.jobs` at a time; bases first (they are shared)."""
+    runs = os.path.join(args.out, "runs")
+    specs = [{"name": name, "stages": stages, "seed": seed, "steps": args.steps,
+              "extra": args.extra, "out": runs, "behaviour": behaviour,
+              "lr": lrs.get(name, lrs.get(stages[-1][0], 1e-3)), "n_eval": n_eval or args.n_eval,
+              "dataset": worlds(name, validation)[0], "eval_dataset": worlds(name, validation)[1],
+              "dir": os.path.join(runs, tag, f"{name.replace(' ', '').replace(',', '_')}-s{seed}")}
+             for seed in seeds for name, stages in configs]
+    with ThreadPoolExecutor(args.jobs) as pool:      # the base models, one per seed
+        list(pool.map(lambda seed: _spawn_base(seed, runs, args.extra), seeds))
+    results, t0 = [], time.perf_counter()
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for r in pool.map(_spawn, specs):
+            results.append(r)
+            print(f"  [{tag}] {r['name']:26s} seed {r['seed']} lr {r['lr']:g}: accuracy "
+                  f"{r['accuracy']:.3f} ({r['wall_s']:.0f} s, {time.perf_counter() - t0:.0f} s "
+                  "elapsed)", flush=True)
+    return results
+
+
+def _spawn_base(seed: int, runs: str, extra: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    code = (f"import reproduce; reproduce.base_model({seed}, {runs!r}, {extra!r})")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=HERE)
+    if res.returncode != 0:
+        raise RuntimeError(f"base model, seed {seed}, failed:\n{res.stderr[-3000:]}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
 def mean_std(xs: list[float]) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
     return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
 
 
-def write_table(results: list[dict], args, out: str) -> str:
-    by = {}
+# paired difference over seeds: mean(a_s - b_s) +- t_{0.975, n-1} * sd / sqrt(n)
+
+
+def paired(results: list[dict], a: str, b: str, key: str = "accuracy") -> dict | None:
+    by = {(r["name"], r["seed"]): r[key] for r in results if r.get(key) is not None}
+    diffs = [by[(a, s)] - by[(b, s)] for (n, s) in by if n == a and (b, s) in by]
+    if len(diffs) < 2:
+        return None
+    m, sd = statistics.mean(diffs), statistics.stdev(diffs)
+    half = T975.get(len(diffs) - 1, 1.96) * sd / math.sqrt(len(diffs))
+    return {"mean": m, "low": m - half, "high": m + half, "n": len(diffs)}
+
+
+def verdict(ci: dict | None) -> str:
+    if ci is None:
+        return "not run"
+    if ci["low"] > 0:
+        return "reproduced"
+    if ci["high"] < 0:
+        return "not reproduced (the opposite holds)"
+    return "inconclusive"
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables and figures
+# ----------------------------------------------------------------------------------------------
+
+def table(results: list[dict], configs, header: str) -> str:
+    by: dict[str, list[dict]] = {}
     for r in results:
         by.setdefault(r["name"], []).append(r)
-    teacher = statistics.mean(r["teacher"] for r in results)
-    lines = [f"Toy world, {args.steps} optimizer steps per run, seeds {args.seeds}, "
-             f"{len(by)} configurations; held-out prompt-level strict IF accuracy (greedy, "
-             f"{results[0]['n_eval']} prompts per seed). Teacher on the same prompts: "
-             f"{teacher:.3f}. Machine: {args.machine}.", "",
-             "| run | IF accuracy | inst-level | length W1 to teacher | log-prob W1 to teacher | "
-             "wall s |", "|---|---|---|---|---|---|"]
-    for name, _ in CONFIGS:
+    lines = [header, "", "| run | lr | IF accuracy | in domain | held-out combinations | inst-level | "
+             "length W1 | log-prob W1 | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, _ in configs:
         rs = by.get(name)
         if rs:
-            lines.append(f"| {name} | {mean_std([r['accuracy'] for r in rs])} | "
+            lines.append(f"| {name} | {rs[0]['lr']:g} | {mean_std([r['accuracy'] for r in rs])} | "
+                         f"{mean_std([r['in_domain'] for r in rs])} | {mean_std([r['ood'] for r in rs])} | "
                          f"{mean_std([r['inst_strict'] for r in rs])} | "
-                         f"{mean_std([r['length_w1'] for r in rs])} | "
-                         f"{mean_std([r['logprob_w1'] for r in rs])} | "
+                         f"{mean_std([r.get('length_w1') for r in rs])} | "
+                         f"{mean_std([r.get('logprob_w1') for r in rs])} | "
                          f"{statistics.mean(r['wall_s'] for r in rs):.0f} |")
-    table = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "toy_table.md"), "w") as f:
-        f.write(table)
-    with open(os.path.join(out, "toy_table.json"), "w") as f:
-        json.dump({"steps": args.steps, "seeds": args.seeds, "machine": args.machine,
-                   "results": results}, f, indent=1)
-    return table
+    return "\n".join(lines) + "\n"
 
 
-def plots(results: list[dict], out: str) -> None:
-    import plots as plotting
-    plt = plotting.pyplot()
-    first = min(r["seed"] for r in results)
-    picked = [r for name in ("sft", "grpo", "a-grpo", "uniapl", "sft -> grpo")
-              for r in results if r["name"] == name and r["seed"] == first]
-    plotting.plot_curves([r["run_dir"] for r in picked], os.path.join(out, "toy_curves.png"),
-                           labels=[f"{r['name']} (seed {first})" for r in picked])
+def claims_table(results: list[dict]) -> tuple[str, list]:
+    rows, lines = [], ["| claim | paired difference of IF accuracy (95% CI) | seeds | on this toy |",
+                       "|---|---|---|---|"]
+    for claim, a, b in CLAIMS:
+        ci = paired(results, a, b)
+        rows.append((claim, ci))
+        lines.append(f"| {claim} | " + (f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+                                        if ci else "-") +
+                     f" | {ci['n'] if ci else 0} | {verdict(ci)} |")
+    return "\n".join(lines) + "\n", rows
+
+
+def plot_claims(rows: list, path: str) -> None:
+    import plots
+    plt = plots.pyplot()
+    rows = [(c, ci) for c, ci in rows if ci]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1))
+    for i, (_claim, ci) in enumerate(rows):
+        ax.errorbar(ci["mean"], i, xerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]],
+                    fmt="o", capsize=3, color="C0")
+    ax.axvline(0, color="gray", linestyle="--")
+    ax.set_yticks(range(len(rows)), [c for c, _ in rows], fontsize=8)
+    ax.set_xlabel("paired difference of held-out IF accuracy (95% CI over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(results: list[dict], configs, path: str, keys=("accuracy", "ood"),
+              labels=("all prompts", "held-out combinations")) -> None:
+    import plots
+    plt = plots.pyplot()
+    names = [n for n, _ in configs if any(r["name"] == n for r in results)]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.6))
+    for j, (key, label) in enumerate(zip(keys, labels)):
+        means, errs = [], []
+        for n in names:
+            xs = [r[key] for r in results if r["name"] == n and r.get(key) is not None]
+            means.append(statistics.mean(xs) if xs else 0)
+            errs.append(statistics.stdev(xs) if len(xs) > 1 else 0)
+        ax.bar([i + 0.4 * j for i in range(len(names))], means, 0.4, yerr=errs, capsize=2,
+               label=label)
+    teacher = statistics.mean(r["teacher"] for r in results)
+    ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
+    ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("prompt-level strict IF accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(results: list[dict], path: str) -> None:
+    import plots
+    plt = plots.pyplot()
     pts = [(lam, [r["accuracy"] for r in results if r["name"] == n]) for n, lam in SWEEP.items()]
-    pts = [(lam, accs) for lam, accs in pts if accs]
-    if pts:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.errorbar([p[0] for p in pts], [statistics.mean(a) for _, a in pts],
-                    yerr=[statistics.stdev(a) if len(a) > 1 else 0 for _, a in pts], marker="o", capsize=3)
-        grpo = [r["accuracy"] for r in results if r["name"] == "grpo"]
-        if grpo:
-            ax.axhline(statistics.mean(grpo), color="gray", linestyle="--", label="grpo")
-            ax.legend(fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel("lambda_adv (uniapl, alpha = 0.5)")
-        ax.set_ylabel("held-out IF accuracy")
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "lambda_sweep.png"), dpi=110)
-        plt.close(fig)
+    pts = [(lam, xs) for lam, xs in pts if xs]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.errorbar([p[0] for p in pts], [statistics.mean(x) for _, x in pts],
+                yerr=[statistics.stdev(x) if len(x) > 1 else 0 for _, x in pts], marker="o", capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("lambda_adv (uniapl, alpha 0.5)")
+    ax.set_ylabel("held-out IF accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def flaw_table(results: list[dict]) -> str:
+    """How well each method follows the instruction its teacher always breaks, vs the others."""
+    import toy
+    lines = ["| method (flawed teacher) | no-comma accuracy | other instructions | IF accuracy |",
+             "|---|---|---|---|"]
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        if r["name"].endswith("flawed teacher"):
+            by.setdefault(r["name"], []).append(r)
+    for name, rs in by.items():
+        flaw = [r["per_instruction"].get(toy.FLAW) for r in rs]
+        other = [statistics.mean(v for k, v in r["per_instruction"].items() if k != toy.FLAW)
+                 for r in rs]
+        lines.append(f"| {name.split(',')[0]} | {mean_std(flaw)} | {mean_std(other)} | "
+                     f"{mean_std([r['accuracy'] for r in rs])} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------
+
+def cmd_lr_grid(args) -> dict:
+    results = []
+    for lr in LR_GRID:
+        results += run_all(MAIN, args, f"lr{lr:g}", {n: lr for n, _ in MAIN}, args.seeds[:1],
+                           behaviour=False, validation=True, n_eval=200)
+    best = {}
+    lines = ["| run | " + " | ".join(f"lr {lr:g}" for lr in LR_GRID) + " | chosen |",
+             "|---|" + "---|" * (len(LR_GRID) + 1)]
+    for name, _ in MAIN:
+        acc = {r["lr"]: r["accuracy"] for r in results if r["name"] == name}
+        best[name] = max(acc, key=lambda lr: (acc[lr], -abs(math.log(lr / 1e-3))))
+        lines.append(f"| {name} | " + " | ".join(f"{acc.get(lr, float('nan')):.3f}" for lr in LR_GRID)
+                     + f" | {best[name]:g} |")
+    md = (f"Learning-rate grid: prompt-level strict accuracy on the toy *validation* split (200 "
+          f"prompts disjoint from training and evaluation), seed {args.seeds[0]}, {args.steps} steps "
+          f"from the shared base model; ties go to the rate nearest 1e-3. Machine: {args.machine}.\n\n"
+          + "\n".join(lines) + "\n")
+    write(args.out, "lr_grid", {"grid": LR_GRID, "best": best, "results": results}, md)
+    print(md)
+    return best
+
+
+def chosen_lrs(args) -> tuple[dict, str]:
+    path = os.path.join(args.out, "lr_grid.json")
+    if os.path.exists(path):
+        return json.load(open(path))["best"], f"per-method learning rates from {path}"
+    return {}, "learning rate 1e-3 for every method (no lr_grid.json: run `reproduce.py lr-grid`)"
+
+
+def cmd_main(args) -> list[dict]:
+    lrs, source = chosen_lrs(args)
+    t0 = time.perf_counter()
+    results = run_all(MAIN, args, "main", lrs, args.seeds)
+    wall = time.perf_counter() - t0
+    base = base_scores(args)
+    header = (f"Toy world, every run from the shared base model of its seed (SFT on an instruction-"
+              f"ignoring teacher, {BASE_STEPS} steps; its own accuracy: {mean_std(base)}), "
+              f"{args.steps} optimizer steps per run, seeds {args.seeds}, {source}; held-out "
+              f"prompt-level strict IF accuracy (greedy, {results[0]['n_eval']} prompts per seed, of "
+              f"which about {statistics.mean(r['n_ood'] for r in results):.0f} combine a held-out "
+              f"pair). Teacher on the same prompts: {statistics.mean(r['teacher'] for r in results):.3f}. "
+              f"Machine: {args.machine}; {wall / 60:.0f} min.")
+    md = table(results, MAIN, header)
+    claims, rows = claims_table(results)
+    write(args.out, "toy_table", {"steps": args.steps, "seeds": args.seeds, "lrs": source,
+                                  "base_accuracy": base, "wall_s": wall, "results": results},
+          md + "\n" + claims)
+    plot_bars(results, MAIN, os.path.join(args.out, "toy_methods.png"))
+    plot_bars(results, MAIN, os.path.join(args.out, "toy_behaviour.png"), keys=("length_w1",),
+              labels=("length W1 to the teacher (tokens)",))
+    plot_claims(rows, os.path.join(args.out, "toy_claims.png"))
+    import plots
+    first = min(args.seeds)
+    picked = [r for name in ("sft", "grpo", "a-grpo", "uniapl", "sft -> grpo", "chord-phi")
+              for r in results if r["name"] == name and r["seed"] == first]
+    plots.plot_curves([r["run_dir"] for r in picked], os.path.join(args.out, "toy_curves.png"),
+                      labels=[f"{r['name']} (seed {first})" for r in picked])
+    print(md + "\n" + claims)
+    return results
+
+
+def base_scores(args) -> list[float]:
+    import torch
+
+    import checkpoint
+    import data
+    import evaluate
+    out = []
+    for seed in args.seeds:
+        path = os.path.join(args.out, "runs", "base", f"seed{seed}", "final")
+        model, tok = checkpoint.load_policy(path, torch.device("cpu"))
+        rows = data.load_rows("toy", "eval", toy_seed=seed, toy_eval_n=args.n_eval)
+        out.append(evaluate.evaluate_model(model, tok, rows, max_new_tokens=64)["prompt_strict"])
+    return out
+
+
+def cmd_ablations(args) -> list[dict]:
+    lrs, source = chosen_lrs(args)
+    main = json.load(open(os.path.join(args.out, "toy_table.json")))["results"] \
+        if os.path.exists(os.path.join(args.out, "toy_table.json")) else []
+    results = run_all(ABLATIONS, args, "ablations", lrs, args.seeds)
+    allr = main + results
+    configs = [c for c in MAIN if c[0] == "uniapl"] + ABLATIONS
+    md = table(allr, configs, f"Ablations: toy world from the shared base model, {args.steps} steps, "
+                              f"seeds {args.seeds}, {source}. Machine: {args.machine}.")
+    lines = ["| comparison | paired difference (95% CI) | verdict |", "|---|---|---|"]
+    for a, b in [("uniapl", "uniapl, adv as reward"), ("uniapl, coef over batch", "uniapl"),
+                 ("uniapl, raw coef", "uniapl"), ("a-grpo, coef over batch", "a-grpo"),
+                 ("uniapl", "uniapl, lambda 1"), ("uniapl", "uniapl, lambda 1e-3")]:
+        ci = paired(allr, a, b)
+        lines.append(f"| {a} vs {b} | " + (f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
+                                          if ci else "-") + f" | {verdict(ci)} |")
+    md += "\n" + "\n".join(lines) + "\n\nDoes a method inherit its teacher's flaw? (the teacher " \
+        "never leaves commas out)\n\n" + flaw_table(results)
+    write(args.out, "toy_ablations", {"results": results}, md)
+    plot_sweep(allr, os.path.join(args.out, "toy_lambda_sweep.png"))
+    print(md)
+    return results
+
+
+def cmd_discriminators(args) -> dict:
+    """Over fixed responses -- a second correct teacher answer, a violating one, the base
+    student's sample, the trained uniapl student's sample -- does the discriminator's score (and
+    the coefficient made of it) rank them as the verifier does?"""
+    import numpy as np
+    import torch
+
+    import data
+    import discriminator as D
+    import evaluate
+    import ifeval
+    import toy
+    seed, runs = args.seeds[0], os.path.join(args.out, "runs")
+    rows = data.load_rows("toy", "eval", toy_seed=seed, toy_eval_n=args.n_eval)[:200]
+    import checkpoint
+    students = {}
+    for who, path in (("base student", os.path.join(runs, "base", f"seed{seed}", "final")),
+                      ("trained student (uniapl)",
+                       os.path.join(runs, "main", f"uniapl-s{seed}", "stage1", "final"))):
+        if os.path.exists(path):
+            model, tok = checkpoint.load_policy(path, torch.device("cpu"))
+            torch.manual_seed(seed)
+            students[who] = evaluate.generate_responses(model, tok, rows, max_new_tokens=64,
+                                                        greedy=False)[0]
+    rng = random.Random(seed)
+    cands, refs, prompts, kinds, rewards = [], [], [], [], []
+    for i, r in enumerate(rows):
+        ids, kw = r["instruction_id_list"], r["kwargs"]
+        ref = toy.teacher_response(rng, r["prompt"], ids, kw)
+        options = {"teacher, correct": toy.teacher_response(rng, r["prompt"], ids, kw),
+                   "teacher, violating": toy.teacher_response(rng, r["prompt"], ids, kw,
+                                                              violate=rng.choice(ids))}
+        options |= {who: texts[i] for who, texts in students.items()}
+        for kind, text in options.items():
+            cands.append(text), refs.append(ref), prompts.append(r["prompt"]), kinds.append(kind)
+            rewards.append(ifeval.reward(text, ids, kw, r["prompt"]))
+    group = len(cands) // len(rows)
+    discs = {"lexical": D.Lexical()}
+    base_dir = os.path.join(runs, "base", f"seed{seed}", "final")
+    if os.path.exists(base_dir):
+        discs["embedding (the base student as encoder)"] = D.Embedding(base_dir)
+    out, lines = {}, ["| discriminator | Spearman(d, reward) | Spearman(c, reward) | AUC d: correct vs "
+                      "violating teacher | " + " | ".join(f"mean d: {k}" for k in dict.fromkeys(kinds))
+                      + " |", "|---|---|---|---|" + "---|" * len(dict.fromkeys(kinds))]
+    r = np.array(rewards)
+    for name, disc in discs.items():
+        d = disc.score(prompts, refs, cands).float()
+        import uniapl
+        c = uniapl.adversarial_coefficient(d, group, clip=2.0).numpy()
+        d = d.numpy()
+        corr = lambda x: float(np.corrcoef(_ranks(x), _ranks(r))[0, 1])  # noqa: E731
+        pos = [d[i] for i, k in enumerate(kinds) if k == "teacher, correct"]
+        neg = [d[i] for i, k in enumerate(kinds) if k == "teacher, violating"]
+        auc = float(np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg]))
+        means = {k: float(np.mean([d[i] for i, kk in enumerate(kinds) if kk == k]))
+                 for k in dict.fromkeys(kinds)}
+        out[name] = {"spearman_d": corr(d), "spearman_c": corr(c), "auc": auc, "mean_d": means}
+        lines.append(f"| {name} | {corr(d):+.3f} | {corr(c):+.3f} | {auc:.3f} | "
+                     + " | ".join(f"{v:.3f}" for v in means.values()) + " |")
+    means_r = {k: float(np.mean([rewards[i] for i, kk in enumerate(kinds) if kk == k]))
+               for k in dict.fromkeys(kinds)}
+    md = (f"Discriminator validation: {len(rows)} toy evaluation prompts (seed {seed}); per prompt "
+          f"a reference (a correct teacher answer) and {group} candidates. Verifier reward per kind: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in means_r.items()) + ".\n\n" + "\n".join(lines) + "\n")
+    write(args.out, "toy_discriminators", {"results": out, "reward_means": means_r}, md)
+    print(md)
+    return out
+
+
+def _ranks(x):
+    import numpy as np
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    for v in np.unique(x):      # ties share their mean rank
+        ranks[x == v] = ranks[x == v].mean()
+    return ranks
+
+
+def write(out: str, name: str, obj, md: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name + ".json"), "w") as f:
+        json.dump(obj, f, indent=1)
+    with open(os.path.join(out, name + ".md"), "w") as f:
+        f.write(md)
 
 
 def main(argv=None):
@@ -164,42 +543,30 @@ def main(argv=None):
         print(json.dumps(run_job(json.loads(argv[1]))))
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("what", nargs="?", default="main",
+                   choices=["main", "lr-grid", "ablations", "discriminators"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (all stages)")
+    p.add_argument("--n-eval", type=int, default=300, help="held-out evaluation prompts per seed")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one core each)")
     p.add_argument("--out", default="runs/reproduce",
-                   help="where the table, plots and runs go (README's results: --out results)")
+                   help="where tables, plots and runs go (README's results: --out results)")
     p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test of the pipeline")
-    p.add_argument("--machine", default=None, help="what to call this machine in the table")
-    p.add_argument("--replot", action="store_true", help="redraw the plots from OUT/toy_table.json")
+    p.add_argument("--machine", default=None, help="what to call this machine in the tables")
     args = p.parse_args(argv)
-    if args.replot:
-        plots(json.load(open(os.path.join(args.out, "toy_table.json")))["results"], args.out)
-        return None
-    extra = []
+    args.extra = []
     if args.quick:
-        args.seeds, args.steps, extra = args.seeds[:1], 4, QUICK
+        global BASE_STEPS, LR_GRID
+        args.seeds, args.steps, args.n_eval, args.extra = args.seeds[:2], 4, 12, QUICK
+        BASE_STEPS, LR_GRID = 2, LR_GRID[:2]
     if args.machine is None:
         import dist
         args.machine = dist.device_name("cpu")
-    runs_dir = os.path.join(args.out, "runs")
-    os.makedirs(runs_dir, exist_ok=True)
-    specs = [{"name": name, "stages": stages, "seed": seed, "steps": args.steps, "extra": extra,
-              "dir": os.path.join(runs_dir, f"{name.replace(' ', '').replace(',', '_')}-s{seed}")}
-             for seed in args.seeds for name, stages in CONFIGS]
-    for s in specs:   # a fresh run directory each time
-        shutil.rmtree(s["dir"], ignore_errors=True)
     t0 = time.perf_counter()
-    results = []
-    with ThreadPoolExecutor(args.jobs) as pool:
-        for r in pool.map(_spawn, specs):
-            results.append(r)
-            print(f"  {r['name']:24s} seed {r['seed']}: accuracy {r['accuracy']:.3f}, "
-                  f"{r['wall_s']:.0f} s", flush=True)
-    table = write_table(results, args, args.out)
-    plots(results, args.out)
-    print("\n" + table + f"\ntotal wall time {time.perf_counter() - t0:.0f} s; wrote {args.out}/")
-    return results
+    result = {"main": cmd_main, "lr-grid": cmd_lr_grid, "ablations": cmd_ablations,
+              "discriminators": cmd_discriminators}[args.what](args)
+    print(f"\n{args.what}: {time.perf_counter() - t0:.0f} s; wrote {args.out}/")
+    return result
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ class Settings:
         real="internlm/POLAR-1_8B")
 
     # --- data -----------------------------------------------------------------------------------
-    dataset: str = DATA("toy", "training rows: toy | hub id[:config] | local .jsonl/.json/.parquet",
+    dataset: str = DATA("toy", "training rows: toy[:base|flawed|holdout] | hub id[:config] | local "
+                        ".jsonl/.json/.parquet",
                         real="argilla/ifeval-like-data:filtered")
     eval_dataset: str = DATA("toy", "held-out rows for IFEval-style evaluation", real="google/IFEval")
     pool_split: str = DATA("shared", "shared: every row can be a demonstration and an RL prompt; "
@@ -85,6 +86,7 @@ class Settings:
                                    action="store_true")
     teacher_accuracy: float = DATA(0.65, "toy world: how often the scripted teacher is right "
                                    "(below 1, so that RL has something to fix)")
+    toy_eval_size: int = DATA(100, "toy world: evaluation prompts (toy:validation: its prompts)")
     max_prompt_length: int = DATA(128, "prompts longer than this (tokens, after the chat "
                                   "template) are left out and counted", real=512)
     strict_prompt_length: bool = DATA(False, "stop on the first over-long prompt instead of "
@@ -135,7 +137,15 @@ class Settings:
                                          action=argparse.BooleanOptionalAction)
 
     # --- evaluation, checkpoints, the run -------------------------------------------------------
+    report_to: str = RUN("none", "trackers that also receive the metrics: none, tensorboard, wandb, "
+                         "trackio (several allowed; trackers.py)", nargs="+")
+    tracker_project: str = RUN("uniapl", "the wandb / trackio project")
+    log_completions_every: int = RUN(0, "every N steps send trackers a table of sampled completions "
+                                     "with their reward and discriminator score (0: never)")
     eval_every: int = RUN(0, "also evaluate every N steps (0: only before and after)", real=100)
+    eval_start: bool = RUN(True, "evaluate before training too (reproduce.py skips it for runs "
+                           "that share a base model it has evaluated once)",
+                           action=argparse.BooleanOptionalAction)
     eval_limit: int | None = RUN(None, "evaluate on the first N prompts only")
     eval_max_new_tokens: int = RUN(64, "evaluation answer length (lm-eval's IFEval uses 1,280; the "
                                    "toy's answers fit in the rollout length)", real=1280)

@@ -152,23 +152,53 @@ def teacher_response(rng: random.Random, prompt: str, ids: list[str], kwargs: li
     return render(body)
 
 
+# ----------------------------------------------------------------------------------------------
+# Variants of the world, for the reproduction (reproduce.py)
+# ----------------------------------------------------------------------------------------------
+
+# "base": a teacher that ignores every instruction -- it only writes two sentences on the topic.
+#   SFT on these rows makes the shared *base* student: it speaks the toy language and the chat
+#   format but follows instructions about as poorly as chance, as a pretrained model does before
+#   post-training.
+# "flawed": the scripted teacher with one systematic flaw: asked for no commas, it always uses
+#   commas (FLAW). Does a method inherit the teacher's flaw, or does the verifier undo it?
+# "holdout": training rows never combine the instructions of a HELD_OUT pair; the evaluation
+#   rows that do measure out-of-domain generalisation (composing what was learned apart).
+FLAW = "punctuation:no_comma"
+HELD_OUT = [frozenset({"detectable_format:title", "startend:quotation"}),
+            frozenset({"punctuation:no_comma", "startend:end_checker"}),
+            frozenset({"keywords:existence", "detectable_content:postscript"})]
+
+
+def is_held_out(ids) -> bool:
+    return any(pair <= set(ids) for pair in HELD_OUT)
+
+
 def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | None = None,
-              split: str = "train") -> list[dict]:
-    """n normalised rows; deterministic in (n, seed, teacher_accuracy). `exclude`: prompts to skip."""
+              split: str = "train", variant: str = "") -> list[dict]:
+    """n normalised rows; deterministic in (n, seed, teacher_accuracy, variant). `exclude`:
+    prompts to skip. `variant`: "" (the scripted teacher), "base", "flawed", "holdout" (above)."""
     rng = random.Random(seed)
     rows, seen = [], set(exclude or ())
     while len(rows) < n:
         prompt, ids, kwargs = _prompt(rng)
-        if prompt in seen:
+        if prompt in seen or (variant == "holdout" and split == "train" and is_held_out(ids)):
             continue
         seen.add(prompt)
         correct = rng.random() < teacher_accuracy
         violate = None if correct else rng.choice(ids)
+        if variant == "flawed" and FLAW in ids:
+            violate = FLAW
+        if variant == "base":   # the topic only: no instruction is followed on purpose
+            rows.append({"prompt": prompt, "response": teacher_response(rng, prompt, [], []),
+                         "instruction_id_list": ids, "kwargs": kwargs,
+                         "key": f"toy-base-{split}-{seed}-{len(rows)}"})
+            continue
         response = teacher_response(rng, prompt, ids, kwargs, violate)
         r = ifeval.reward(response, ids, kwargs, prompt)
-        if correct and r != 1.0:  # a correct teacher answer must pass: anything else is a bug
+        if violate is None and r != 1.0:  # a correct teacher answer must pass: else a bug
             raise AssertionError(f"toy teacher bug: reward {r} for {prompt!r} -> {response!r}")
-        if not correct and r == 1.0:
+        if violate is not None and r == 1.0:
             continue  # the violation happened to be undone (e.g. "I" counts as a capital word)
         rows.append({"prompt": prompt, "response": response, "instruction_id_list": ids,
                      "kwargs": kwargs, "key": f"toy-{split}-{seed}-{len(rows)}"})
@@ -176,12 +206,23 @@ def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | 
 
 
 def train_eval_rows(seed: int = 0, n_train: int = 2000, n_eval: int = 100,
-                    teacher_accuracy: float = 0.65) -> tuple[list[dict], list[dict]]:
-    """Disjoint train and evaluation sets (different seeds; shared prompts removed from eval)."""
-    train = make_rows(n_train, seed, teacher_accuracy, split="train")
+                    teacher_accuracy: float = 0.65, variant: str = "") -> tuple[list[dict], list[dict]]:
+    """Disjoint train and evaluation sets (different seeds; shared prompts removed from eval).
+    Evaluation rows never leave out held-out combinations (that is what they measure)."""
+    train = make_rows(n_train, seed, teacher_accuracy, split="train", variant=variant)
     evals = make_rows(n_eval, seed + 1_000_003, teacher_accuracy,
-                      exclude={r["prompt"] for r in train}, split="eval")
+                      exclude={r["prompt"] for r in train}, split="eval",
+                      variant="" if variant in ("base", "holdout") else variant)
     return train, evals
+
+
+def validation_rows(seed: int = 0, n: int = 200, teacher_accuracy: float = 0.65,
+                    n_train: int = 2000) -> list[dict]:
+    """A third split, disjoint from training and evaluation prompts: for choosing settings (the
+    learning rate of each method) without looking at the evaluation prompts."""
+    train, evals = train_eval_rows(seed, n_train, 1000, teacher_accuracy)
+    return make_rows(n, seed + 2_000_006, teacher_accuracy, split="validation",
+                     exclude={r["prompt"] for r in train + evals})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import settings
 import sft
 import uniapl
 from discriminator import load_discriminator
+from trackers import Trackers
 
 
 @dataclass
@@ -76,11 +77,13 @@ class StepSettings:
 
 def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Objective,
                  s: StepSettings, optimizer, scheduler, discriminator=None, reference=None,
-                 step: int = 0, engine=None, ctx: dist.Context | None = None) -> dict:
+                 step: int = 0, engine=None, ctx: dist.Context | None = None,
+                 keep_samples: int = 0) -> dict:
     """One UniAPL step on a mixed batch; returns its metrics. Raises NonFiniteError before
     touching the weights if a loss or the gradient norm is not finite. `engine` samples the
     rollouts (rollouts.py; default: HF generate); `ctx` is this process's share of a torchrun
-    run (dist.py; default: one process, `batch` is the whole batch)."""
+    run (dist.py; default: one process, `batch` is the whole batch); `keep_samples` > 0 returns
+    that many rollouts (prompt, completion, reward, discriminator score) under "_samples"."""
     device = next(policy.parameters()).device
     ctx = ctx or dist.Context(device=device)
     amp, timer = dist.autocast_for(device, s.precision), Timer(device)
@@ -107,6 +110,7 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
 
         # 3. Discriminator score d_i = D(x, y_E, y_i) and adversarial coefficient
         #    c_i = clip((d_i - mean d) / (std d + eps), -c, c) within each group (Algorithm 1).
+        d = None
         if objective.uses_discriminator:
             with timer("discriminator"):
                 d = discriminator.score([row["prompt"] for row in ro.rows],
@@ -114,8 +118,10 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
             coef = uniapl.adversarial_coefficient(d, G, objective.coef_clip,
                                                   norm=objective.coef_norm).to(device)  # [R]
             metrics.update({f"adv/{k}": v for k, v in uniapl.discriminator_stats(d, r, coef).items()})
-            if objective.shapes_reward:      # the ablation: r_i <- r_i + lambda_adv d_i
-                r = r + objective.lambda_adv * d
+        if keep_samples:                     # for the trackers' table of completions
+            metrics["_samples"] = sample_table(ro, r, d, keep_samples)
+        if objective.shapes_reward:          # the ablation: r_i <- r_i + lambda_adv d_i
+            r = r + objective.lambda_adv * d
 
         # 4. Advantage A_i = (r_i - mean r) / (std r + eps) within each group of G.
         adv = grpo.group_advantages(r, G, scale=s.scale_rewards == "group").to(device)  # [R]
@@ -175,6 +181,13 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
                               sums=("loss", "sft/nll", "sft/truncated", "grpo/loss", "adv/loss"))
 
 
+def sample_table(ro: rollouts.Rollouts, r: torch.Tensor, d: torch.Tensor | None, k: int) -> list:
+    """The first k rollouts with their prompt, verifier reward and discriminator score."""
+    return [{"prompt": row["prompt"], "completion": text, "reward": float(r[i]),
+             "discriminator": float(d[i]) if d is not None else None}
+            for i, (row, text) in enumerate(zip(ro.rows[:k], ro.texts))]
+
+
 def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: int,
                      ctx: dist.Context | None = None) -> torch.Tensor:
     """Sum the gradients across ranks, clip their norm, step; a non-finite norm raises before
@@ -221,11 +234,12 @@ def train(s: settings.Settings) -> dict:
     reference = copy.deepcopy(policy).eval().requires_grad_(False) if s.beta > 0 else None
     if ctx.fsdp:
         policy, reference = dist.shard(policy, ctx), reference and dist.shard(reference, ctx)
-    load = dict(skip_invalid=s.skip_invalid_rows, toy_seed=s.seed, teacher_accuracy=s.teacher_accuracy)
+    load = dict(skip_invalid=s.skip_invalid_rows, toy_seed=s.seed, teacher_accuracy=s.teacher_accuracy,
+                toy_eval_n=s.toy_eval_size)
     rows = data.load_rows(s.dataset, "train", **load)
     rows = data.check_prompt_lengths(rows, tokenizer, s.max_prompt_length, s.dataset,
                                      strict=s.strict_prompt_length)
-    eval_rows = data.load_rows(s.eval_dataset, "eval" if s.eval_dataset == "toy" else "train",
+    eval_rows = data.load_rows(s.eval_dataset, data.evaluation_split(s.eval_dataset),
                                **load)[:s.eval_limit]
     demos, prompts = data.training_pools(
         rows, s.dataset, s.method, s.pool_split, needs_demos=objective.needs_demos,
@@ -282,26 +296,39 @@ def train(s: settings.Settings) -> dict:
 
     # --- Evaluate before training (skipped when resuming: it was done). ---
     start_eval = os.path.join(s.out, "eval_start.json")
-    before = run_eval("start") if start == 0 or not os.path.exists(start_eval) else read_json(start_eval)
-    say(f"[{s.method}] held-out IF accuracy before training: prompt-strict "
-        f"{before['prompt_strict']:.3f}, inst-strict {before['inst_strict']:.3f} "
-        f"({before['n_prompts']} prompts)")
+    before = None
+    if os.path.exists(start_eval) and start > 0:
+        before = read_json(start_eval)
+    elif s.eval_start:
+        before = run_eval("start")
+    if before:
+        say(f"[{s.method}] held-out IF accuracy before training: prompt-strict "
+            f"{before['prompt_strict']:.3f}, inst-strict {before['inst_strict']:.3f} "
+            f"({before['n_prompts']} prompts)")
 
     # --- Train. ---
     from tqdm import tqdm
     step_settings = StepSettings.from_settings(s)
+    trackers = Trackers(s.report_to if ctx.is_main else [], s.out, s.tracker_project,
+                        os.path.basename(os.path.normpath(s.out)), dataclasses.asdict(s))
+    if before and start == 0:
+        trackers.log({f"eval/{k}": before[k] for k in evaluate.METRICS}, 0)
     bar = tqdm(range(start, s.steps), initial=start, total=s.steps, desc=s.method,
                disable=s.no_progress or not ctx.is_main, dynamic_ncols=True)
     for step in bar:
         batch = sampler.next().shard(ctx.rank, ctx.world_size)
+        every = s.log_completions_every
         metrics = unified_step(policy, tokenizer, batch, objective, step_settings, optimizer,
-                               scheduler, disc, reference, step=step, engine=engine, ctx=ctx)
+                               scheduler, disc, reference, step=step, engine=engine, ctx=ctx,
+                               keep_samples=8 if every and (step + 1) % every == 0 else 0)
+        trackers.log_samples(metrics.pop("_samples", None), step + 1)
         if s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < s.steps:
             res = run_eval(f"step{step + 1}")
             metrics.update({f"eval/{k}": res[k] for k in evaluate.METRICS})
         if ctx.is_main:
             with open(os.path.join(s.out, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        trackers.log(metrics, step + 1)
         bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reward", "sft/nll") if k in metrics})
         if s.save_every and ((step + 1) % s.save_every == 0 or step + 1 == s.steps):
             checkpoint.save_checkpoint(s.out, step + 1, policy, tokenizer, optimizer, scheduler,
@@ -309,6 +336,8 @@ def train(s: settings.Settings) -> dict:
 
     # --- Evaluate after training, save. ---
     after = run_eval("final")
+    trackers.log({f"eval/{k}": after[k] for k in evaluate.METRICS}, s.steps)
+    trackers.close()
     weights, _ = checkpoint.full_state(policy, None, ctx)
     if ctx.is_main:
         marker = {"world": s.world, "method": s.method, "steps": s.steps, "source_model": s.model}
@@ -317,11 +346,12 @@ def train(s: settings.Settings) -> dict:
                                           state_dict=weights if ctx.fsdp else None)
     ctx.barrier()
     teacher = evaluate.teacher_accuracy(eval_rows)
-    say(f"[{s.method}] held-out IF accuracy (prompt-strict): {before['prompt_strict']:.3f} -> "
+    was = lambda k: f"{before[k]:.3f} -> " if before else ""  # noqa: E731
+    say(f"[{s.method}] held-out IF accuracy (prompt-strict): {was('prompt_strict')}"
         f"{after['prompt_strict']:.3f}" + (f"  (teacher: {teacher['prompt_strict']:.3f})"
                                            if teacher else "")
-        + f"; inst-strict {before['inst_strict']:.3f} -> {after['inst_strict']:.3f}. Run: {s.out}")
-    return {"before": before["prompt_strict"], "after": after["prompt_strict"],
+        + f"; inst-strict {was('inst_strict')}{after['inst_strict']:.3f}. Run: {s.out}")
+    return {"before": before["prompt_strict"] if before else None, "after": after["prompt_strict"],
             "teacher": teacher.get("prompt_strict"), "out": s.out}
 
 

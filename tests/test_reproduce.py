@@ -1,18 +1,53 @@
-"""reproduce.py --quick: the whole table pipeline (every configuration, stages, behaviour, plots)."""
+"""reproduce.py: statistics by hand; --quick runs the whole pipeline (main, discriminators)."""
 
 import json
+
+import pytest
 
 import reproduce
 
 
-def test_quick_table_runs_every_configuration(tmp_path):
+def test_paired_difference_hand_computed():
+    rs = [{"name": n, "seed": s, "accuracy": a} for n, s, a in [
+        ("a", 0, 0.5), ("a", 1, 0.6), ("a", 2, 0.7), ("b", 0, 0.4), ("b", 1, 0.4), ("b", 2, 0.6)]]
+    ci = reproduce.paired(rs, "a", "b")
+    # differences 0.1, 0.2, 0.1: mean 0.1333, sd 0.0577, t(2) = 4.303 -> half width 0.1434
+    assert ci["mean"] == pytest.approx(0.13333, abs=1e-4) and ci["n"] == 3
+    assert ci["high"] - ci["mean"] == pytest.approx(4.303 * 0.057735 / 3 ** 0.5, abs=1e-4)
+    assert reproduce.verdict(ci) == "inconclusive"                   # the interval contains 0
+    assert reproduce.verdict({"low": 0.01, "high": 0.2}) == "reproduced"
+    assert reproduce.verdict({"low": -0.3, "high": -0.01}).startswith("not reproduced")
+    assert reproduce.paired(rs, "a", "missing") is None
+
+
+def test_quick_pipeline(tmp_path):
     results = reproduce.main(["--quick", "--out", str(tmp_path), "--machine", "test"])
-    assert {r["name"] for r in results} == {name for name, _ in reproduce.CONFIGS}
-    table = (tmp_path / "toy_table.md").read_text()
-    for name, _ in reproduce.CONFIGS:
-        assert f"| {name} |" in table
-    data = json.load(open(tmp_path / "toy_table.json"))
-    assert data["steps"] == 4 and len(data["results"]) == len(reproduce.CONFIGS)
-    assert (tmp_path / "toy_curves.png").exists() and (tmp_path / "lambda_sweep.png").exists()
+    assert {r["name"] for r in results} == {name for name, _ in reproduce.MAIN}
+    assert {r["seed"] for r in results} == {0, 1}
+    saved = json.load(open(tmp_path / "toy_table.json"))
+    assert saved["steps"] == 4 and len(saved["base_accuracy"]) == 2
+    md = (tmp_path / "toy_table.md").read_text()
+    for name, _ in reproduce.MAIN:
+        assert f"| {name} |" in md
+    assert "| UniAPL beats GRPO |" in md
+    for png in ("toy_methods.png", "toy_claims.png", "toy_curves.png", "toy_behaviour.png"):
+        assert (tmp_path / png).stat().st_size > 1000
     staged = next(r for r in results if r["name"] == "sft -> grpo")
-    assert staged["run_dir"].endswith("stage2")
+    assert staged["run_dir"].endswith("stage2") and staged["n_ood"] >= 0
+    # every run started from its seed's shared base model
+    cfg = json.load(open(tmp_path / "runs" / "main" / "grpo-s1" / "stage1" / "config.json"))
+    assert cfg["model"].endswith("base/seed1/final") and cfg["dataset"] == "toy:holdout"
+    disc = reproduce.main(["discriminators", "--quick", "--out", str(tmp_path), "--machine", "test"])
+    assert {"lexical", "embedding (the base student as encoder)"} <= set(disc)
+    assert 0 <= disc["lexical"]["auc"] <= 1
+
+
+@pytest.mark.slow
+def test_quick_lr_grid_and_ablations(tmp_path):
+    best = reproduce.main(["lr-grid", "--quick", "--out", str(tmp_path), "--machine", "test"])
+    assert set(best) == {name for name, _ in reproduce.MAIN}
+    reproduce.main(["--quick", "--out", str(tmp_path), "--machine", "test"])
+    assert "per-method learning rates" in (tmp_path / "toy_table.md").read_text()
+    reproduce.main(["ablations", "--quick", "--out", str(tmp_path), "--machine", "test"])
+    md = (tmp_path / "toy_ablations.md").read_text()
+    assert "flawed teacher" in md and "| uniapl vs uniapl, adv as reward |" in md

@@ -57,3 +57,22 @@ def test_save_and_load_round_trip(tmp_path, model, tok):
     assert torch.equal(model(ids).logits, model2(ids).logits)
     assert data.chat_prompt(tok2, "x") == data.chat_prompt(tok, "x")
     assert tok2.padding_side == "left" and tok2.eos_token == "<|im_end|>"
+
+
+def test_world_variants():
+    """base: the teacher ignores instructions; flawed: it always breaks FLAW; holdout: training
+    never combines a held-out pair; validation: prompts disjoint from training and evaluation."""
+    import ifeval
+    ok = lambda r: ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"]) == 1  # noqa: E731
+    base, _ = toy.train_eval_rows(0, n_train=300, n_eval=10, variant="base")
+    scripted, evals = toy.train_eval_rows(0, n_train=300, n_eval=300)
+    assert sum(map(ok, base)) / len(base) < 0.15 < 0.5 < sum(map(ok, scripted)) / len(scripted)
+    flawed, _ = toy.train_eval_rows(0, n_train=300, n_eval=10, variant="flawed")
+    asked = [r for r in flawed if toy.FLAW in r["instruction_id_list"]]
+    assert asked and not any(ifeval.check_instruction(toy.FLAW, {}, r["response"]) for r in asked)
+    held, held_eval = toy.train_eval_rows(0, n_train=300, n_eval=300, variant="holdout")
+    assert not any(toy.is_held_out(r["instruction_id_list"]) for r in held)
+    assert any(toy.is_held_out(r["instruction_id_list"]) for r in held_eval)
+    val = toy.validation_rows(0, n=50, n_train=300)
+    seen = {r["prompt"] for r in scripted} | {r["prompt"] for r in toy.train_eval_rows(0, 300, 1000)[1]}
+    assert len(val) == 50 and not seen & {r["prompt"] for r in val}

@@ -1,0 +1,104 @@
+"""Experiment trackers: the run's metrics where researchers already watch them.
+
+    python train.py --report-to tensorboard            # or wandb, trackio; several: --report-to tensorboard wandb
+    python train.py --report-to wandb --log-completions-every 20
+
+`metrics.jsonl` is always written; a tracker receives the same numbers, step by step, plus the
+evaluations (`eval/prompt_strict`, ...) and, every `--log-completions-every` steps, a small table of
+sampled completions with their prompt, verifier reward and discriminator score -- the first place
+to look when the reward climbs but the answers get worse.
+
+* tensorboard: event files under OUT/tensorboard (read them with `tensorboard --logdir OUT`);
+  samples as one markdown table per logging step.
+* wandb: a run in project `--tracker-project`; offline with WANDB_MODE=offline (files under OUT).
+* trackio: local SQLite under TRACKIO_DIR (Hugging Face's lightweight tracker), same project.
+
+Each is an optional package; asking for one that is not installed stops the run at start with one
+line that says what to install. Only rank 0 reports (dist.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb",
+           "trackio": "pip install trackio"}
+
+
+class Trackers:
+    """The trackers named in `names`; `log`, `log_samples`, `close` go to every one of them."""
+
+    def __init__(self, names: list[str] | str, out: str = "", project: str = "uniapl",
+                 run_name: str = "", config: dict | None = None):
+        self.sinks = {}
+        for name in [names] if isinstance(names, str) else names:
+            if name == "none":
+                continue
+            if name not in INSTALL:
+                raise SystemExit(f"--report-to: unknown tracker {name!r} (none, tensorboard, wandb, "
+                                 "trackio)")
+            try:
+                self.sinks[name] = _OPEN[name](out, project, run_name, config or {})
+            except ImportError:
+                raise SystemExit(f"--report-to {name} needs the {name} package: {INSTALL[name]}") from None
+
+    def log(self, metrics: dict, step: int) -> None:
+        scalars = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        for name, sink in self.sinks.items():
+            if name == "tensorboard":
+                for k, v in scalars.items():
+                    sink.add_scalar(k, v, step)
+            else:
+                sink.log(scalars, step=step)
+
+    def log_samples(self, samples: list[dict], step: int) -> None:
+        """A table of sampled completions (prompt, completion, reward, discriminator score)."""
+        if not samples:
+            return
+        columns = list(samples[0])
+        for name, sink in self.sinks.items():
+            if name == "tensorboard":
+                rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                rows += ["| " + " | ".join(_cell(s[c]) for c in columns) + " |" for s in samples]
+                sink.add_text("samples", "\n".join(rows), step)
+            elif name == "wandb":
+                import wandb
+                sink.log({"samples": wandb.Table(columns=columns,
+                                                 data=[[s[c] for c in columns] for s in samples])},
+                         step=step)
+            else:
+                import trackio
+                sink.log({"samples": trackio.Table(columns=columns,
+                                                   data=[[s[c] for c in columns] for s in samples])},
+                         step=step)
+
+    def close(self) -> None:
+        for name, sink in self.sinks.items():
+            sink.close() if name == "tensorboard" else sink.finish()
+
+
+def _cell(v) -> str:
+    text = f"{v:.3f}" if isinstance(v, float) else str(v)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _tensorboard(out, project, run_name, config):
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(os.path.join(out, "tensorboard"))
+    writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()), 0)
+    return writer
+
+
+def _wandb(out, project, run_name, config):
+    import wandb
+    return wandb.init(project=project, name=run_name, config=config, dir=out, reinit="finish_previous")
+
+
+def _trackio(out, project, run_name, config):
+    import trackio
+    trackio.init(project=project, name=run_name, config=config)
+    return trackio               # the module logs to the run init opened
+
+
+_OPEN = {"tensorboard": _tensorboard, "wandb": _wandb, "trackio": _trackio}
