@@ -378,7 +378,9 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     select = score_mask[:, 1:].bool()                                            # [B, T-1]
     h = hidden[:, :-1][select]                                                   # [N, H]
     targets = input_ids[:, 1:][select]                                           # [N]
-    head = model.get_output_embeddings().weight   # tied to the input embedding in Qwen3
+    # the head of the model itself (under a DDP wrapper: of its module); tied to the input
+    # embedding in Qwen3, so the gradient reaches the embedding
+    head = getattr(model, "module", model).get_output_embeddings().weight
     if torch.is_autocast_enabled(h.device.type):
         # The residual stream (and Qwen3's final RMSNorm output) stays fp32 under autocast; the
         # model's own head would multiply in the autocast dtype with fp32 accumulation. Do the
