@@ -346,6 +346,56 @@ def step_table(r: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# TRL: its GRPOTrainer at the same settings (vLLM colocated where installed), the yardstick
+# ----------------------------------------------------------------------------------------------
+
+def bench_trl(shape: str, device: torch.device, s: settings.Settings, warmup: int = 1,
+              repeats: int = 2) -> dict:
+    """trl.GRPOTrainer on the same policy, prompts, batch (rl_batch_size prompts x G rollouts of
+    up to max_completion_length tokens) and precision; the IFEval reward. vLLM in colocate mode
+    with sleep mode off (TRL issue #5312: with it on, TRL samples from the base checkpoint)."""
+    import importlib.util
+    import tempfile
+
+    import trl
+
+    import ifeval
+    from trl_uniapl import trl_dataset
+    policy, tokenizer, rows, _ = shaped_world(shape, device, s)
+    path = tempfile.mkdtemp(prefix="bench_trl_")
+    policy.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    del policy
+    vllm = device.type == "cuda" and importlib.util.find_spec("vllm") is not None
+    args = trl.GRPOConfig(
+        output_dir=os.path.join(path, "out"), report_to="none", save_strategy="no", logging_steps=1,
+        max_steps=warmup + repeats, per_device_train_batch_size=s.rl_batch_size * s.num_generations,
+        num_generations=s.num_generations, max_completion_length=s.max_completion_length,
+        temperature=s.temperature, learning_rate=s.learning_rate, beta=s.beta, loss_type="dapo",
+        use_cpu=device.type != "cuda", bf16=dist.autocast_dtype(device, s.precision) is not None,
+        gradient_checkpointing=s.gradient_checkpointing, use_vllm=vllm, vllm_mode="colocate",
+        vllm_gpu_memory_utilization=s.vllm_gpu_memory_utilization, seed=s.seed)
+    trainer = trl.GRPOTrainer(model=path, reward_funcs=[ifeval.trl_reward], args=args,
+                              train_dataset=trl_dataset(rows), processing_class=tokenizer)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "step_time" in h][warmup:]
+    step_s = statistics.median(h["step_time"] for h in logs)
+    tokens = statistics.median(h["completions/mean_length"] for h in logs) * s.rl_batch_size * \
+        s.num_generations
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    del trainer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"device": dist.device_name(device), "model_shape": shape, "trl": trl.__version__,
+            "method": "TRL GRPOTrainer", "engine": "vllm colocate" if vllm else "hf",
+            "median_step_s": step_s, "generated_tokens_per_s": tokens / step_s,
+            "peak_memory_GiB": peak / 2**30}
+
+
+# ----------------------------------------------------------------------------------------------
 # eval: greedy evaluation throughput at IFEval's answer length
 # ----------------------------------------------------------------------------------------------
 
@@ -515,6 +565,10 @@ def suite(device: torch.device, shape: str, sizes: list[int], out: str, s: setti
     others = [bench_step(shape, device, dataclasses.replace(s, rollout_engine=e), 1, 1)
               for e in engines[:-1]]
     others.append(bench_step(shape, device, dataclasses.replace(best, method="grpo"), 1, 1))
+    try:
+        others.append(bench_trl(shape, device, best))
+    except ImportError as e:
+        print(f"(TRL comparison skipped: {e})")
     ev = bench_eval(shape, device, best, prompts=eval_prompts)
     result = {"device": dist.device_name(device), "logprobs": lp, "step": step,
               "compared": others, "eval": ev, "suite_wall_s": time.perf_counter() - t0}

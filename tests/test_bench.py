@@ -19,8 +19,8 @@ def test_gpu_suite_rehearsed_on_the_cpu(tmp_path):
     assert {"generate", "forward", "backward", "optimizer"} <= set(saved["step"]["phase_s"])
     assert {row["variant"] for row in r["logprobs"]["rows"]} == {"naive", "torch"}
     assert saved["step"]["engine"] == "hf-static"                  # the best engine on a CPU
-    assert [(c["method"], c["engine"]) for c in saved["compared"]] == [("uniapl", "hf"),
-                                                                       ("grpo", "hf-static")]
+    assert [(c["method"], c["engine"]) for c in saved["compared"]] == [
+        ("uniapl", "hf"), ("grpo", "hf-static"), ("TRL GRPOTrainer", "hf")]
     assert saved["eval"]["max_new_tokens"] == 8 and saved["eval"]["tokens_per_s"] > 0
     assert "| generate |" in (tmp_path / "bench_gpu_suite.md").read_text()
 
