@@ -10,14 +10,15 @@ This file is the method, top to bottom: `unified_step` is one optimizer step wri
 of the equation (rollouts -> reward -> discriminator and coefficient -> one block per loss term
 -> one backward pass -> update), and `train` is the loop around it (load -> evaluate -> steps ->
 evaluate -> save). Settings live in settings.py; loading and checkpoints in checkpoint.py; the
-device and precision in dist.py.
+device, precision and torchrun processes in dist.py; rollout engines in rollouts.py; trackers in
+trackers.py.
 
 A run directory holds config.json, metrics.jsonl (one line per step), eval_start.json /
 eval_final.json, checkpoints/step-N (atomic; --resume continues exactly) and final/
 (save_pretrained, loadable with from_pretrained).
 
-Simplifications, deliberately: one process, one device; rollouts with HF generate and its KV
-cache; no sequence packing; AdamW with a linear warm-up, then a constant learning rate.
+Simplifications, deliberately: no sequence packing; one batch of rollouts per step (TRL's
+steps_per_generation = 1); AdamW with a linear warm-up, then a constant learning rate.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Ob
     for _ in range(s.num_iterations):
         l_sft = l_grpo = l_adv = None
         with timer("forward"), amp():
-            # L_SFT = token-mean NLL of the teacher's response tokens.
+            # L_SFT = token-mean NLL of the teacher's response tokens (CHORD-phi: weighted by p(1-p)).
             if objective.uses_sft:
                 l_sft, st = sft.sft_loss(policy, demos, s.logprobs_backend, sft_total,
                                          objective.sft_weighting)
