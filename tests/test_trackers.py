@@ -42,10 +42,20 @@ def test_wandb_offline(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("trackio") is None,
                     reason="trackio is optional (pip install trackio)")
-def test_trackio_local(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
-    train.main(TINY + ["--out", str(tmp_path / "run"), "--report-to", "trackio", "--tracker-project", "t"])
-    assert os.path.exists(tmp_path / "trackio" / "t.db")
+def test_trackio_local(tmp_path):
+    import sqlite3
+
+    from trackio.sqlite_storage import SQLiteStorage
+    project = f"uniapl-test-{os.getpid()}"      # trackio reads TRACKIO_DIR once, at import
+    train.main(TINY + ["--out", str(tmp_path / "run"), "--report-to", "trackio", "--tracker-project",
+                       project])
+    db = SQLiteStorage.get_project_db_path(project)
+    try:
+        assert sqlite3.connect(db).execute("select count(*) from metrics").fetchone()[0] >= 3
+    finally:
+        for suffix in ("", ".lock"):
+            if os.path.exists(f"{db}{suffix}"):
+                os.remove(f"{db}{suffix}")
 
 
 def test_missing_tracker_package_is_one_clear_line(tmp_path, monkeypatch):
