@@ -53,7 +53,7 @@ def test_trackio_local(tmp_path):
     try:
         assert sqlite3.connect(db).execute("select count(*) from metrics").fetchone()[0] >= 3
     finally:
-        for suffix in ("", ".lock"):
+        for suffix in ("", ".lock", "-shm", "-wal"):
             if os.path.exists(f"{db}{suffix}"):
                 os.remove(f"{db}{suffix}")
 
