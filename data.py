@@ -14,7 +14,8 @@ Every source is converted into it at load time and validated; a bad row stops th
 error naming the source, the row (index and key) and the field. Nothing is dropped silently: with
 `skip_invalid=True` bad rows are skipped *and counted*, and the count and reasons are printed.
 
-Sources: `toy` (toy.py), `google/IFEval` (evaluation; no responses), `argilla/ifeval-like-data`
+Sources: `toy` and its variants `toy:base|flawed|holdout|validation` (toy.py), `google/IFEval`
+(evaluation; no responses), `argilla/ifeval-like-data`
 (config `filtered`: Qwen2.5-72B-Instruct responses that pass the checks; `kwargs` is a JSON string
 in the current revision, a list of structs in older ones -- both accepted), any other hub dataset
 with these columns, and local `.jsonl` / `.json` / `.parquet` files in the normalised schema.
@@ -30,6 +31,9 @@ Batches
 * `MixedSampler` draws, per step, `sft_batch_size` demonstrations and `rl_batch_size` RL prompts
   from two independently shuffled streams (epoch-wise permutations of a seeded generator); its
   position is part of every checkpoint, so a resumed run sees exactly the batches it would have.
+  Under torchrun every rank draws the same global batch and keeps its share (`MixedBatch.shard`).
+* Over-long prompts are left out, counted and printed (never truncated: that could cut the
+  instructions off); `--strict-prompt-length` makes the first one an error instead.
 """
 
 from __future__ import annotations
