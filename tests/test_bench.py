@@ -52,8 +52,21 @@ def test_real_shape_step_on_the_cpu(tmp_path):
 
 
 def test_memory_plan_is_labelled_and_shrinks_with_fsdp():
-    table = bench.memory_plan()
+    import memory
+    table = memory.plan()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
     row = {(c[0], c[1]): c for c in cells}
     one, four = row[("Qwen3-4B", "1")], row[("Qwen3-4B", "4")]
     assert one[4] == "—" and float(four[4]) < float(four[2]) < float(one[2])
+
+
+@pytest.mark.slow
+def test_memory_measure_sees_checkpointing(tmp_path):
+    """Qwen3-0.6B's width, 2 and 4 layers (~1 min): one fp32 hidden vector per token and layer
+    with checkpointing, far more without."""
+    import memory
+    m = memory.measure(lengths=(128, 256))
+    on = [r for r in m["rows"] if r["checkpointing"]]
+    off = [r for r in m["rows"] if not r["checkpointing"]]
+    assert all(r["per_token_per_layer"] == 4 * 1024 for r in on)
+    assert all(r["per_token_per_layer"] > 20 * 4 * 1024 for r in off)
