@@ -20,7 +20,7 @@ import os
 import torch
 
 import dist
-from bench import QWEN3_06B, QWEN3_V
+from shapes import QWEN3_06B, QWEN3_V
 
 
 def saved_bytes(params, fn) -> int:

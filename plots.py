@@ -1,4 +1,4 @@
-"""Plots: training curves from metrics.jsonl, and the behaviour histograms of evaluate.py.
+"""Plots: training curves, behaviour histograms (evaluate.py), the reproduction's figures.
 
     python plots.py RUN_DIR [RUN_DIR ...] --out curves.png     # one line per run, one panel per metric
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 
 import numpy as np
 
@@ -99,6 +100,63 @@ def plot_curves(run_dirs: list[str], path: str, labels: list[str] | None = None,
     handles = [plt.Line2D([], [], color=f"C{i}", label=name) for i, name in enumerate(runs)]
     fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8)
     fig.tight_layout(rect=(0, 0.03 * ((len(handles) + 2) // 3), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# The reproduction's figures (reproduce.py): one per claim
+# ----------------------------------------------------------------------------------------------
+
+def plot_claims(rows: list, path: str) -> None:
+    plt = pyplot()
+    rows = [(c, ci) for c, ci in rows if ci]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1))
+    for i, (_claim, ci) in enumerate(rows):
+        ax.errorbar(ci["mean"], i, xerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]],
+                    fmt="o", capsize=3, color="C0")
+    ax.axvline(0, color="gray", linestyle="--")
+    ax.set_yticks(range(len(rows)), [c for c, _ in rows], fontsize=8)
+    ax.set_xlabel("paired difference of held-out IF accuracy (95% CI over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(results: list[dict], configs, path: str, keys=("accuracy", "ood"),
+              labels=("all prompts", "held-out combinations")) -> None:
+    plt = pyplot()
+    names = [n for n, _ in configs if any(r["name"] == n for r in results)]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.6))
+    for j, (key, label) in enumerate(zip(keys, labels)):
+        means, errs = [], []
+        for n in names:
+            xs = [r[key] for r in results if r["name"] == n and r.get(key) is not None]
+            means.append(statistics.mean(xs) if xs else 0)
+            errs.append(statistics.stdev(xs) if len(xs) > 1 else 0)
+        ax.bar([i + 0.4 * j for i in range(len(names))], means, 0.4, yerr=errs, capsize=2,
+               label=label)
+    teacher = statistics.mean(r["teacher"] for r in results)
+    ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
+    ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("prompt-level strict IF accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_sweep(results: list[dict], sweep: dict, path: str) -> None:
+    plt = pyplot()
+    pts = [(lam, [r["accuracy"] for r in results if r["name"] == n]) for n, lam in sweep.items()]
+    pts = [(lam, xs) for lam, xs in pts if xs]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.errorbar([p[0] for p in pts], [statistics.mean(x) for _, x in pts],
+                yerr=[statistics.stdev(x) if len(x) > 1 else 0 for _, x in pts], marker="o", capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("lambda_adv (uniapl, alpha 0.5)")
+    ax.set_ylabel("held-out IF accuracy")
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

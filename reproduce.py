@@ -272,62 +272,6 @@ def claims_table(results: list[dict]) -> tuple[str, list]:
     return "\n".join(lines) + "\n", rows
 
 
-def plot_claims(rows: list, path: str) -> None:
-    import plots
-    plt = plots.pyplot()
-    rows = [(c, ci) for c, ci in rows if ci]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1))
-    for i, (_claim, ci) in enumerate(rows):
-        ax.errorbar(ci["mean"], i, xerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]],
-                    fmt="o", capsize=3, color="C0")
-    ax.axvline(0, color="gray", linestyle="--")
-    ax.set_yticks(range(len(rows)), [c for c, _ in rows], fontsize=8)
-    ax.set_xlabel("paired difference of held-out IF accuracy (95% CI over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_bars(results: list[dict], configs, path: str, keys=("accuracy", "ood"),
-              labels=("all prompts", "held-out combinations")) -> None:
-    import plots
-    plt = plots.pyplot()
-    names = [n for n, _ in configs if any(r["name"] == n for r in results)]
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.6))
-    for j, (key, label) in enumerate(zip(keys, labels)):
-        means, errs = [], []
-        for n in names:
-            xs = [r[key] for r in results if r["name"] == n and r.get(key) is not None]
-            means.append(statistics.mean(xs) if xs else 0)
-            errs.append(statistics.stdev(xs) if len(xs) > 1 else 0)
-        ax.bar([i + 0.4 * j for i in range(len(names))], means, 0.4, yerr=errs, capsize=2,
-               label=label)
-    teacher = statistics.mean(r["teacher"] for r in results)
-    ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
-    ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel("prompt-level strict IF accuracy")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_sweep(results: list[dict], path: str) -> None:
-    import plots
-    plt = plots.pyplot()
-    pts = [(lam, [r["accuracy"] for r in results if r["name"] == n]) for n, lam in SWEEP.items()]
-    pts = [(lam, xs) for lam, xs in pts if xs]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.errorbar([p[0] for p in pts], [statistics.mean(x) for _, x in pts],
-                yerr=[statistics.stdev(x) if len(x) > 1 else 0 for _, x in pts], marker="o", capsize=3)
-    ax.set_xscale("log")
-    ax.set_xlabel("lambda_adv (uniapl, alpha 0.5)")
-    ax.set_ylabel("held-out IF accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def flaw_table(results: list[dict]) -> str:
     """How well each method follows the instruction its teacher always breaks, vs the others."""
     import toy
@@ -397,11 +341,11 @@ def cmd_main(args) -> list[dict]:
     write(args.out, "toy_table", {"steps": args.steps, "seeds": args.seeds, "lrs": source,
                                   "base_accuracy": base, "wall_s": wall, "results": results},
           md + "\n" + claims)
-    plot_bars(results, MAIN, os.path.join(args.out, "toy_methods.png"))
-    plot_bars(results, MAIN, os.path.join(args.out, "toy_behaviour.png"), keys=("length_w1",),
-              labels=("length W1 to the teacher (tokens)",))
-    plot_claims(rows, os.path.join(args.out, "toy_claims.png"))
     import plots
+    plots.plot_bars(results, MAIN, os.path.join(args.out, "toy_methods.png"))
+    plots.plot_bars(results, MAIN, os.path.join(args.out, "toy_behaviour.png"), keys=("length_w1",),
+                    labels=("length W1 to the teacher (tokens)",))
+    plots.plot_claims(rows, os.path.join(args.out, "toy_claims.png"))
     first = min(args.seeds)
     picked = [r for name in ("sft", "grpo", "a-grpo", "uniapl", "sft -> grpo", "chord-phi")
               for r in results if r["name"] == name and r["seed"] == first]
@@ -445,7 +389,8 @@ def cmd_ablations(args) -> list[dict]:
     md += "\n" + "\n".join(lines) + "\n\nDoes a method inherit its teacher's flaw? (the teacher " \
         "never leaves commas out)\n\n" + flaw_table(results)
     write(args.out, "toy_ablations", {"results": results}, md)
-    plot_sweep(allr, os.path.join(args.out, "toy_lambda_sweep.png"))
+    import plots
+    plots.plot_sweep(allr, SWEEP, os.path.join(args.out, "toy_lambda_sweep.png"))
     print(md)
     return results
 

@@ -35,7 +35,8 @@ def test_step_writes_the_file_readme_cites(tmp_path):
 
 
 def test_word_tokenizer_round_trips_every_id():
-    tok = bench.word_tokenizer(5000)
+    import shapes
+    tok = shapes.word_tokenizer(5000)
     assert len(tok) == 5000
     ids = [7, 4321, 4999, 123]
     assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids
