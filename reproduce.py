@@ -4,6 +4,7 @@
     python reproduce.py --out results            # 2. the main table (5 seeds, 300 prompts)
     python reproduce.py ablations --out results  # 3. coefficient, reward shaping, lambda, flawed teacher
     python reproduce.py discriminators --out results   # 4. does the discriminator track the reward?
+    python reproduce.py report --out results     # tables, claims and figures again, from the JSON
     python reproduce.py --quick                  # the whole pipeline in a minute (a CI test)
 
 The idea
@@ -71,13 +72,24 @@ SWEEP = {"uniapl, lambda 1e-3": 1e-3, "uniapl, lambda 1e-2": 1e-2, "uniapl": 0.1
          "uniapl, lambda 1": 1.0}
 LR_GRID = [3e-4, 1e-3, 3e-3]
 # the comparisons the paper makes: (claim, a, b) -- "a beats b"
-CLAIMS = [("UniAPL beats GRPO", "uniapl", "grpo"),
-          ("UniAPL beats SFT -> GRPO", "uniapl", "sft -> grpo"),
-          ("UniAPL beats SFT", "uniapl", "sft"),
-          ("A-GRPO beats GRPO", "a-grpo", "grpo"),
-          ("SFT -> A-GRPO beats SFT -> GRPO", "sft -> a-grpo", "sft -> grpo"),
-          ("A-CHORD beats CHORD (phi)", "a-chord-phi", "chord-phi"),
-          ("ADV as a loss beats ADV as reward shaping", "uniapl", "uniapl, adv as reward")]
+# the paper's claims: (claim, a, b, measured by, +1: higher is better / -1: lower is better);
+# b = "teacher": the teacher's own accuracy on the same prompts
+CLAIMS = [("UniAPL beats GRPO", "uniapl", "grpo", "accuracy", 1),
+          ("UniAPL beats SFT -> GRPO", "uniapl", "sft -> grpo", "accuracy", 1),
+          ("UniAPL beats SFT", "uniapl", "sft", "accuracy", 1),
+          ("A-GRPO beats GRPO", "a-grpo", "grpo", "accuracy", 1),
+          ("SFT -> A-GRPO beats SFT -> GRPO", "sft -> a-grpo", "sft -> grpo", "accuracy", 1),
+          ("A-SFT -> A-GRPO beats SFT -> GRPO", "a-sft -> a-grpo", "sft -> grpo", "accuracy", 1),
+          ("A-CHORD beats CHORD (phi)", "a-chord-phi", "chord-phi", "accuracy", 1),
+          ("UniAPL's answers match the teacher's length better than GRPO's (W1)", "uniapl", "grpo",
+           "length_w1", -1),
+          ("UniAPL's answers match the teacher's log-probs better than GRPO's (W1)", "uniapl", "grpo",
+           "logprob_w1", -1),
+          ("UniAPL generalises to held-out combinations better than GRPO", "uniapl", "grpo", "ood", 1),
+          ("The student (UniAPL) beats its teacher", "uniapl", "teacher", "accuracy", 1),
+          ("ADV as a loss beats ADV as reward shaping", "uniapl", "uniapl, adv as reward",
+           "accuracy", 1),
+          ("Too large a lambda_adv hurts (0.1 beats 1)", "uniapl", "uniapl, lambda 1", "accuracy", 1)]
 BASE_STEPS = 60
 QUICK = ["--sft-batch-size", "2", "--rl-batch-size", "2", "--num-generations", "2",
          "--max-completion-length", "12"]
@@ -220,6 +232,8 @@ def mean_std(xs: list[float]) -> str:
 
 def paired(results: list[dict], a: str, b: str, key: str = "accuracy") -> dict | None:
     by = {(r["name"], r["seed"]): r[key] for r in results if r.get(key) is not None}
+    if b == "teacher":
+        by |= {("teacher", r["seed"]): r["teacher"] for r in results if r["name"] == a}
     diffs = [by[(a, s)] - by[(b, s)] for (n, s) in by if n == a and (b, s) in by]
     if len(diffs) < 2:
         return None
@@ -228,12 +242,15 @@ def paired(results: list[dict], a: str, b: str, key: str = "accuracy") -> dict |
     return {"mean": m, "low": m - half, "high": m + half, "n": len(diffs)}
 
 
-def verdict(ci: dict | None) -> str:
+def verdict(ci: dict | None, sign: int = 1) -> str:
+    """reproduced: the 95% interval lies on the claimed side of 0; the opposite side: the
+    opposite holds here; otherwise inconclusive."""
     if ci is None:
         return "not run"
-    if ci["low"] > 0:
+    low, high = sorted((sign * ci["low"], sign * ci["high"]))
+    if low > 0:
         return "reproduced"
-    if ci["high"] < 0:
+    if high < 0:
         return "not reproduced (the opposite holds)"
     return "inconclusive"
 
@@ -261,14 +278,15 @@ def table(results: list[dict], configs, header: str) -> str:
 
 
 def claims_table(results: list[dict]) -> tuple[str, list]:
-    rows, lines = [], ["| claim | paired difference of IF accuracy (95% CI) | seeds | on this toy |",
-                       "|---|---|---|---|"]
-    for claim, a, b in CLAIMS:
-        ci = paired(results, a, b)
-        rows.append((claim, ci))
-        lines.append(f"| {claim} | " + (f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
-                                        if ci else "-") +
-                     f" | {ci['n'] if ci else 0} | {verdict(ci)} |")
+    rows, lines = [], ["| claim | measured by | paired difference a - b (95% CI) | seeds | on this toy |",
+                       "|---|---|---|---|---|"]
+    for claim, a, b, key, sign in CLAIMS:
+        ci = paired(results, a, b, key)
+        if key == "accuracy":
+            rows.append((claim, ci))
+        lines.append(f"| {claim} | {key} ({'higher' if sign > 0 else 'lower'} is better) | " +
+                     (f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-") +
+                     f" | {ci['n'] if ci else 0} | {verdict(ci, sign)} |")
     return "\n".join(lines) + "\n", rows
 
 
@@ -327,32 +345,75 @@ def cmd_main(args) -> list[dict]:
     lrs, source = chosen_lrs(args)
     t0 = time.perf_counter()
     results = run_all(MAIN, args, "main", lrs, args.seeds)
-    wall = time.perf_counter() - t0
-    base = base_scores(args)
-    header = (f"Toy world, every run from the shared base model of its seed (SFT on an instruction-"
-              f"ignoring teacher, {BASE_STEPS} steps; its own accuracy: {mean_std(base)}), "
-              f"{args.steps} optimizer steps per run, seeds {args.seeds}, {source}; held-out "
-              f"prompt-level strict IF accuracy (greedy, {results[0]['n_eval']} prompts per seed, of "
-              f"which about {statistics.mean(r['n_ood'] for r in results):.0f} combine a held-out "
-              f"pair). Teacher on the same prompts: {statistics.mean(r['teacher'] for r in results):.3f}. "
-              f"Machine: {args.machine}; {wall / 60:.0f} min.")
-    md = table(results, MAIN, header)
-    claims, rows = claims_table(results)
-    write(args.out, "toy_table", {"steps": args.steps, "seeds": args.seeds, "lrs": source,
-                                  "base_accuracy": base, "wall_s": wall, "results": results},
-          md + "\n" + claims)
+    with open(os.path.join(args.out, "toy_table.json"), "w") as f:
+        json.dump({"steps": args.steps, "seeds": args.seeds, "lrs": source,
+                   "base_accuracy": base_scores(args), "wall_s": time.perf_counter() - t0,
+                   "machine": args.machine, "results": results}, f, indent=1)
+    cmd_report(args)
+    return results
+
+
+def cmd_ablations(args) -> list[dict]:
+    lrs, source = chosen_lrs(args)
+    t0 = time.perf_counter()
+    results = run_all(ABLATIONS, args, "ablations", lrs, args.seeds)
+    with open(os.path.join(args.out, "toy_ablations.json"), "w") as f:
+        json.dump({"steps": args.steps, "seeds": args.seeds, "lrs": source, "machine": args.machine,
+                   "wall_s": time.perf_counter() - t0, "results": results}, f, indent=1)
+    cmd_report(args)
+    return results
+
+
+def cmd_report(args) -> str:
+    """Tables, claims and figures from OUT/toy_table.json and OUT/toy_ablations.json."""
     import plots
+    main = json.load(open(os.path.join(args.out, "toy_table.json")))
+    abl_path = os.path.join(args.out, "toy_ablations.json")
+    abl = json.load(open(abl_path)) if os.path.exists(abl_path) else {"results": []}
+    results, allr = main["results"], main["results"] + abl["results"]
+    header = (f"Toy world, every run from the shared base model of its seed (SFT on an instruction-"
+              f"ignoring teacher, {BASE_STEPS} steps; its own accuracy: "
+              f"{mean_std(main['base_accuracy'])}), {main['steps']} optimizer steps per run, seeds "
+              f"{main['seeds']}, {main['lrs']}; held-out prompt-level strict IF accuracy (greedy, "
+              f"{results[0]['n_eval']} prompts per seed, of which about "
+              f"{statistics.mean(r['n_ood'] for r in results):.0f} combine a held-out pair). Teacher "
+              f"on the same prompts: {statistics.mean(r['teacher'] for r in results):.3f}. Machine: "
+              f"{main.get('machine', args.machine)}; {main['wall_s'] / 60:.0f} min.")
+    claims, rows = claims_table(allr)
+    md = table(results, MAIN, header) + "\n" + claims
+    with open(os.path.join(args.out, "toy_table.md"), "w") as f:
+        f.write(md)
     plots.plot_bars(results, MAIN, os.path.join(args.out, "toy_methods.png"))
-    plots.plot_bars(results, MAIN, os.path.join(args.out, "toy_behaviour.png"), keys=("length_w1",),
-                    labels=("length W1 to the teacher (tokens)",))
+    plots.plot_bars(results, MAIN, os.path.join(args.out, "toy_behaviour.png"),
+                    keys=("length_w1", "logprob_w1"),
+                    labels=("length W1 to the teacher (tokens)", "mean log-prob W1 to the teacher"))
     plots.plot_claims(rows, os.path.join(args.out, "toy_claims.png"))
-    first = min(args.seeds)
-    picked = [r for name in ("sft", "grpo", "a-grpo", "uniapl", "sft -> grpo", "chord-phi")
+    first = min(main["seeds"])
+    picked = [r for name in ("sft", "grpo", "a-grpo", "uniapl", "sft -> grpo", "chord-mu")
               for r in results if r["name"] == name and r["seed"] == first]
     plots.plot_curves([r["run_dir"] for r in picked], os.path.join(args.out, "toy_curves.png"),
                       labels=[f"{r['name']} (seed {first})" for r in picked])
-    print(md + "\n" + claims)
-    return results
+    if abl["results"]:
+        configs = [c for c in MAIN if c[0] == "uniapl"] + ABLATIONS
+        amd = table(allr, configs, f"Ablations: toy world from the shared base model, "
+                                   f"{abl['steps']} steps, seeds {abl['seeds']}, {abl['lrs']}. "
+                                   f"Machine: {abl['machine']}; {abl['wall_s'] / 60:.0f} min.")
+        lines = ["| comparison | paired difference a - b (95% CI) | verdict |", "|---|---|---|"]
+        for a, b in [("uniapl", "uniapl, adv as reward"), ("uniapl, coef over batch", "uniapl"),
+                     ("uniapl, raw coef", "uniapl"), ("a-grpo, coef over batch", "a-grpo"),
+                     ("uniapl", "uniapl, lambda 1"), ("uniapl", "uniapl, lambda 1e-3")]:
+            ci = paired(allr, a, b)
+            lines.append(f"| {a} vs {b} | " + (f"{ci['mean']:+.3f} [{ci['low']:+.3f}, "
+                                              f"{ci['high']:+.3f}]" if ci else "-") +
+                         f" | {verdict(ci)} |")
+        amd += "\n" + "\n".join(lines) + "\n\nDoes a method inherit its teacher's flaw? (the " \
+            "teacher never leaves commas out)\n\n" + flaw_table(abl["results"])
+        with open(os.path.join(args.out, "toy_ablations.md"), "w") as f:
+            f.write(amd)
+        plots.plot_sweep(allr, SWEEP, os.path.join(args.out, "toy_lambda_sweep.png"))
+        md += "\n" + amd
+    print(md)
+    return md
 
 
 def base_scores(args) -> list[float]:
@@ -368,31 +429,6 @@ def base_scores(args) -> list[float]:
         rows = data.load_rows("toy", "eval", toy_seed=seed, toy_eval_n=args.n_eval)
         out.append(evaluate.evaluate_model(model, tok, rows, max_new_tokens=64)["prompt_strict"])
     return out
-
-
-def cmd_ablations(args) -> list[dict]:
-    lrs, source = chosen_lrs(args)
-    main = json.load(open(os.path.join(args.out, "toy_table.json")))["results"] \
-        if os.path.exists(os.path.join(args.out, "toy_table.json")) else []
-    results = run_all(ABLATIONS, args, "ablations", lrs, args.seeds)
-    allr = main + results
-    configs = [c for c in MAIN if c[0] == "uniapl"] + ABLATIONS
-    md = table(allr, configs, f"Ablations: toy world from the shared base model, {args.steps} steps, "
-                              f"seeds {args.seeds}, {source}. Machine: {args.machine}.")
-    lines = ["| comparison | paired difference (95% CI) | verdict |", "|---|---|---|"]
-    for a, b in [("uniapl", "uniapl, adv as reward"), ("uniapl, coef over batch", "uniapl"),
-                 ("uniapl, raw coef", "uniapl"), ("a-grpo, coef over batch", "a-grpo"),
-                 ("uniapl", "uniapl, lambda 1"), ("uniapl", "uniapl, lambda 1e-3")]:
-        ci = paired(allr, a, b)
-        lines.append(f"| {a} vs {b} | " + (f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]"
-                                          if ci else "-") + f" | {verdict(ci)} |")
-    md += "\n" + "\n".join(lines) + "\n\nDoes a method inherit its teacher's flaw? (the teacher " \
-        "never leaves commas out)\n\n" + flaw_table(results)
-    write(args.out, "toy_ablations", {"results": results}, md)
-    import plots
-    plots.plot_sweep(allr, SWEEP, os.path.join(args.out, "toy_lambda_sweep.png"))
-    print(md)
-    return results
 
 
 def cmd_discriminators(args) -> dict:
@@ -489,7 +525,7 @@ def main(argv=None):
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="?", default="main",
-                   choices=["main", "lr-grid", "ablations", "discriminators"])
+                   choices=["main", "lr-grid", "ablations", "discriminators", "report"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (all stages)")
     p.add_argument("--n-eval", type=int, default=300, help="held-out evaluation prompts per seed")
@@ -509,7 +545,7 @@ def main(argv=None):
         args.machine = dist.device_name("cpu")
     t0 = time.perf_counter()
     result = {"main": cmd_main, "lr-grid": cmd_lr_grid, "ablations": cmd_ablations,
-              "discriminators": cmd_discriminators}[args.what](args)
+              "discriminators": cmd_discriminators, "report": cmd_report}[args.what](args)
     print(f"\n{args.what}: {time.perf_counter() - t0:.0f} s; wrote {args.out}/")
     return result
 

@@ -18,6 +18,9 @@ def test_paired_difference_hand_computed():
     assert reproduce.verdict({"low": 0.01, "high": 0.2}) == "reproduced"
     assert reproduce.verdict({"low": -0.3, "high": -0.01}).startswith("not reproduced")
     assert reproduce.paired(rs, "a", "missing") is None
+    assert reproduce.verdict({"low": -0.3, "high": -0.1}, sign=-1) == "reproduced"   # lower is better
+    teacher = [dict(r, teacher=0.65) for r in rs]
+    assert reproduce.paired(teacher, "a", "teacher")["mean"] == pytest.approx(-0.05)
 
 
 def test_quick_pipeline(tmp_path):
@@ -37,6 +40,8 @@ def test_quick_pipeline(tmp_path):
     # every run started from its seed's shared base model
     cfg = json.load(open(tmp_path / "runs" / "main" / "grpo-s1" / "stage1" / "config.json"))
     assert cfg["model"].endswith("base/seed1/final") and cfg["dataset"] == "toy:holdout"
+    assert "| The student (UniAPL) beats its teacher |" in reproduce.main(
+        ["report", "--quick", "--out", str(tmp_path)])
     disc = reproduce.main(["discriminators", "--quick", "--out", str(tmp_path), "--machine", "test"])
     assert {"lexical", "embedding (the base student as encoder)"} <= set(disc)
     assert 0 <= disc["lexical"]["auc"] <= 1
