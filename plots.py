@@ -124,7 +124,7 @@ def plot_claims(rows: list, path: str) -> None:
 
 
 def plot_bars(results: list[dict], configs, path: str, keys=("accuracy", "ood"),
-              labels=("all prompts", "held-out combinations")) -> None:
+              labels=("all prompts", "held-out combinations"), base: float | None = None) -> None:
     plt = pyplot()
     names = [n for n, _ in configs if any(r["name"] == n for r in results)]
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.6))
@@ -136,10 +136,13 @@ def plot_bars(results: list[dict], configs, path: str, keys=("accuracy", "ood"),
             errs.append(statistics.stdev(xs) if len(xs) > 1 else 0)
         ax.bar([i + 0.4 * j for i in range(len(names))], means, 0.4, yerr=errs, capsize=2,
                label=label)
-    teacher = statistics.mean(r["teacher"] for r in results)
-    ax.axhline(teacher, color="gray", linestyle="--", label="teacher")
+    if keys[0] == "accuracy":
+        ax.axhline(statistics.mean(r["teacher"] for r in results), color="gray", linestyle="--",
+                   label="teacher")
+    if base is not None:
+        ax.axhline(base, color="gray", linestyle=":", label="base student (start of every run)")
     ax.set_xticks([i + 0.2 for i in range(len(names))], names, rotation=40, ha="right", fontsize=8)
-    ax.set_ylabel("prompt-level strict IF accuracy")
+    ax.set_ylabel("prompt-level strict IF accuracy" if keys[0] == "accuracy" else "")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -383,7 +383,8 @@ def cmd_report(args) -> str:
     md = table(results, MAIN, header) + "\n" + claims
     with open(os.path.join(args.out, "toy_table.md"), "w") as f:
         f.write(md)
-    plots.plot_bars(results, MAIN, os.path.join(args.out, "toy_methods.png"))
+    plots.plot_bars(results, MAIN, os.path.join(args.out, "toy_methods.png"),
+                    base=statistics.mean(main["base_accuracy"]))
     plots.plot_bars(results, MAIN, os.path.join(args.out, "toy_behaviour.png"),
                     keys=("length_w1", "logprob_w1"),
                     labels=("length W1 to the teacher (tokens)", "mean log-prob W1 to the teacher"))
