@@ -33,6 +33,7 @@ Statistics: mean +- std over seeds, and for each comparison the paper makes the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -126,6 +127,17 @@ def scores(run_dir: str, rows: list[dict]) -> dict:
                                                     final["per_instruction"].items()}}
 
 
+def finished(out: str, argv: list[str]) -> bool:
+    """Does `out` hold a run that went to its end with the settings this command line asks for?"""
+    import settings
+    paths = [os.path.join(out, f) for f in ("config.json", "eval_final.json", "final/model.safetensors")]
+    if not all(os.path.exists(p) for p in paths):
+        return False
+    saved = json.load(open(paths[0]))
+    wanted = dataclasses.asdict(settings.parse(argv))
+    return all(saved.get(k) == v for k, v in wanted.items() if v is not None)
+
+
 def run_job(spec: dict) -> dict:
     """One configuration at one seed, in this process."""
     import torch
@@ -137,22 +149,26 @@ def run_job(spec: dict) -> dict:
     torch.set_num_threads(1)   # jobs run side by side, one core each
     t0 = time.perf_counter()
     model_arg = base_model(spec["seed"], spec["out"], spec["extra"])
-    per_stage = spec["steps"] // len(spec["stages"])
+    per_stage, kept = spec["steps"] // len(spec["stages"]), 0
     for i, (method, args) in enumerate(spec["stages"]):
         out = os.path.join(spec["dir"], f"stage{i + 1}")
-        shutil.rmtree(out, ignore_errors=True)
-        train.main(["--model", model_arg, "--method", method, "--steps", str(per_stage),
-                    "--seed", str(spec["seed"]), "--out", out, "--no-progress", "--save-every", "0",
-                    "--no-eval-start", "--dataset", spec["dataset"], "--eval-dataset",
-                    spec["eval_dataset"], "--toy-eval-size", str(spec["n_eval"]),
-                    "--learning-rate", str(spec["lr"]), *args, *spec["extra"]])
+        argv = ["--model", model_arg, "--method", method, "--steps", str(per_stage),
+                "--seed", str(spec["seed"]), "--out", out, "--no-progress", "--save-every", "0",
+                "--no-eval-start", "--dataset", spec["dataset"], "--eval-dataset",
+                spec["eval_dataset"], "--toy-eval-size", str(spec["n_eval"]),
+                "--learning-rate", str(spec["lr"]), *args, *spec["extra"]]
+        if finished(out, argv):           # an interrupted reproduction picks up where it stopped
+            kept += 1
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            train.main(argv)
         model_arg = os.path.join(out, "final")
     wall = time.perf_counter() - t0
     cfg = json.load(open(os.path.join(out, "config.json")))
     rows = data.load_rows(cfg["eval_dataset"], data.evaluation_split(cfg["eval_dataset"]),
                           toy_seed=spec["seed"], toy_eval_n=spec["n_eval"],
                           teacher_accuracy=cfg["teacher_accuracy"])
-    result = {"name": spec["name"], "seed": spec["seed"], "lr": spec["lr"], "wall_s": wall,
+    result = {"name": spec["name"], "seed": spec["seed"], "lr": spec["lr"], "wall_s": wall, "kept": kept,
               "run_dir": out, "n_eval": len(rows), **scores(out, rows),
               "teacher": evaluate.teacher_accuracy(rows)["prompt_strict"]}
     if spec.get("behaviour"):
@@ -182,15 +198,22 @@ def worlds(name: str, validation: bool) -> tuple[str, str]:
     return "toy:holdout", "toy:validation" if validation else "toy"
 
 
+def job_spec(name: str, stages: list, seed: int, args, tag: str, lrs: dict, behaviour: bool = True,
+             validation: bool = False, n_eval: int | None = None) -> dict:
+    """What one run needs (a JSON-able dict: it travels to a subprocess)."""
+    runs = os.path.join(args.out, "runs")
+    return {"name": name, "stages": stages, "seed": seed, "steps": args.steps, "extra": args.extra,
+            "out": runs, "behaviour": behaviour, "lr": lrs.get(name, lrs.get(stages[-1][0], 1e-3)),
+            "n_eval": n_eval or args.n_eval, "dataset": worlds(name, validation)[0],
+            "eval_dataset": worlds(name, validation)[1],
+            "dir": os.path.join(runs, tag, f"{name.replace(' ', '').replace(',', '_')}-s{seed}")}
+
+
 def run_all(configs, args, tag: str, lrs: dict, seeds, behaviour: bool = True,
             validation: bool = False, n_eval: int | None = None) -> list[dict]:
     """Every configuration at every seed, `args.jobs` at a time; bases first (they are shared)."""
     runs = os.path.join(args.out, "runs")
-    specs = [{"name": name, "stages": stages, "seed": seed, "steps": args.steps,
-              "extra": args.extra, "out": runs, "behaviour": behaviour,
-              "lr": lrs.get(name, lrs.get(stages[-1][0], 1e-3)), "n_eval": n_eval or args.n_eval,
-              "dataset": worlds(name, validation)[0], "eval_dataset": worlds(name, validation)[1],
-              "dir": os.path.join(runs, tag, f"{name.replace(' ', '').replace(',', '_')}-s{seed}")}
+    specs = [job_spec(name, stages, seed, args, tag, lrs, behaviour, validation, n_eval)
              for seed in seeds for name, stages in configs]
     with ThreadPoolExecutor(args.jobs) as pool:      # the base models, one per seed
         list(pool.map(lambda seed: _spawn_base(seed, runs, args.extra), seeds))

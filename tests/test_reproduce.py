@@ -1,8 +1,11 @@
-"""reproduce.py: statistics by hand; --quick runs the whole pipeline (main, discriminators)."""
+"""reproduce.py: statistics by hand; --quick runs the whole pipeline (main, discriminators) and
+keeps finished runs when run again."""
 
+import argparse
 import json
 
 import pytest
+import torch
 
 import reproduce
 
@@ -36,6 +39,7 @@ def test_quick_pipeline(tmp_path):
     for png in ("toy_methods.png", "toy_claims.png", "toy_curves.png", "toy_behaviour.png"):
         assert (tmp_path / png).stat().st_size > 1000
     staged = next(r for r in results if r["name"] == "sft -> grpo")
+    staged_grpo = next(r for r in results if r["name"] == "grpo" and r["seed"] == 1)
     assert staged["run_dir"].endswith("stage2") and staged["n_ood"] >= 0
     # every run started from its seed's shared base model
     cfg = json.load(open(tmp_path / "runs" / "main" / "grpo-s1" / "stage1" / "config.json"))
@@ -45,6 +49,18 @@ def test_quick_pipeline(tmp_path):
     disc = reproduce.main(["discriminators", "--quick", "--out", str(tmp_path), "--machine", "test"])
     assert {"lexical", "embedding (the base student as encoder)"} <= set(disc)
     assert 0 <= disc["lexical"]["auc"] <= 1
+    # an interrupted reproduction keeps the runs that finished with the settings asked for
+    args = argparse.Namespace(out=str(tmp_path), steps=4, extra=reproduce.QUICK, n_eval=12)
+    threads = torch.get_num_threads()
+    try:
+        again = reproduce.run_job(reproduce.job_spec("grpo", [("grpo", [])], 1, args, "main", {},
+                                                     behaviour=False))
+        assert again["kept"] == 1 and again["accuracy"] == staged_grpo["accuracy"]
+        other = reproduce.run_job(reproduce.job_spec("grpo", [("grpo", [])], 1, args, "main",
+                                                     {"grpo": 3e-3}, behaviour=False))
+        assert other["kept"] == 0 and other["lr"] == 3e-3
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
