@@ -387,6 +387,13 @@ def cmd_ablations(args) -> list[dict]:
     return results
 
 
+def sitting(saved: dict) -> str:
+    """The wall time of a command, and whether it kept runs from an interrupted earlier sitting."""
+    kept = any(r.get("kept") for r in saved["results"])
+    return f"{saved['wall_s'] / 60:.0f} min" + (" in its last sitting, which kept the finished runs "
+                                                 "of an interrupted one" if kept else "")
+
+
 def cmd_report(args) -> str:
     """Tables, claims and figures from OUT/toy_table.json and OUT/toy_ablations.json."""
     import plots
@@ -401,7 +408,7 @@ def cmd_report(args) -> str:
               f"{results[0]['n_eval']} prompts per seed, of which about "
               f"{statistics.mean(r['n_ood'] for r in results):.0f} combine a held-out pair). Teacher "
               f"on the same prompts: {statistics.mean(r['teacher'] for r in results):.3f}. Machine: "
-              f"{main.get('machine', args.machine)}; {main['wall_s'] / 60:.0f} min.")
+              f"{main.get('machine', args.machine)}; {sitting(main)}.")
     claims, rows = claims_table(allr)
     md = table(results, MAIN, header) + "\n" + claims
     with open(os.path.join(args.out, "toy_table.md"), "w") as f:
@@ -421,7 +428,7 @@ def cmd_report(args) -> str:
         configs = [c for c in MAIN if c[0] == "uniapl"] + ABLATIONS
         amd = table(allr, configs, f"Ablations: toy world from the shared base model, "
                                    f"{abl['steps']} steps, seeds {abl['seeds']}, {abl['lrs']}. "
-                                   f"Machine: {abl['machine']}; {abl['wall_s'] / 60:.0f} min.")
+                                   f"Machine: {abl['machine']}; {sitting(abl)}.")
         lines = ["| comparison | paired difference a - b (95% CI) | verdict |", "|---|---|---|"]
         for a, b in [("uniapl", "uniapl, adv as reward"), ("uniapl, coef over batch", "uniapl"),
                      ("uniapl, raw coef", "uniapl"), ("a-grpo, coef over batch", "a-grpo"),
