@@ -282,6 +282,12 @@ def verdict(ci: dict | None, sign: int = 1) -> str:
 # Tables and figures
 # ----------------------------------------------------------------------------------------------
 
+def wall(rs: list[dict]) -> str:
+    """Mean wall time of the runs that ran in this sitting (a kept run's time was not measured)."""
+    ran = [r["wall_s"] for r in rs if not r.get("kept")]
+    return f"{statistics.mean(ran):.0f}" if ran else "-"
+
+
 def table(results: list[dict], configs, header: str) -> str:
     by: dict[str, list[dict]] = {}
     for r in results:
@@ -296,7 +302,7 @@ def table(results: list[dict], configs, header: str) -> str:
                          f"{mean_std([r['inst_strict'] for r in rs])} | "
                          f"{mean_std([r.get('length_w1') for r in rs])} | "
                          f"{mean_std([r.get('logprob_w1') for r in rs])} | "
-                         f"{statistics.mean(r['wall_s'] for r in rs):.0f} |")
+                         f"{wall(rs)} |")
     return "\n".join(lines) + "\n"
 
 
