@@ -442,3 +442,4 @@ if __name__ == "__main__":
     except (data.DataError, NonFiniteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    dist.shutdown()
