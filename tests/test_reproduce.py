@@ -39,7 +39,7 @@ def test_quick_pipeline(tmp_path):
     for png in ("toy_methods.png", "toy_claims.png", "toy_curves.png", "toy_behaviour.png"):
         assert (tmp_path / png).stat().st_size > 1000
     staged = next(r for r in results if r["name"] == "sft -> grpo")
-    staged_grpo = next(r for r in results if r["name"] == "grpo" and r["seed"] == 1)
+    grpo_s1 = next(r for r in results if r["name"] == "grpo" and r["seed"] == 1)
     assert staged["run_dir"].endswith("stage2") and staged["n_ood"] >= 0
     # every run started from its seed's shared base model
     cfg = json.load(open(tmp_path / "runs" / "main" / "grpo-s1" / "stage1" / "config.json"))
@@ -55,7 +55,7 @@ def test_quick_pipeline(tmp_path):
     try:
         again = reproduce.run_job(reproduce.job_spec("grpo", [("grpo", [])], 1, args, "main", {},
                                                      behaviour=False))
-        assert again["kept"] == 1 and again["accuracy"] == staged_grpo["accuracy"]
+        assert again["kept"] == 1 and again["accuracy"] == grpo_s1["accuracy"]
         other = reproduce.run_job(reproduce.job_spec("grpo", [("grpo", [])], 1, args, "main",
                                                      {"grpo": 3e-3}, behaviour=False))
         assert other["kept"] == 0 and other["lr"] == 3e-3
