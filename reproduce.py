@@ -72,7 +72,6 @@ ABLATIONS = [
 SWEEP = {"uniapl, lambda 1e-3": 1e-3, "uniapl, lambda 1e-2": 1e-2, "uniapl": 0.1,
          "uniapl, lambda 1": 1.0}
 LR_GRID = [3e-4, 1e-3, 3e-3]
-# the comparisons the paper makes: (claim, a, b) -- "a beats b"
 # the paper's claims: (claim, a, b, measured by, +1: higher is better / -1: lower is better);
 # b = "teacher": the teacher's own accuracy on the same prompts
 CLAIMS = [("UniAPL beats GRPO", "uniapl", "grpo", "accuracy", 1),
