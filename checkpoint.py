@@ -12,7 +12,7 @@ Plumbing, kept out of train.py's way.
   crash or a full disk never leaves a half-written checkpoint, and the previous one stays intact.
 * `trainer_state.pt` holds tensors and plain lists only, so it loads with `weights_only=True`
   (a pickle that cannot run code).
-* With several processes (dist.py) rank 0 writes and the others wait; every rank's random state
+* With several processes (parallel.py) rank 0 writes and the others wait; every rank's random state
   is saved, so a resume needs the same number of processes (it says so otherwise). Under --fsdp
   the sharded weights and optimizer state are gathered to rank 0 first and written in the same
   format as one process writes: a checkpoint is an ordinary save_pretrained directory either way.
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed.checkpoint.state_dict as dcp
 
-import dist
+import parallel
 import toy
 
 
@@ -103,7 +103,7 @@ def set_rng_state(state: dict) -> None:
 # Saving
 # ----------------------------------------------------------------------------------------------
 
-def full_state(model, optimizer, ctx: dist.Context) -> tuple[dict, dict | None]:
+def full_state(model, optimizer, ctx: parallel.Context) -> tuple[dict, dict | None]:
     """(model state dict, optimizer state dict), gathered to rank 0 under FSDP (collective: every
     rank calls it); the module's own otherwise."""
     if not ctx.fsdp:
@@ -163,10 +163,10 @@ def list_checkpoints(out: str) -> list[str]:
 
 
 def save_checkpoint(out: str, step: int, model, tokenizer, optimizer, scheduler, sampler,
-                    keep: int, ctx: dist.Context | None = None) -> str:
+                    keep: int, ctx: parallel.Context | None = None) -> str:
     """OUT/checkpoints/step-N with everything an exact resume needs; keeps the last `keep`.
     Every rank calls it; rank 0 writes."""
-    ctx = ctx or dist.Context()
+    ctx = ctx or parallel.Context()
     path = os.path.join(out, "checkpoints", f"step-{step:07d}")
     rngs = ctx.gather_objects(rng_state())
     weights, optim = full_state(model, optimizer, ctx)
@@ -214,13 +214,16 @@ def load_weights(path: str) -> dict:
 
 
 def load_checkpoint(path: str, model, optimizer, scheduler, sampler,
-                    ctx: dist.Context | None = None) -> int:
+                    ctx: parallel.Context | None = None) -> int:
     """Restore weights, optimizer, scheduler, sampler position and RNG states; returns the step.
     Every rank reads the same files and takes its own random state."""
-    ctx = ctx or dist.Context()
+    ctx = ctx or parallel.Context()
     if not os.path.exists(os.path.join(path, "trainer_state.pt")):
         raise SystemExit(f"--resume: {path} is not a checkpoint (no trainer_state.pt)")
-    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=True)
+    # Onto the CPU, whatever device wrote it: a GPU-written checkpoint must load on a CPU-only
+    # machine, and without map_location every rank would unpickle its optimizer state onto
+    # cuda:0. optimizer.load_state_dict then moves each state tensor to its parameter's device.
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=True, map_location="cpu")
     written_by = state.get("world_size", 1)
     if written_by != ctx.world_size:
         raise SystemExit(f"--resume: {path} was written by {written_by} process(es) and this run "

@@ -316,17 +316,27 @@ class DemoBatch:
     input_ids: torch.Tensor       # [B, T]  prompt | response | EOS | pad
     attention_mask: torch.Tensor  # [B, T]
     score_mask: torch.Tensor      # [B, T]  True on response and EOS tokens (the SFT targets)
-    truncated: int                # demonstrations cut at max_response_length
+    cut: torch.Tensor             # [B]     bool: the response was cut at max_response_length
+
+    @property
+    def truncated(self) -> int:
+        return int(self.cut.sum())
+
+    def select(self, rows: slice) -> DemoBatch:
+        """Demonstrations `rows` (a micro-batch), without columns that are padding in all of them."""
+        width = int(self.attention_mask[rows].sum(1).max())
+        return DemoBatch(self.input_ids[rows, :width], self.attention_mask[rows, :width],
+                         self.score_mask[rows, :width], self.cut[rows])
 
 
 def demo_batch(tokenizer, rows: list[dict], max_response_length: int) -> DemoBatch:
     """Teacher-forced batch for L_SFT; only response tokens (and the closing EOS) are scored."""
-    seqs, masks, truncated = [], [], 0
+    seqs, masks, cut = [], [], []
     for row in rows:
         p = tokenizer(chat_prompt(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
         r = tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(r) > max_response_length:
-            r, truncated = r[:max_response_length], truncated + 1
+        cut.append(len(r) > max_response_length)
+        r = r[:max_response_length]
         seqs.append(p + r)
         masks.append([False] * len(p) + [True] * len(r))
     width = max(len(s) for s in seqs)
@@ -335,7 +345,7 @@ def demo_batch(tokenizer, rows: list[dict], max_response_length: int) -> DemoBat
         input_ids=torch.tensor([s + [pad] * (width - len(s)) for s in seqs]),
         attention_mask=torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
         score_mask=torch.tensor([m + [False] * (width - len(m)) for m in masks]),
-        truncated=truncated)
+        cut=torch.tensor(cut, dtype=torch.bool))
 
 
 @dataclass

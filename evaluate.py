@@ -20,7 +20,7 @@ The idea
     - mean token log-probability, under the student, of the student's samples and of the
       teacher's responses (how "typical" the expert's text is for the student);
     - distances between the two distributions, Wasserstein-1 and Kolmogorov-Smirnov (below);
-    - PNG histograms of both (plots.py).
+    - histograms of both: `python -m tools.plots --behaviour EVAL.json` draws them.
   Student samples here are drawn at the training temperature (not greedy), since distributions are
   what is compared.
 """
@@ -38,8 +38,8 @@ import torch
 
 import checkpoint
 import data
-import dist
 import ifeval
+import parallel
 import rollouts
 import settings
 from logprobs import sequence_logprobs
@@ -48,25 +48,23 @@ METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
 
 
 def generate_responses(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
-                       batch_size: int = 32, greedy: bool = True, temperature: float = 1.0,
+                       greedy: bool = True, temperature: float = 1.0,
                        autocast=contextlib.nullcontext, engine=None) -> tuple[list[str], list[int]]:
-    """One response per row; returns (texts, lengths in tokens incl. the stop token)."""
-    texts, lengths = [], []
-    engine = engine or rollouts.HFEngine()
-    for i in range(0, len(rows), batch_size):
-        with autocast():
-            ro = engine.generate(model, tokenizer, rows[i:i + batch_size], 1, greedy=greedy,
-                                 temperature=temperature, max_new_tokens=max_new_tokens)
-        texts += ro.texts
-        lengths += ro.completion_mask.sum(1).tolist()
-    return texts, lengths
+    """One response per row, from one engine call (the engine batches: hf 32 rows at a time,
+    static as many as the GPU's memory holds, vLLM all); returns (texts, lengths in tokens incl.
+    the stop token)."""
+    with autocast():
+        ro = (engine or rollouts.HFEngine()).generate(model, tokenizer, rows, 1, greedy=greedy,
+                                                      temperature=temperature,
+                                                      max_new_tokens=max_new_tokens)
+    return ro.texts, ro.completion_mask.sum(1).tolist()
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
-                   batch_size: int = 32, autocast=contextlib.nullcontext, engine=None) -> dict:
+                   autocast=contextlib.nullcontext, engine=None) -> dict:
     """Greedy responses and IFEval's metrics; the dict also carries the responses."""
     texts, lengths = generate_responses(model, tokenizer, rows, max_new_tokens=max_new_tokens,
-                                        batch_size=batch_size, autocast=autocast, engine=engine)
+                                        autocast=autocast, engine=engine)
     return score_responses(rows, texts, lengths, max_new_tokens)
 
 
@@ -158,8 +156,7 @@ def behaviour(model, tokenizer, rows: list[dict], *, max_new_tokens: int, temper
     prompts, teacher = [r["prompt"] for r in rows], [r["response"] for r in rows]
     torch.manual_seed(seed)
     samples, student_len = generate_responses(model, tokenizer, rows, greedy=False,
-                                              temperature=temperature, batch_size=batch_size,
-                                              max_new_tokens=max_new_tokens)
+                                              temperature=temperature, max_new_tokens=max_new_tokens)
     teacher_len = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in teacher]
     lp_student = mean_token_logprobs(model, tokenizer, prompts, samples, temperature, batch_size)
     lp_teacher = mean_token_logprobs(model, tokenizer, prompts, teacher, temperature, batch_size)
@@ -187,7 +184,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="toy world seed (selects the eval split)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="default: the world's eval_max_new_tokens (toy 64, real 1,280)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="--behaviour's log-prob batches")
+    p.add_argument("--engine", default="auto", choices=["auto", "hf", "static"],
+                   help="how answers are generated (rollouts.py; vLLM: train.py only)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N prompts only")
     p.add_argument("--behaviour", action="store_true", help="also compare with the teacher")
     p.add_argument("--temperature", type=float, default=1.0, help="for --behaviour samples")
@@ -197,14 +196,16 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="JSON path (default: next to the model)")
     args = p.parse_args(argv)
     defaults = settings.Settings.for_world(settings.world_of(args.model))
-    device = dist.pick_device("auto")
+    device = parallel.pick_device("auto")
     model, tokenizer = checkpoint.load_policy(args.model, device, seed=args.seed)
     spec = args.dataset or defaults.eval_dataset
     split = args.split or data.evaluation_split(spec)
     rows = data.load_rows(spec, split, toy_seed=args.seed)[:args.limit]
     max_new = args.max_new_tokens or defaults.eval_max_new_tokens
+    engine = rollouts.make_engine(args.engine, device, dtype=parallel.autocast_dtype(device),
+                                  prompt_width=defaults.max_prompt_length)
     result = evaluate_model(model, tokenizer, rows, max_new_tokens=max_new,
-                            batch_size=args.batch_size, autocast=dist.autocast_for(device))
+                            autocast=parallel.autocast_for(device), engine=engine)
     result["teacher"] = teacher_accuracy(rows)
     print(json.dumps({k: result[k] for k in (*METRICS, "n_prompts", "truncated_frac")}, indent=1))
     out = args.out or (os.path.join(args.model, "eval.json") if os.path.isdir(args.model)
@@ -215,13 +216,11 @@ def main(argv=None):
         print(f"kept {stats['kept']} of {stats['total']} answers (empty: {stats['empty']}, failed "
               f"the instruction checks: {stats['failed_checks']}) -> {args.write_verified}")
     if args.behaviour:
-        import plots
         b = behaviour(model, tokenizer, rows, max_new_tokens=max_new, temperature=args.temperature,
                       batch_size=args.batch_size, seed=args.seed)
         result["behaviour"] = b
-        png = os.path.splitext(out)[0] + "_behaviour.png"
-        plots.plot_behaviour(b, png, title=f"{args.model}")
-        print(f"length W1 {b['length']['w1']:.3f}  logprob W1 {b['logprob']['w1']:.3f}  -> {png}")
+        print(f"length W1 {b['length']['w1']:.3f}  logprob W1 {b['logprob']['w1']:.3f}  (histograms: "
+              f"python -m tools.plots --behaviour {out})")
     with open(out, "w") as f:
         json.dump(result, f, indent=1)
     print(f"wrote {out}", file=sys.stderr)

@@ -94,7 +94,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 # token:    L = sum_{i,t} m_it l_it / sum_{i,t} m_it
 # sequence: L = (1/R) sum_i (sum_t m_it l_it / sum_t m_it)
-# With several ranks the denominators are the global counts (dist.py), passed as `total`.
+# With several ranks the denominators are the global counts (parallel.py), passed as `total`.
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str = "token",
@@ -119,17 +119,24 @@ def loss_units(mask: torch.Tensor, loss_type: str) -> torch.Tensor:
 # L_GRPO = aggregate(-(s_t - beta k3_t))
 
 
-def policy_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2, beta=0.0,
-                ref_logp=None, loss_type="token", total=None) -> tuple[torch.Tensor, dict]:
+def policy_loss(logp, old_logp, coef, mask, *, eps_low, eps_high, beta=0.0, ref_logp=None,
+                loss_type="token", total=None) -> torch.Tensor:
     """-(aggregated clipped surrogate) + beta * KL; used by GRPO (coef = A) and ADV (coef = c)."""
-    surrogate, is_clipped = clipped_surrogate(logp, old_logp, coef, eps_low, eps_high)
+    surrogate, _ = clipped_surrogate(logp, old_logp, coef, eps_low, eps_high)
     per_token = -surrogate                                                      # [R, L]
+    if beta:
+        per_token = per_token + beta * kl_k3(logp, ref_logp)
+    return aggregate(per_token, mask, loss_type, total)
+
+
+def policy_stats(logp, old_logp, coef, mask, *, eps_low, eps_high, beta=0.0, ref_logp=None,
+                 loss_type="token") -> dict:
+    """What to log of a policy loss: the fraction of tokens where the clip binds, and the KL."""
+    _, is_clipped = clipped_surrogate(logp, old_logp, coef, eps_low, eps_high)
     stats = {"clip_frac": float((is_clipped & mask.bool()).sum() / mask.sum().clamp(min=1))}
     if beta:
-        kl = kl_k3(logp, ref_logp)
-        per_token = per_token + beta * kl
-        stats["kl"] = float(aggregate(kl.detach(), mask, loss_type))
-    return aggregate(per_token, mask, loss_type, total), stats
+        stats["kl"] = float(aggregate(kl_k3(logp, ref_logp), mask, loss_type))
+    return stats
 
 
 def sampler_gap(rollouts: Rollouts, logp: torch.Tensor) -> dict:

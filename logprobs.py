@@ -381,6 +381,10 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     # the head of the model itself (under a DDP wrapper: of its module); tied to the input
     # embedding in Qwen3, so the gradient reaches the embedding
     head = getattr(model, "module", model).get_output_embeddings().weight
+    if head.numel() == 0:
+        raise RuntimeError("logprobs: the LM head's weight is empty here -- DeepSpeed ZeRO-3 partitions "
+                           "it outside the model's forward, and this path reads it after the forward; "
+                           "use ZeRO-2 or FSDP (torchrun train.py --fsdp)")
     if torch.is_autocast_enabled(h.device.type):
         # The residual stream (and Qwen3's final RMSNorm output) stays fp32 under autocast; the
         # model's own head would multiply in the autocast dtype with fp32 accumulation. Do the

@@ -14,24 +14,44 @@ Sampling is plain ancestral sampling from the distribution the losses differenti
     y_t ~ softmax(z_t / tau),   z_t = the policy's logits at step t
 
 with top-k, top-p, min-p and the repetition penalty switched off, whatever the model's shipped
-`generation_config` says (Qwen3 ships temperature 0.6, top-k 20, top-p 0.95, which `generate` would
-otherwise apply silently: we generate with a clean config), and generation stops at *every*
-end-of-sequence id the tokenizer or the generation config lists (Qwen3 lists `<|im_end|>` and
-`<|endoftext|>`).
+`generation_config` says (Qwen3 ships temperature 0.6, top-k 20, top-p 0.95), and generation stops
+at *every* end-of-sequence id the tokenizer or the generation config lists (Qwen3 lists
+`<|im_end|>` and `<|endoftext|>`).
 
-The same distribution, up to numerics: the sampler reads the logits of a KV-cached forward (under
-bf16 autocast, logits rounded to bf16), the trainer recomputes fp32-accumulated log-probs over the
-whole sequence. So each rollout also records the sampler's own log p of every token it drew
-(`sampler_logp`), and the training step logs the gap |log p_sampler - log p_trainer| -- the first
-thing to look at when a run diverges.
+The same distribution, up to numerics: the sampler's logits come from a KV-cached forward (in
+bf16 on a GPU), the trainer recomputes fp32-accumulated log-probs over the whole sequence. So each
+rollout also records the sampler's own log p of every token it drew (`sampler_logp`), and the
+training step logs the gap |log p_sampler - log p_trainer| -- the first thing to look at when a
+run diverges.
 
-Engine: `model.generate` with the dynamic KV cache, in eval mode (transformers turns the cache off
-for a training module with gradient checkpointing), and the previous mode restored afterwards.
+Engines (one interface: `generate(model, tokenizer, rows, G, ...) -> Rollouts`)
+-----------------------------------------------------------------------------
+* `hf` -- `model.generate` with its dynamic KV cache: the reference, and the CPU default.
+* `static` -- the fast default on a GPU without vLLM (`StaticEngine` below). A decode step of a
+  0.6B model on a GPU is mostly host overhead -- Python, kernel launches, and (under autocast)
+  re-casting every fp32 weight to bf16 at every token -- so this engine removes each of those:
+    1. it samples from a **bf16 copy of the policy**, refreshed in place from the fp32 master
+       weights before every call (`torch._foreach_copy_`: the addresses never change), outside
+       autocast, so no weight is cast per token and keys and values are both bf16;
+    2. it owns **one static KV cache** (`KVCache`, a few lines below) at fixed addresses, reused
+       across calls, and runs the decode step -- one token for every row -- through
+       `torch.compile(mode="reduce-overhead")`, i.e. **CUDA graphs**: one graph replay per token;
+    3. prompts are placed at their exact width (no padding beyond the longest prompt is kept in
+       `Rollouts`); the decode step reads a cache slice of a **prompt-width bucket** + the answer
+       length, so the few buckets are the only shapes the graphs ever see;
+    4. evaluation goes through it in batches **as large as the free GPU memory allows**.
+* `vllm` -- an in-process vLLM engine (vllm_engine.py): fastest where installed.
+
+Choices: the prefill runs eagerly (its shape changes with every batch, and it is a small share of
+the time); sampling runs eagerly after each graph replay, exactly as `generate` samples
+(softmax, then `torch.multinomial`), so that under one seed in fp32 `static` draws the same tokens
+as `hf` (a test checks it).
 """
 
 from __future__ import annotations
 
-import os
+import inspect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +63,7 @@ import data
 @dataclass
 class Rollouts:
     rows: list[dict]               # the R = B x G rows answered (each prompt's row repeated G times)
-    prompt_ids: torch.Tensor       # [R, P]  left-padded
+    prompt_ids: torch.Tensor       # [R, P]  left-padded to the longest prompt, no wider
     prompt_mask: torch.Tensor      # [R, P]
     completion_ids: torch.Tensor   # [R, L]
     completion_mask: torch.Tensor  # [R, L]  1 up to and including the first stop token
@@ -51,6 +71,16 @@ class Rollouts:
     texts: list[str]               # decoded completions, special tokens removed
     group_size: int                # G: rollouts i*G .. i*G+G-1 answer the same prompt
     sampler_logp: torch.Tensor | None = None   # [R, L] fp32: log p of each drawn token, as sampled
+
+    def select(self, rows: slice) -> Rollouts:
+        """Rollouts `rows` (a micro-batch), without prompt columns that are padding in all of them."""
+        mask = self.prompt_mask[rows]
+        keep = mask.bool().any(0)
+        first = int(keep.int().argmax()) if bool(keep.any()) else 0
+        logp = None if self.sampler_logp is None else self.sampler_logp[rows]
+        return Rollouts(self.rows[rows], self.prompt_ids[rows, first:], mask[:, first:],
+                        self.completion_ids[rows], self.completion_mask[rows], self.truncated[rows],
+                        self.texts[rows], self.group_size, logp)
 
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, score_mask) of prompt + completion, each [R, P + L]."""
@@ -76,6 +106,30 @@ def completion_masks(completion: torch.Tensor, stops: list[int]):
     mask = (torch.arange(completion.shape[1], device=completion.device)[None] < length[:, None])
     return mask.long(), ~has_stop
 
+
+def make_rollouts(tokenizer, rows, num_generations, prompt_ids, prompt_mask, completion, stops,
+                  sampler_logp) -> Rollouts:
+    """Masks, truncation flags and texts of sampled completions, whichever engine drew them.
+    Prompt columns that are padding in every row are dropped: the losses never pay for them."""
+    mask, truncated = completion_masks(completion, stops)
+    lengths = mask.sum(1).tolist()
+    texts = tokenizer.batch_decode([c[:n].tolist() for c, n in zip(completion, lengths)],
+                                   skip_special_tokens=True)
+    return Rollouts([r for r in rows for _ in range(num_generations)], prompt_ids, prompt_mask,
+                    completion, mask, truncated, texts, num_generations,
+                    sampler_logp).select(slice(None))
+
+
+def encode_rows(tokenizer, rows, num_generations: int, device):
+    """Chat-templated prompts, left-padded to the longest, each repeated G times: [R, P] x 2."""
+    ids, mask = data.encode_prompts(tokenizer, [r["prompt"] for r in rows])              # [B, P]
+    return (ids.repeat_interleave(num_generations, 0).to(device),
+            mask.repeat_interleave(num_generations, 0).to(device))
+
+
+# ----------------------------------------------------------------------------------------------
+# hf: transformers' generate (the reference)
+# ----------------------------------------------------------------------------------------------
 
 class TemperatureAndRecord(LogitsProcessor):
     """The temperature warper, recording log p of every token the sampler then draws.
@@ -103,27 +157,21 @@ class TemperatureAndRecord(LogitsProcessor):
 
 @torch.no_grad()
 def generate(model, tokenizer, rows: list[dict], num_generations: int, *,
-             temperature: float = 1.0, max_new_tokens: int = 64, greedy: bool = False,
-             static_cache: bool = False, prompt_width: int = 0, compile_config=None) -> Rollouts:
-    """G completions per row's prompt with HF generate and its KV cache (dynamic, or static at a
-    fixed prompt width); records stops, truncation and the sampler's log p."""
+             temperature: float = 1.0, max_new_tokens: int = 64, greedy: bool = False) -> Rollouts:
+    """G completions per row's prompt with HF generate and its dynamic KV cache; records stops,
+    truncation and the sampler's log p."""
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = data.encode_prompts(tokenizer, [r["prompt"] for r in rows],
-                                                  min_width=prompt_width)       # [B, P]
-    prompt_ids = prompt_ids.repeat_interleave(num_generations, 0).to(device)    # [R, P]
-    prompt_mask = prompt_mask.repeat_interleave(num_generations, 0).to(device)  # [R, P]
+    prompt_ids, prompt_mask = encode_rows(tokenizer, rows, num_generations, device)   # [R, P]
     stops = stop_token_ids(model, tokenizer)
     recorder = None if greedy else TemperatureAndRecord(temperature)
     was_training, shipped = model.training, model.generation_config
     # A clean generation config: generate fills every setting we leave unset from the model's
     # own config, so the shipped sampling defaults are swapped out for this call.
     model.generation_config = GenerationConfig(eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)
-    model.eval()
+    model.eval()   # transformers turns the cache off for a training module with checkpointing
     # temperature lives in the recorder; every other warper is switched off
     sampling = {} if greedy else dict(temperature=1.0, top_k=0, top_p=1.0,
                                       logits_processor=LogitsProcessorList([recorder]))
-    if static_cache:   # one cache shape [R, P + max_new_tokens]: compiled once, never regrown
-        sampling |= dict(cache_implementation="static", compile_config=compile_config)
     try:
         out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=not greedy,
                              max_new_tokens=max_new_tokens, eos_token_id=stops,
@@ -134,142 +182,338 @@ def generate(model, tokenizer, rows: list[dict], num_generations: int, *,
         model.train(was_training)
     completion = out[:, prompt_ids.shape[1]:]                                   # [R, L]
     logp = recorder.finish(completion) if recorder else None
-    return _rollouts(tokenizer, rows, num_generations, prompt_ids, prompt_mask, completion, stops, logp)
+    return make_rollouts(tokenizer, rows, num_generations, prompt_ids, prompt_mask, completion,
+                         stops, logp)
 
-
-def _rollouts(tokenizer, rows, num_generations, prompt_ids, prompt_mask, completion, stops,
-              sampler_logp) -> Rollouts:
-    """Masks, truncation flags and texts of sampled completions, whichever engine drew them."""
-    mask, truncated = completion_masks(completion, stops)
-    lengths = mask.sum(1).tolist()
-    texts = tokenizer.batch_decode([c[:n].tolist() for c, n in zip(completion, lengths)],
-                                   skip_special_tokens=True)
-    return Rollouts([r for r in rows for _ in range(num_generations)], prompt_ids, prompt_mask,
-                    completion, mask, truncated, texts, num_generations, sampler_logp)
-
-
-# ----------------------------------------------------------------------------------------------
-# Engines: one interface, three ways to sample (the same distribution)
-# ----------------------------------------------------------------------------------------------
 
 @dataclass
 class HFEngine:
-    """`hf`: HF generate with the dynamic KV cache (the reference; the CPU default).
-    `hf-static`: a static KV cache of one shape -- prompts left-padded to `prompt_width`, so the
-    cache is [R, prompt_width + max_new_tokens] every step -- which generate compiles with
-    torch.compile on CUDA once and reuses (a cache that had to grow would recompile)."""
-    static_cache: bool = False
-    prompt_width: int = 0
-    compile_config: object = None
+    """`hf`: HF generate with the dynamic KV cache (the reference; the CPU default). A call of
+    many prompts (an evaluation) is answered `batch_size` prompts at a time."""
+    batch_size: int = 32
     name: str = "hf"
 
     def generate(self, model, tokenizer, rows, num_generations, *, temperature=1.0,
                  max_new_tokens=64, greedy=False) -> Rollouts:
-        return generate(model, tokenizer, rows, num_generations, temperature=temperature,
-                        max_new_tokens=max_new_tokens, greedy=greedy,
-                        static_cache=self.static_cache, prompt_width=self.prompt_width,
-                        compile_config=self.compile_config)
+        n = self.batch_size
+        parts = [generate(model, tokenizer, rows[i:i + n], num_generations, temperature=temperature,
+                          max_new_tokens=max_new_tokens, greedy=greedy)
+                 for i in range(0, len(rows), n)]
+        return concat_rollouts(parts, tokenizer)
 
 
-VLLM_HELP = ("--rollout-engine vllm needs vLLM, which pins its own torch and transformers: install "
-             "it in a separate environment (README, 'Rollout engines'), e.g. pip install "
-             "'vllm>=0.10.2', or use --rollout-engine hf-static")
+def concat_rollouts(parts: list[Rollouts], tokenizer) -> Rollouts:
+    """One Rollouts from several batches: prompts left-padded, completions right-padded."""
+    if len(parts) == 1:
+        return parts[0]
+    pad = tokenizer.pad_token_id
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    L = max(p.completion_ids.shape[1] for p in parts)
+    left = lambda t, v: torch.nn.functional.pad(t, (P - t.shape[1], 0), value=v)   # noqa: E731
+    right = lambda t, v: torch.nn.functional.pad(t, (0, L - t.shape[1]), value=v)  # noqa: E731
+    logp = None if parts[0].sampler_logp is None else \
+        torch.cat([right(p.sampler_logp, 0.0) for p in parts])
+    return Rollouts(sum((p.rows for p in parts), []),
+                    torch.cat([left(p.prompt_ids, pad) for p in parts]),
+                    torch.cat([left(p.prompt_mask, 0) for p in parts]),
+                    torch.cat([right(p.completion_ids, pad) for p in parts]),
+                    torch.cat([right(p.completion_mask, 0) for p in parts]),
+                    torch.cat([p.truncated for p in parts]), sum((p.texts for p in parts), []),
+                    parts[0].group_size, logp)
 
 
-class VLLMEngine:
-    """`vllm`: an in-process vLLM engine on the policy's GPU, asleep while the policy trains.
+# ----------------------------------------------------------------------------------------------
+# static: a bf16 copy, one static KV cache, the decode step as CUDA graphs
+# ----------------------------------------------------------------------------------------------
 
-    Each call: wake the weights -> push the policy's current parameters (from memory, never the
-    checkpoint on disk) -> reset the prefix cache (its KV blocks came from the old weights) ->
-    wake the KV cache -> generate -> sleep (level 2: weights and KV cache freed for training).
-    Sampling maps onto SamplingParams as the plain distribution (temperature only; top-k 0,
-    top-p 1, min-p 0, no penalties; every stop id; max_tokens = the completion length), and
-    vLLM's own log p of each drawn token becomes `sampler_logp` (logprobs_mode
-    "processed_logprobs": after the temperature, as the trainer computes it).
+class KVCache:
+    """Keys and values of every layer, [rows, kv_heads, length, head_dim], allocated once.
+
+    transformers' attention calls `cache.update(k, v, layer_idx)` with the new keys and values and
+    attends over what it returns. Ours writes them where the engine says and returns a view of
+    fixed shape -- so that the tensors keep their addresses (CUDA graphs replay on them) and the
+    dtype is ours (transformers' own static cache took the key's dtype for both, which broke
+    under autocast, where Qwen3's keys come out fp32 and its values bf16):
+
+    * prefill (`self.rows = (r0, r1)`, `self.width = P`): the prompts of rows r0..r1 go to slots
+      [0, P); attention sees those P slots only;
+    * decode (`self.rows = None`): one token per row goes to slot `self.slot` (a 1-element tensor,
+      updated in place); attention sees the first `self.span` slots (the bucket's length).
     """
-    name = "vllm"
 
-    def __init__(self, llm, sampling_params_cls, seed: int = 0):
-        self.llm, self.SamplingParams, self.seed = llm, sampling_params_cls, seed
-        self.llm.sleep(level=2)
+    def __init__(self, config, rows: int, length: int, dtype, device):
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (rows, heads, length, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+        for t in self.keys + self.values + [self.slot]:
+            torch._dynamo.mark_static_address(t)   # graphs replay on these very tensors
+        self.rows, self.width, self.span = None, 0, length
+        self.shape = (rows, length)
 
-    def push_weights(self, model) -> None:
-        """The policy's parameters, by their HF names, into vLLM's model (cast to its dtype).
-        A tied head is not pushed on its own: named_parameters lists the shared tensor once."""
-        try:
-            target = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        except AttributeError:
-            raise SystemExit("--rollout-engine vllm: this vLLM version does not expose its model "
-                             "in-process (llm_engine.model_executor.driver_worker.model_runner); "
-                             "README lists the versions this adapter was written for") from None
-        target.load_weights((name, p.detach()) for name, p in model.named_parameters())
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        k, v = self.keys[layer_idx], self.values[layer_idx]
+        if self.rows is not None:                                  # prefill of rows r0..r1
+            r0, r1 = self.rows
+            k[r0:r1, :, :self.width] = key
+            v[r0:r1, :, :self.width] = value
+            return k[r0:r1, :, :self.width], v[r0:r1, :, :self.width]
+        k.index_copy_(2, self.slot, key)                           # decode: one slot for all rows
+        v.index_copy_(2, self.slot, value)
+        return k[:, :, :self.span], v[:, :, :self.span]
 
+    def reset(self) -> None:
+        """Zero every slot in place (masked slots are never read, but 0 * garbage can be NaN)."""
+        torch._foreach_zero_(self.keys + self.values)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+
+def cache_bytes_per_row(config, length: int, dtype) -> int:
+    """KV-cache bytes of one row of `length` slots: 2 x layers x kv_heads x head_dim x length."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * heads * head_dim * length * torch.finfo(dtype).bits // 8
+
+
+def bucket(width: int, prompt_width: int) -> int:
+    """The smallest of prompt_width / 4, / 2, / 1 that holds `width` (multiples of 16); wider
+    prompts round up to a multiple of 256 (evaluation prompts are not length-checked)."""
+    for b in (prompt_width // 4, prompt_width // 2, prompt_width):
+        b = max(16, math.ceil(b / 16) * 16)
+        if width <= b:
+            return b
+    return math.ceil(width / 256) * 256
+
+
+def _decode(model, cache_kw: str, cache: KVCache, tokens, positions, mask) -> torch.Tensor:
+    """One token for every row: logits fp32 [R, V]. This is what becomes a CUDA graph."""
+    out = model(input_ids=tokens, position_ids=positions, attention_mask=mask, use_cache=True,
+                **{cache_kw: cache})
+    return out.logits[:, -1].float()
+
+
+class StaticEngine:
+    """`static`: sample from an inference copy of the policy with a static KV cache and (on CUDA)
+    the decode step compiled into CUDA graphs. See the module docstring for why each piece.
+
+    dtype: the copy's dtype (bf16 on CUDA; the policy's dtype elsewhere, so that in fp32 it
+    samples exactly as `hf`). prompt_width: the longest prompt expected (--max-prompt-length);
+    the cache holds prompt_width + the longest answer asked for. compile: torch.compile's
+    arguments for the decode step (default on CUDA: mode "reduce-overhead"; elsewhere none).
+    max_rows: rows per call (default: as many as 80 % of the free GPU memory holds).
+    """
+    name = "static"
+
+    def __init__(self, dtype=None, prompt_width: int = 512, compile: dict | None | str = "auto",
+                 max_rows: int | None = None, check_every: int = 16):
+        self.dtype, self.prompt_width, self.compile_args = dtype, prompt_width, compile
+        self.max_rows, self.check_every = max_rows, check_every
+        self.copy, self.pairs, self.cache, self.step = None, None, None, None
+
+    # --- the inference copy ------------------------------------------------------------------
+
+    def refresh(self, policy) -> torch.nn.Module:
+        """The copy := the policy's current weights in the sampling dtype, in place.
+
+        Built once: the policy's architecture on the meta device, materialised on its device,
+        parameters in `dtype`, buffers as the policy keeps them (Qwen3's rotary inv_freq stays
+        fp32: a bf16 cast would rotate late positions by the wrong angle). Then every call is one
+        `torch._foreach_copy_` of the masters into it -- same addresses, so the CUDA graphs
+        recorded on the copy stay valid. Under FSDP2 each parameter is gathered first.
+        """
+        sources = {k: _full(t) for k, t in [*policy.named_parameters(), *policy.named_buffers()]}
+        if self.copy is None:
+            self.copy = self._build(policy, sources)
+            dests = dict(self.copy.named_parameters()) | dict(self.copy.named_buffers())
+            if set(dests) != set(sources):
+                raise RuntimeError("static engine: the copy and the policy hold different tensors: "
+                                   f"{sorted(set(dests) ^ set(sources))[:4]}")
+            self.pairs = [(dests[k], k) for k in sorted(dests)]
+        torch._foreach_copy_([d.data for d, _ in self.pairs], [sources[k] for _, k in self.pairs])
+        return self.copy
+
+    def _build(self, policy, sources: dict) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+        device = next(iter(sources.values())).device
+        dtype = self.dtype or next(iter(sources.values())).dtype
+        with torch.device("meta"):
+            copy = AutoModelForCausalLM.from_config(policy.config, attn_implementation="sdpa")
+        copy = copy.to_empty(device=device).eval().requires_grad_(False)
+        copy.tie_weights()                                # to_empty unties a tied head
+        for p in copy.parameters():                       # a tied head is listed once
+            p.data = p.data.to(dtype)
+        for name, _ in list(copy.named_buffers()):        # the policy's buffer dtypes (fp32 RoPE)
+            module, _, attr = name.rpartition(".")
+            copy.get_submodule(module)._buffers[attr] = torch.empty_like(sources[name])
+        return copy
+
+    # --- the cache, and how many rows one call answers ----------------------------------------
+
+    def _cache_for(self, config, rows: int, length: int, device) -> KVCache:
+        """The engine's one cache: reset in place while calls keep its shape; else freed and
+        allocated anew (between training and evaluation, whose answers are longer)."""
+        if self.cache is not None and self.cache.shape == (rows, length):
+            self.cache.reset()
+            return self.cache
+        self._free_cache(device)
+        self.cache = KVCache(config, rows, length, self.copy.dtype, device)
+        return self.cache
+
+    def _free_cache(self, device) -> None:
+        self.cache = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def rows_per_call(self, config, length: int, device, wanted: int) -> int:
+        """max_rows if set; else the cache's rows while it has this length (a call of many rows
+        goes in chunks of one size); else on CUDA as many as fit in 80 % of the free memory (the
+        KV cache, and four fp32 copies of a row's logits); elsewhere all of them."""
+        if self.max_rows:
+            return min(wanted, self.max_rows)
+        if self.cache is not None and self.cache.shape == (min(wanted, self.cache.shape[0]), length):
+            return self.cache.shape[0]
+        if device.type != "cuda":
+            return wanted
+        self._free_cache(device)                  # its memory counts as free for the new shape
+        free = torch.cuda.mem_get_info(device)[0]
+        per_row = cache_bytes_per_row(config, length, self.copy.dtype) + 16 * config.vocab_size
+        return max(1, min(wanted, int(0.8 * free) // per_row))
+
+    def _decode_step(self, device):
+        if self.step is None:
+            args = self.compile_args
+            if args == "auto":
+                args = {"mode": "reduce-overhead"} if device.type == "cuda" else None
+            self.step = torch.compile(_decode, **args) if args else _decode
+        return self.step
+
+    # --- generation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
     def generate(self, model, tokenizer, rows, num_generations, *, temperature=1.0,
                  max_new_tokens=64, greedy=False) -> Rollouts:
+        """G completions per row, answered `rows_per_call` rows at a time; a last, shorter chunk
+        is padded with repeats of its last prompt so that every call has the same shape."""
         device = next(model.parameters()).device
-        prompts = [r["prompt"] for r in rows]
-        ids = [tokenizer(data.chat_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]
-               for p in prompts]
+        copy = self.refresh(model)
         stops = stop_token_ids(model, tokenizer)
-        n = 1 if greedy else num_generations
-        params = self.SamplingParams(
-            n=n, temperature=0.0 if greedy else temperature, top_k=0, top_p=1.0, min_p=0.0,
-            repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
-            max_tokens=max_new_tokens, stop_token_ids=stops, ignore_eos=False, logprobs=0,
-            detokenize=False, seed=int(torch.randint(2**31 - 1, (1,))))
-        self.llm.wake_up(tags=["weights"])
-        self.push_weights(model)
-        self.llm.reset_prefix_cache()
-        self.llm.wake_up(tags=["kv_cache"])
-        try:
-            outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params,
-                                        use_tqdm=False)
-        finally:
-            self.llm.sleep(level=2)
-        samples = [o for request in outputs for o in request.outputs]      # prompt-major, n each
-        width = max(1, max(len(o.token_ids) for o in samples))
-        pad = tokenizer.pad_token_id
-        completion = torch.tensor([list(o.token_ids) + [pad] * (width - len(o.token_ids))
-                                   for o in samples], device=device)                   # [R, L]
-        logp = None if greedy else torch.tensor(
-            [[d[t].logprob for t, d in zip(o.token_ids, o.logprobs)] + [0.0] * (width - len(o.token_ids))
-             for o in samples], dtype=torch.float32, device=device)                    # [R, L]
-        prompt_ids, prompt_mask = data.encode_prompts(tokenizer, prompts)
-        prompt_ids = prompt_ids.repeat_interleave(n, 0).to(device)                     # [R, P]
-        prompt_mask = prompt_mask.repeat_interleave(n, 0).to(device)
-        return _rollouts(tokenizer, rows, n, prompt_ids, prompt_mask, completion, stops, logp)
+        length = self.prompt_width + max_new_tokens
+        G = num_generations
+        per_call = self.rows_per_call(copy.config, length, device, len(rows) * G)
+        n = max(1, per_call // G)                                      # prompts per call
+        parts = []
+        with torch.autocast(device.type, enabled=False):                # the copy has its dtype
+            for i in range(0, len(rows), n):
+                chunk = rows[i:i + n]
+                padded = chunk + [chunk[-1]] * (n - len(chunk)) if len(rows) > n else chunk
+                ro = self._sample(copy, tokenizer, padded, G, temperature, max_new_tokens, greedy,
+                                  stops, device)
+                parts.append(ro.select(slice(0, len(chunk) * G)))
+        return concat_rollouts(parts, tokenizer)
+
+    def _sample(self, copy, tokenizer, rows, G, temperature, max_new, greedy, stops, device) -> Rollouts:
+        prompt_ids, prompt_mask = encode_rows(tokenizer, rows, G, device)        # [R, P]
+        R, P = prompt_ids.shape
+        width = bucket(P, self.prompt_width)        # the decode step sees width + max_new slots
+        cache = self._cache_for(copy.config, R, max(self.prompt_width, width) + max_new, device)
+        cache_kw = "cache" if "cache" in inspect.signature(type(copy).forward).parameters \
+            else "past_key_values"                                                 # transformers 5.24
+        low = torch.finfo(copy.dtype).min
+
+        # Prefill: the prompts into slots [0, P), a few rows at a time (attention over P x P),
+        # each query seeing the real tokens up to itself; a padding query sees itself only, so
+        # that no row of the attention is fully masked (that would make NaNs).
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)                      # [R, P]
+        sees = torch.ones(P, P, dtype=torch.bool, device=device).tril()[None] & prompt_mask.bool()[:, None]
+        sees |= torch.eye(P, dtype=torch.bool, device=device)[None]                # [R, P, P]
+        rows_at_once = max(1, 2**28 // (P * P * copy.config.num_attention_heads))
+        logits, cache.width = [], P
+        for r0 in range(0, R, rows_at_once):
+            r1 = min(R, r0 + rows_at_once)
+            cache.rows = (r0, r1)
+            mask = torch.zeros(r1 - r0, 1, P, P, dtype=copy.dtype, device=device)
+            mask.masked_fill_(~sees[r0:r1, None], low)                             # [r, 1, P, P]
+            out = copy(input_ids=prompt_ids[r0:r1], attention_mask=mask, position_ids=positions[r0:r1],
+                       use_cache=True, logits_to_keep=1, **{cache_kw: cache})
+            logits.append(out.logits[:, -1].float())
+        logits = torch.cat(logits)                                                 # [R, V]
+        cache.rows, cache.span = None, width + max_new
+
+        # Decode: token t of every row goes to slot P + t, at position n_r + t (n_r: its prompt's
+        # real tokens); each graph replay returns the logits of the next token.
+        mask = torch.full((R, 1, 1, cache.span), low, dtype=copy.dtype, device=device)
+        mask[:, 0, 0, :P].masked_fill_(prompt_mask.bool(), 0.0)                    # [R, 1, 1, S]
+        position = prompt_mask.sum(1, keepdim=True)                                # [R, 1]
+        unfinished = torch.ones(R, dtype=torch.bool, device=device)
+        stop_ids = torch.tensor(stops, device=device)
+        check = self.check_every if device.type == "cuda" else 1   # a check costs a sync on a GPU
+        step = self._decode_step(device)
+        tokens, logps = [], []
+        for t in range(max_new):
+            if greedy:
+                token = logits.argmax(-1)                                          # [R]
+            else:                                   # as generate samples: softmax, multinomial
+                scores = logits / temperature
+                token = torch.multinomial(torch.softmax(scores, -1), 1).squeeze(1)
+                logps.append(torch.log_softmax(scores, -1).gather(1, token[:, None]))   # [R, 1]
+            token = torch.where(unfinished, token, tokenizer.pad_token_id)
+            tokens.append(token)
+            unfinished &= ~torch.isin(token, stop_ids)
+            if t + 1 == max_new or ((t + 1) % check == 0 and not bool(unfinished.any())):
+                break
+            cache.slot.fill_(P + t)
+            mask[:, 0, 0, P + t] = 0.0                                             # it sees itself
+            torch.compiler.cudagraph_mark_step_begin()
+            logits = step(copy, cache_kw, cache, token[:, None], position + t, mask)   # [R, V]
+        completion = torch.stack(tokens, 1)                                        # [R, L]
+        sampler_logp = torch.cat(logps, 1) if logps else None
+        return _trim(make_rollouts(tokenizer, rows, G, prompt_ids, prompt_mask, completion, stops,
+                                   sampler_logp))
 
 
-def make_engine(name: str, device, *, model_path: str | None = None, prompt_width: int = 0,
-                max_model_len: int = 2048, gpu_memory_utilization: float = 0.3, seed: int = 0):
-    """'auto' | 'hf' | 'hf-static' | 'vllm' -> an engine; 'auto' says what it chose and why."""
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A parameter's whole tensor: gathered from its shards under FSDP2 (a collective)."""
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach()
+
+
+def _trim(ro: Rollouts) -> Rollouts:
+    """Completion columns after every row's stop token hold only padding (the loop checks for
+    the end every few tokens): drop them, as generate would never have made them."""
+    L = max(1, int(ro.completion_mask.sum(1).max()))
+    if L == ro.completion_ids.shape[1]:
+        return ro
+    return Rollouts(ro.rows, ro.prompt_ids, ro.prompt_mask, ro.completion_ids[:, :L],
+                    ro.completion_mask[:, :L], ro.truncated, ro.texts, ro.group_size,
+                    None if ro.sampler_logp is None else ro.sampler_logp[:, :L])
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing an engine
+# ----------------------------------------------------------------------------------------------
+
+def make_engine(name: str, device, *, dtype=None, prompt_width: int = 512, distributed: bool = False,
+                **vllm_args):
+    """'auto' | 'hf' | 'static' | 'vllm' -> an engine. 'auto': hf on the CPU; on CUDA vllm if it
+    is installed and this is one process, else static. `dtype`: the sampling dtype of `static`
+    (the autocast dtype of --precision; None: the policy's own)."""
+    device = torch.device(device)
     if name == "auto":
-        if getattr(device, "type", device) != "cuda":
+        if device.type != "cuda":
             name = "hf"
         else:
             import importlib.util
-            name = "vllm" if importlib.util.find_spec("vllm") else "hf-static"
-            if name != "vllm":
-                print("[rollouts] vLLM is not installed, so rollouts use hf-static (README, "
-                      "'Rollout engines')")
+            name = "vllm" if importlib.util.find_spec("vllm") and not distributed else "static"
     if name == "hf":
         return HFEngine()
-    if name == "hf-static":
-        return HFEngine(static_cache=True, prompt_width=prompt_width, name="hf-static")
+    if name == "static":
+        return StaticEngine(dtype, prompt_width)
     if name != "vllm":
-        raise ValueError(f"unknown rollout engine {name!r} (auto, hf, hf-static or vllm)")
-    try:
-        import vllm
-    except ImportError:
-        raise SystemExit(VLLM_HELP) from None
-    if getattr(device, "type", device) != "cuda":
-        raise SystemExit("--rollout-engine vllm needs a CUDA GPU; on the CPU use hf")
-    for var, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533")):
-        os.environ.setdefault(var, value)   # external_launcher: the engine lives in this process
-    llm = vllm.LLM(model=model_path, dtype="bfloat16", enable_sleep_mode=True, seed=seed,
-                   gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                   distributed_executor_backend="external_launcher", load_format="dummy",
-                   generation_config="vllm", logprobs_mode="processed_logprobs",
-                   skip_tokenizer_init=True)
-    return VLLMEngine(llm, vllm.SamplingParams, seed)
+        raise ValueError(f"unknown rollout engine {name!r} (auto, hf, static or vllm)")
+    if distributed:
+        raise SystemExit("--rollout-engine vllm runs in one process; under torchrun use static")
+    import vllm_engine
+    return vllm_engine.make(device, **vllm_args)

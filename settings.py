@@ -23,7 +23,7 @@ import json
 import os
 from dataclasses import dataclass
 
-METHODS = ["sft", "grpo", "a-sft", "a-grpo", "uniapl",   # presets: uniapl.METHODS
+METHODS = ["sft", "grpo", "a-sft", "a-grpo", "uniapl",   # uniapl.PRESETS (a test checks)
            "chord-mu", "chord-phi", "a-chord-mu", "a-chord-phi"]
 SAME = object()                                           # the real world uses the toy value
 
@@ -100,10 +100,11 @@ class Settings:
                                   "train on exactly the sampling distribution")
     max_completion_length: int = ROLLOUTS(64, "new tokens per rollout (and demonstration cut)",
                                           real=512)
-    rollout_engine: str = ROLLOUTS("auto", "hf: HF generate (the reference); hf-static: static KV "
-                                   "cache + torch.compile on CUDA; vllm: in-process vLLM on the same "
-                                   "GPU; auto: hf on the CPU, vllm on CUDA if installed, else "
-                                   "hf-static", choices=["auto", "hf", "hf-static", "vllm"])
+    rollout_engine: str = ROLLOUTS("auto", "hf: HF generate (the reference); static: a bf16 copy "
+                                   "of the policy, one static KV cache and CUDA graphs (the fast "
+                                   "path without vLLM); vllm: in-process vLLM on the same GPU; auto: "
+                                   "hf on the CPU, on CUDA vllm if installed (one process), else "
+                                   "static", choices=["auto", "hf", "static", "vllm"])
     vllm_gpu_memory_utilization: float = ROLLOUTS(0.3, "vllm: the share of the GPU's memory vLLM "
                                                   "may take while awake (TRL's default)")
     mask_truncated: bool = ROLLOUTS(False, "leave rollouts that hit the length limit out of the "
@@ -116,6 +117,9 @@ class Settings:
     warmup_steps: int = OPTIM(10, "linear warm-up, then constant (ours)")
     weight_decay: float = OPTIM(0.0, "AdamW weight decay")
     max_grad_norm: float = OPTIM(1.0, "gradient-norm clip")
+    micro_batch_size: int | None = OPTIM(None, "rollouts and demonstrations per forward/backward: "
+                                         "gradients add up over the micro-batches, every mean "
+                                         "divided by the whole step's count (default: all at once)")
     num_iterations: int = OPTIM(1, "optimizer updates per batch of rollouts (1: on-policy, the "
                                 "ratio is 1 and the clip never binds)")
     beta: float = OPTIM(0.0, "KL weight to a frozen reference (0: no reference model is loaded; "
@@ -177,8 +181,8 @@ class Settings:
         """Fill the derived values and check what argparse cannot."""
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
-        if self.steps < 1 or self.save_total_limit < 1:
-            raise SystemExit("--steps and --save-total-limit must be at least 1")
+        if self.steps < 1 or self.save_total_limit < 1 or (self.micro_batch_size or 1) < 1:
+            raise SystemExit("--steps, --save-total-limit and --micro-batch-size must be at least 1")
         if self.out is None:
             if self.resume == "auto":
                 raise SystemExit("--resume auto needs --out (the run directory to resume)")

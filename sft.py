@@ -31,10 +31,10 @@ from logprobs import sequence_logprobs
 
 
 def sft_loss(model, batch: DemoBatch, backend: str = "auto", total: torch.Tensor | None = None,
-             weighting: str = "nll") -> tuple[torch.Tensor, dict]:
-    """Token-mean NLL of the teacher's response tokens ("phi": CHORD's phi-weighted NLL); returns
-    (loss, stats). `total`: the global number of response tokens, when several ranks share the
-    batch (dist.py)."""
+             weighting: str = "nll") -> torch.Tensor:
+    """Token-mean NLL of the teacher's response tokens ("phi": CHORD's phi-weighted NLL).
+    `total`: the number of response tokens of the whole step, when several ranks or micro-batches
+    share it (their losses then sum to the whole batch's)."""
     device = next(model.parameters()).device
     input_ids = batch.input_ids.to(device)                                      # [B, T]
     attention = batch.attention_mask.to(device)                                 # [B, T]
@@ -47,6 +47,4 @@ def sft_loss(model, batch: DemoBatch, backend: str = "auto", total: torch.Tensor
     # L_SFT = -(1 / sum_i |y_i|) sum_i sum_t w_t log pi_theta(y_{i,t} | x_i, y_{i,<t}),  y = y^E,
     #         w_t = 1 (plain NLL) or phi_t (CHORD-phi); always divided by the token count
     tokens = score[:, 1:].sum().clamp(min=1) if total is None else total
-    loss = -(logp * mask).sum() / tokens
-    return loss, {"nll": float(loss.detach()), "tokens": int(score[:, 1:].sum()),
-                  "truncated": batch.truncated}
+    return -(logp * mask).sum() / tokens

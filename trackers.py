@@ -14,7 +14,7 @@ to look when the reward climbs but the answers get worse.
 * trackio: local SQLite under TRACKIO_DIR (Hugging Face's lightweight tracker), same project.
 
 Each is an optional package; asking for one that is not installed stops the run at start with one
-line that says what to install. Only rank 0 reports (dist.py).
+line that says what to install. Only rank 0 reports (parallel.py).
 """
 
 from __future__ import annotations

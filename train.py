@@ -10,7 +10,7 @@ This file is the method, top to bottom: `unified_step` is one optimizer step wri
 of the equation (rollouts -> reward -> discriminator and coefficient -> one block per loss term
 -> one backward pass -> update), and `train` is the loop around it (load -> evaluate -> steps ->
 evaluate -> save). Settings live in settings.py; loading and checkpoints in checkpoint.py; the
-device, precision and torchrun processes in dist.py; rollout engines in rollouts.py; trackers in
+device, precision and torchrun processes in parallel.py; rollout engines in rollouts.py; trackers in
 trackers.py.
 
 A run directory holds config.json, metrics.jsonl (one line per step), eval_start.json /
@@ -39,9 +39,9 @@ import torch
 
 import checkpoint
 import data
-import dist
 import evaluate
 import grpo
+import parallel
 import rollouts
 import settings
 import sft
@@ -51,150 +51,192 @@ from trackers import Trackers
 
 
 @dataclass
-class StepSettings:
-    """What one unified step reads besides the objective (each field's why: settings.py)."""
-    num_generations: int          # G
-    temperature: float            # tau, for sampling and for every log-prob of a rollout
-    max_completion_length: int    # new tokens per rollout; demonstrations are cut there too
-    epsilon: float                # clip: rho in [1 - epsilon, 1 + epsilon_high]
-    epsilon_high: float
-    beta: float                   # KL weight (a reference model is needed when > 0)
-    loss_type: str                # "token" | "sequence"
-    scale_rewards: str            # "group" | "none"
-    mask_truncated: bool
-    num_iterations: int           # optimizer updates per batch of rollouts
-    max_grad_norm: float
-    logprobs_backend: str
-    precision: str                # "auto" | "bf16" | "fp32": the autocast of every forward
+class Run:
+    """What a step uses besides the policy, its batch and the settings; built once by `train`."""
+    tokenizer: object
+    objective: uniapl.Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    engine: object = dataclasses.field(default_factory=rollouts.HFEngine)   # samples the rollouts
+    discriminator: object = None           # D(x, y_E, y); only for adversarial methods
+    reference: object = None               # the frozen reference policy; only when beta > 0
+    ctx: parallel.Context = dataclasses.field(default_factory=parallel.Context)     # this rank's share
+    meter: Meter = None                    # time and peak memory per phase
 
-    @classmethod
-    def from_settings(cls, s: settings.Settings) -> StepSettings:
-        return cls(**{f.name: getattr(s, f.name) for f in dataclasses.fields(cls)})
+    def __post_init__(self):
+        self.meter = self.meter or Meter(self.ctx.device)
 
 
 # ----------------------------------------------------------------------------------------------
 # One unified step
 # ----------------------------------------------------------------------------------------------
 
-def unified_step(policy, tokenizer, batch: data.MixedBatch, objective: uniapl.Objective,
-                 s: StepSettings, optimizer, scheduler, discriminator=None, reference=None,
-                 step: int = 0, engine=None, ctx: dist.Context | None = None,
-                 keep_samples: int = 0) -> dict:
-    """One UniAPL step on a mixed batch; returns its metrics. Raises NonFiniteError before
-    touching the weights if a loss or the gradient norm is not finite. `engine` samples the
-    rollouts (rollouts.py; default: HF generate); `ctx` is this process's share of a torchrun
-    run (dist.py; default: one process, `batch` is the whole batch); `keep_samples` > 0 returns
-    that many rollouts (prompt, completion, reward, discriminator score) under "_samples"."""
-    device = next(policy.parameters()).device
-    ctx = ctx or dist.Context(device=device)
-    amp, timer = dist.autocast_for(device, s.precision), Timer(device)
-    G, metrics = s.num_generations, {"step": step + 1}
+def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run, step: int = 0):
+    """One UniAPL step on a mixed batch -> (metrics, samples). Raises NonFiniteError before the
+    weights change if a loss or the gradient norm is not finite. Under torchrun `batch` is this
+    rank's share and every mean is divided by the count over all ranks (parallel.py)."""
+    o, G, ctx, phase = run.objective, s.num_generations, run.ctx, run.meter.phase
+    amp = parallel.autocast_for(ctx.device, s.precision)
+    a, lam = o.alpha_at(step), o.lambda_adv            # the weights of this step's three terms
 
     # 1. Rollouts: y_1..y_G ~ pi_theta(. | x) for each RL prompt (a-sft: each demonstration prompt).
-    rollout_rows = {"rl": batch.prompts, "demo": batch.demos, "none": []}[objective.rollouts_on]
-    ro = None
-    if rollout_rows:
-        with timer("generate"), amp(), dist.gathered(policy, ctx):
-            ro = (engine or rollouts.HFEngine()).generate(
-                policy, tokenizer, rollout_rows, G, temperature=s.temperature,
-                max_new_tokens=s.max_completion_length)
-        mask = ro.completion_mask.clone()                                        # [R, L]
-        if s.mask_truncated:
-            mask = mask * (~ro.truncated).long()[:, None]
-        # several ranks: L_GRPO and L_ADV divide by the tokens (or sequences) of all of them
-        rl_total = ctx.all_reduce_sum(grpo.loss_units(mask, s.loss_type)) if ctx.distributed else None
+    ro = r = d = coef = adv = ref_logp = None
+    if o.rollouts_on != "none":
+        rows = batch.prompts if o.rollouts_on == "rl" else batch.demos
+        with phase("generate"), amp(), parallel.gathered(policy, ctx):
+            ro = run.engine.generate(policy, run.tokenizer, rows, G, temperature=s.temperature,
+                                     max_new_tokens=s.max_completion_length)
 
         # 2. Reward: r_i = fraction of x's instructions that y_i satisfies (ifeval.py).
-        with timer("reward"):
+        with phase("reward"):
             r = grpo.rewards(ro)                                                 # [R]
-        metrics.update(grpo.rollout_stats(r, ro))
 
-        # 3. Discriminator score d_i = D(x, y_E, y_i) and adversarial coefficient
+        # 3. Discriminator d_i = D(x, y_E, y_i), adversarial coefficient
         #    c_i = clip((d_i - mean d) / (std d + eps), -c, c) within each group (Algorithm 1).
-        d = None
-        if objective.uses_discriminator:
-            with timer("discriminator"):
-                d = discriminator.score([row["prompt"] for row in ro.rows],
-                                        [row["response"] for row in ro.rows], ro.texts).float()  # [R]
-            coef = uniapl.adversarial_coefficient(d, G, objective.coef_clip,
-                                                  norm=objective.coef_norm).to(device)  # [R]
-            metrics.update({f"adv/{k}": v for k, v in uniapl.discriminator_stats(d, r, coef).items()})
-        if keep_samples:                     # for the trackers' table of completions
-            metrics["_samples"] = sample_table(ro, r, d, keep_samples)
-        if objective.shapes_reward:          # the ablation: r_i <- r_i + lambda_adv d_i
-            r = r + objective.lambda_adv * d
+        if o.uses_discriminator:
+            with phase("discriminator"):
+                d = run.discriminator.score([x["prompt"] for x in ro.rows],
+                                            [x["response"] for x in ro.rows], ro.texts).float()  # [R]
+            coef = uniapl.adversarial_coefficient(d, G, o.adv_coef_clip, o.adv_coef_norm)   # [R]
+        if o.shapes_reward:                   # the ablation: r_i <- r_i + lambda_adv d_i
+            r = r + lam * d
 
-        # 4. Advantage A_i = (r_i - mean r) / (std r + eps) within each group of G.
-        adv = grpo.group_advantages(r, G, scale=s.scale_rewards == "group").to(device)  # [R]
-        ref_logp = None
-        if reference is not None:            # only when beta > 0
-            with timer("forward"), torch.no_grad(), amp():
-                ref_logp = grpo.completion_logprobs(reference, ro, s.temperature)      # [R, L]
-    demos = data.demo_batch(tokenizer, batch.demos, s.max_completion_length) \
-        if objective.uses_sft else None
-    sft_total = ctx.all_reduce_sum(demos.score_mask[:, 1:].sum().float().to(device)) \
-        if demos is not None and ctx.distributed else None
+        # 4. Advantage: A_i = (r_i - mean r) / (std r + eps) within each group of G.
+        adv = grpo.group_advantages(r, G, scale=s.scale_rewards == "group")     # [R]
+        if run.reference is not None:         # only when beta > 0
+            with phase("forward"), torch.no_grad(), amp():
+                ref_logp = grpo.completion_logprobs(run.reference, ro, s.temperature)   # [R, L]
+    demos = data.demo_batch(run.tokenizer, batch.demos, s.max_completion_length) if a > 0 else None
 
-    # 5. The losses, and one backward pass per update (--num-iterations reuses the rollouts).
-    clip = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type,
-                total=rl_total if ro is not None else None)
-    old_logp = None
+    # 5. L = a L_SFT + (1 - a) L_GRPO + lam L_ADV: one backward per micro-batch (gradients add
+    #    up, every mean divided by the whole step's count), one update; --num-iterations > 1
+    #    reuses the rollouts for more updates, against the first update's log-probs (pi_old).
+    parts = micro_batches(ro, demos, adv, coef, ref_logp, s, o, ctx)
+    clip = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
     for _ in range(s.num_iterations):
-        l_sft = l_grpo = l_adv = None
-        with timer("forward"), amp():
-            # L_SFT = token-mean NLL of the teacher's response tokens (CHORD-phi: weighted by p(1-p)).
-            if objective.uses_sft:
-                l_sft, st = sft.sft_loss(policy, demos, s.logprobs_backend, sft_total,
-                                         objective.sft_weighting)
-                metrics.update({"sft/nll": st["nll"], "sft/truncated": st["truncated"]})
+        terms = {"loss": 0.0, "sft": 0.0, "grpo": 0.0, "adv": 0.0}
+        for mb in parts:
+            with phase("forward"), amp():
+                # L_SFT = -(1/|y^E|) sum_t log pi_theta(y^E_t | x, y^E_<t)   (CHORD-phi: weighted by p(1-p))
+                l_sft = sft.sft_loss(policy, mb.demos, s.logprobs_backend, mb.sft_total,
+                                     o.sft_weighting) if mb.demos is not None else 0.0
+                # log pi_theta(y_t) of every rollout token, shared by L_GRPO and L_ADV. On the first
+                # update pi_old = pi_theta: the detached copy is the old policy (no extra forward).
+                logp = grpo.completion_logprobs(policy, mb.ro, s.temperature, s.logprobs_backend) \
+                    if mb.ro is not None else None                                       # [r, L]
+                if logp is not None:
+                    mb.logp = logp.detach()
+                    mb.old_logp = mb.logp if mb.old_logp is None else mb.old_logp
+                # L_GRPO = -mean_t min(rho_t A_i, clip(rho_t) A_i) + beta KL
+                l_grpo = grpo.policy_loss(logp, mb.old_logp, mb.adv, mb.mask, beta=s.beta,
+                                          ref_logp=mb.ref_logp, total=mb.rl_total, **clip) \
+                    if o.uses_grpo and mb.ro is not None else 0.0
+                # L_ADV = -mean_t min(rho_t c_i, clip(rho_t) c_i): the same surrogate, driven by c
+                l_adv = uniapl.adv_loss(logp, mb.old_logp, mb.coef, mb.mask, total=mb.rl_total,
+                                        **clip) if o.uses_adv_loss and mb.ro is not None else 0.0
 
-            # log pi_theta(y_t) of every rollout token, shared by L_GRPO and L_ADV. On the first
-            # update pi_old = pi_theta, so the detached copy is the old policy (no extra forward).
-            if ro is not None and (objective.uses_grpo or objective.uses_adv_loss):
-                logp = grpo.completion_logprobs(policy, ro, s.temperature, s.logprobs_backend)  # [R, L]
-                if old_logp is None:
-                    old_logp = logp.detach()
-                    metrics.update(grpo.sampler_gap(ro, old_logp))
+                loss = a * l_sft + (1 - a) * l_grpo + lam * l_adv
 
-            # L_GRPO = -aggregate(min(rho A, clip(rho) A)) + beta KL.
-            if ro is not None and objective.uses_grpo:
-                l_grpo, st = grpo.policy_loss(logp, old_logp, adv, mask, beta=s.beta,
-                                              ref_logp=ref_logp, **clip)
-                metrics.update({f"grpo/{k}": v for k, v in st.items()} | {"grpo/loss": float(l_grpo.detach())})
+            check_finite(step + 1, loss=loss, l_sft=l_sft, l_grpo=l_grpo, l_adv=l_adv)
+            with phase("backward"):
+                loss.backward()
+            for k, v in (("loss", loss), ("sft", l_sft), ("grpo", l_grpo), ("adv", l_adv)):
+                terms[k] += float(v.detach()) if torch.is_tensor(v) else v
+        with phase("optimizer"):
+            grad_norm = optimizer_update(policy, run.optimizer, run.scheduler, s.max_grad_norm, step, ctx)
 
-            # L_ADV = -aggregate(min(rho c, clip(rho) c)): the same surrogate, driven by c.
-            if ro is not None and objective.uses_adv_loss:
-                l_adv, st = uniapl.adv_loss(logp, old_logp, coef, mask, **clip)
-                metrics.update({"adv/loss": float(l_adv.detach()), "adv/clip_frac": st["clip_frac"]})
-
-            # L = alpha L_SFT + (1 - alpha) L_GRPO + lambda_adv L_ADV   (CHORD-mu: alpha = mu(step))
-            loss = uniapl.unified_loss(objective, l_sft, l_grpo, l_adv, objective.alpha_at(step))
-        check_finite(step + 1, loss=loss, l_sft=l_sft, l_grpo=l_grpo, l_adv=l_adv)
-        with timer("backward"):
-            loss.backward()
-        with timer("optimizer"):
-            grad_norm = optimizer_update(policy, optimizer, scheduler, s.max_grad_norm, step, ctx)
-    metrics.update({"loss": float(loss.detach()), "grad_norm": float(grad_norm),
-                    "lr": scheduler.get_last_lr()[0]} | timer.times)
-    if objective.chord == "mu":
-        metrics["alpha"] = objective.alpha_at(step)
-    return ctx.reduce_metrics(metrics, maxes=("sampler_gap_max",),
-                              sums=("loss", "sft/nll", "sft/truncated", "grpo/loss", "adv/loss"))
+    metrics = step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, coef, adv, ref_logp,
+                           demos, parts)
+    samples = [{"prompt": x["prompt"], "completion": t, "reward": float(r[i]),
+                "discriminator": float(d[i]) if d is not None else None}
+               for i, (x, t) in enumerate(zip(ro.rows, ro.texts))] if ro is not None else []
+    return metrics, samples
 
 
-def sample_table(ro: rollouts.Rollouts, r: torch.Tensor, d: torch.Tensor | None, k: int) -> list:
-    """The first k rollouts with their prompt, verifier reward and discriminator score."""
-    return [{"prompt": row["prompt"], "completion": text, "reward": float(r[i]),
-             "discriminator": float(d[i]) if d is not None else None}
-            for i, (row, text) in enumerate(zip(ro.rows[:k], ro.texts))]
+@dataclass
+class MicroBatch:
+    """A slice of the step's rollouts and demonstrations with what their losses need."""
+    ro: rollouts.Rollouts | None
+    demos: data.DemoBatch | None
+    mask: torch.Tensor | None = None        # [r, L] completion tokens in the loss
+    adv: torch.Tensor | None = None         # [r]
+    coef: torch.Tensor | None = None        # [r]
+    ref_logp: torch.Tensor | None = None    # [r, L]
+    old_logp: torch.Tensor | None = None    # [r, L] pi_old, from the first update
+    logp: torch.Tensor | None = None        # [r, L] the last update's, detached (for the logs)
+    rl_total: torch.Tensor | None = None    # the step's tokens (or sequences) of all ranks
+    sft_total: torch.Tensor | None = None   # the step's response tokens of all ranks
+
+
+def micro_batches(ro, demos, adv, coef, ref_logp, s, o, ctx) -> list[MicroBatch]:
+    """--micro-batch-size rollouts and demonstrations per forward/backward (default: all in one).
+    Every mean is divided by the whole step's count over every rank, so that the micro-batches'
+    losses (and gradients) add up to the whole batch's: that count is computed here, once."""
+    device = ctx.device
+    mask = None
+    if ro is not None:
+        mask = ro.completion_mask.to(device)                                     # [R, L]
+        if s.mask_truncated:
+            mask = mask * (~ro.truncated).long().to(device)[:, None]
+    n_ro = 0 if ro is None else len(ro.rows)
+    n_demo = 0 if demos is None else demos.input_ids.shape[0]
+    size = s.micro_batch_size or max(n_ro, n_demo, 1)
+    k = max(1, -(-max(n_ro, n_demo) // size))
+    shared = k > 1 or ctx.distributed        # otherwise each term divides by its own count
+    rl_total = ctx.all_reduce_sum(grpo.loss_units(mask, s.loss_type)) if shared and ro is not None else None
+    sft_total = ctx.all_reduce_sum(demos.score_mask[:, 1:].sum().float().to(device)) \
+        if shared and demos is not None else None
+    to = lambda t, sl: None if t is None else t.to(device)[sl]   # noqa: E731
+    parts = []
+    for j in range(k):
+        rs, ds = slice(j * size, min(n_ro, (j + 1) * size)), slice(j * size, min(n_demo, (j + 1) * size))
+        has_ro, has_demo = rs.start < n_ro, ds.start < n_demo
+        parts.append(MicroBatch(ro.select(rs) if has_ro else None,
+                                demos.select(ds) if has_demo else None,
+                                mask[rs] if has_ro else None, to(adv, rs) if has_ro else None,
+                                to(coef, rs) if has_ro else None, to(ref_logp, rs) if has_ro else None,
+                                rl_total=rl_total, sft_total=sft_total))
+    return parts
+
+
+def step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, coef, adv, ref_logp, demos,
+                 parts) -> dict:
+    """Everything a step logs, in one place: rewards and rollouts (grpo.py), the discriminator
+    (uniapl.py), each term's value and clip fraction over the whole batch, time and memory per
+    phase; averaged over ranks (losses summed: each rank's share is already divided by the
+    global count)."""
+    metrics = {"step": step + 1}
+    if ro is not None:
+        metrics.update(grpo.rollout_stats(r, ro))
+        if d is not None:
+            metrics.update({f"adv/{k}": v for k, v in uniapl.discriminator_stats(d, r, coef).items()})
+    if demos is not None:
+        metrics.update({"sft/nll": terms["sft"], "sft/truncated": demos.truncated})
+    if ro is not None and o.rollouts_on != "none" and parts[0].logp is not None:
+        cat = lambda name: torch.cat([getattr(mb, name) for mb in parts if mb.ro is not None])  # noqa: E731
+        old, logp, mask = cat("old_logp"), cat("logp"), cat("mask")           # [R, L] each
+        metrics.update(grpo.sampler_gap(ro, old))
+        clip = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
+        if o.uses_grpo:
+            stats = grpo.policy_stats(logp, old, adv.to(logp.device), mask, beta=s.beta,
+                                      ref_logp=ref_logp, **clip)
+            metrics.update({f"grpo/{k}": v for k, v in stats.items()} | {"grpo/loss": terms["grpo"]})
+        if o.uses_adv_loss:
+            stats = grpo.policy_stats(logp, old, coef.to(logp.device), mask, **clip)
+            metrics.update({"adv/loss": terms["adv"], "adv/clip_frac": stats["clip_frac"]})
+    metrics.update({"loss": terms["loss"], "grad_norm": float(grad_norm),
+                    "lr": run.scheduler.get_last_lr()[0]} | run.meter.read())
+    if o.chord == "mu":
+        metrics["alpha"] = a
+    return run.ctx.reduce_metrics(metrics, maxes=("sampler_gap_max",),
+                                  sums=("loss", "sft/nll", "sft/truncated", "grpo/loss", "adv/loss"))
 
 
 def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: int,
-                     ctx: dist.Context | None = None) -> torch.Tensor:
+                     ctx: parallel.Context) -> torch.Tensor:
     """Sum the gradients across ranks, clip their norm, step; a non-finite norm raises before
     the weights change."""
-    if ctx is not None:
-        ctx.all_reduce_grads(policy)
+    ctx.all_reduce_grads(policy)
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_grad_norm)
     if hasattr(grad_norm, "full_tensor"):      # FSDP2: a DTensor holding the global norm
         grad_norm = grad_norm.full_tensor()
@@ -213,11 +255,11 @@ def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: i
 
 def train(s: settings.Settings) -> dict:
     """Load -> evaluate -> unified steps (metrics, checkpoints) -> evaluate -> save; a summary.
-    Under torchrun every rank runs this; rank 0 alone writes (dist.py)."""
-    objective = objective_of(s)
+    Under torchrun every rank runs this; rank 0 alone writes (parallel.py)."""
+    objective = uniapl.objective(s)
     if objective.rollouts_on != "none" and s.num_generations < 2:
         raise SystemExit("--num-generations must be at least 2 (advantages are relative to the group)")
-    ctx = dist.setup(s.device, s.fsdp)
+    ctx = parallel.setup(s.device, s.fsdp)
     device, say = ctx.device, (print if ctx.is_main else lambda *a, **k: None)
     seed_everything(s.seed)
     from transformers.utils import logging as hf_logging
@@ -231,10 +273,10 @@ def train(s: settings.Settings) -> dict:
     # while its module is training: without this, --gradient-checkpointing would save nothing.
     policy.train()
     if s.gradient_checkpointing:
-        dist.enable_activation_checkpointing(policy)
+        parallel.enable_activation_checkpointing(policy)
     reference = copy.deepcopy(policy).eval().requires_grad_(False) if s.beta > 0 else None
     if ctx.fsdp:
-        policy, reference = dist.shard(policy, ctx), reference and dist.shard(reference, ctx)
+        policy, reference = parallel.shard(policy, ctx), reference and parallel.shard(reference, ctx)
     load = dict(skip_invalid=s.skip_invalid_rows, toy_seed=s.seed, teacher_accuracy=s.teacher_accuracy,
                 toy_eval_n=s.toy_eval_size)
     rows = data.load_rows(s.dataset, "train", **load)
@@ -248,14 +290,12 @@ def train(s: settings.Settings) -> dict:
     sampler = data.MixedSampler(demos, prompts, s.sft_batch_size if objective.uses_sft else 0,
                                 s.rl_batch_size if objective.rollouts_on == "rl" else 0, s.seed)
     disc = load_discriminator(s.discriminator, s.discriminator_model, device,
-                              dist.autocast_dtype(device, s.precision) or torch.float32) \
+                              parallel.autocast_dtype(device, s.precision) or torch.float32) \
         if objective.uses_discriminator else None
-    if ctx.distributed and s.rollout_engine == "vllm":
-        raise SystemExit("--rollout-engine vllm runs in one process; under torchrun use hf-static")
     engine = rollouts.make_engine(
-        "hf-static" if ctx.distributed and s.rollout_engine == "auto" and device.type == "cuda"
-        else s.rollout_engine, device, model_path=engine_model_dir(policy, tokenizer, s),
-        prompt_width=s.max_prompt_length, seed=s.seed,
+        s.rollout_engine, device, dtype=parallel.autocast_dtype(device, s.precision),
+        prompt_width=s.max_prompt_length, distributed=ctx.distributed,
+        model_path=engine_model_dir(policy, tokenizer, s), seed=s.seed,
         max_model_len=s.max_prompt_length + max(s.max_completion_length, s.eval_max_new_tokens),
         gpu_memory_utilization=s.vllm_gpu_memory_utilization)
     say(f"[{s.method}] {s.world} world, {ctx.world_size} process(es) on {device.type}"
@@ -263,6 +303,7 @@ def train(s: settings.Settings) -> dict:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)))
+    run = Run(tokenizer, objective, optimizer, scheduler, engine, disc, reference, ctx)
 
     # --- The run directory: resume, config. ---
     if ctx.is_main:
@@ -279,12 +320,12 @@ def train(s: settings.Settings) -> dict:
         write_json(os.path.join(s.out, "config.json"), dataclasses.asdict(s) | {
             "alpha": objective.alpha, "lambda_adv": objective.lambda_adv,
             "world_size": ctx.world_size})
-    amp = dist.autocast_for(device, s.precision)
+    amp = parallel.autocast_for(device, s.precision)
 
     def run_eval(tag: str) -> dict:
         """Each rank answers its share of the prompts; all of them score the gathered answers."""
         mine = eval_rows[ctx.rank::ctx.world_size]
-        with dist.gathered(policy, ctx):
+        with parallel.gathered(policy, ctx):
             answers = evaluate.generate_responses(policy, tokenizer, mine, autocast=amp,
                                                   max_new_tokens=s.eval_max_new_tokens, engine=engine)
         parts = ctx.gather_objects(answers)       # rank r holds rows r, r + N, r + 2N, ...
@@ -309,7 +350,6 @@ def train(s: settings.Settings) -> dict:
 
     # --- Train. ---
     from tqdm import tqdm
-    step_settings = StepSettings.from_settings(s)
     trackers = Trackers(s.report_to if ctx.is_main else [], s.out, s.tracker_project,
                         os.path.basename(os.path.normpath(s.out)), dataclasses.asdict(s))
     if before and start == 0:
@@ -318,11 +358,9 @@ def train(s: settings.Settings) -> dict:
                disable=s.no_progress or not ctx.is_main, dynamic_ncols=True)
     for step in bar:
         batch = sampler.next().shard(ctx.rank, ctx.world_size)
-        every = s.log_completions_every
-        metrics = unified_step(policy, tokenizer, batch, objective, step_settings, optimizer,
-                               scheduler, disc, reference, step=step, engine=engine, ctx=ctx,
-                               keep_samples=8 if every and (step + 1) % every == 0 else 0)
-        trackers.log_samples(metrics.pop("_samples", None), step + 1)
+        metrics, samples = unified_step(policy, batch, s, run, step)
+        if s.log_completions_every and (step + 1) % s.log_completions_every == 0:
+            trackers.log_samples(samples[:8], step + 1)
         if s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < s.steps:
             res = run_eval(f"step{step + 1}")
             metrics.update({f"eval/{k}": res[k] for k in evaluate.METRICS})
@@ -356,14 +394,6 @@ def train(s: settings.Settings) -> dict:
             "teacher": teacher.get("prompt_strict"), "out": s.out}
 
 
-def objective_of(s: settings.Settings) -> uniapl.Objective:
-    """The method's preset with the settings' overrides; CHORD-mu's decay spans the run unless set."""
-    decay = s.chord_mu_decay_steps if s.chord_mu_decay_steps is not None else s.steps
-    return uniapl.resolve(s.method, s.alpha, s.lambda_adv, s.adv_mode, s.adv_coef_clip,
-                          s.adv_coef_norm,
-                          (s.chord_mu_peak, s.chord_mu_valley, s.chord_mu_warmup_steps, decay))
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -387,32 +417,52 @@ def check_finite(step: int, **terms) -> None:
                              "; the optimizer step was not taken and the last checkpoint is intact")
 
 
-class Timer:
-    """Wall time per phase, reported as time/<phase> (s) in the metrics; on CUDA also the peak
-    memory allocated during the phase, mem/<phase> (GiB)."""
+class Meter:
+    """Wall time per phase of a step (time/<phase>, s) and, on CUDA, peak memory: per phase
+    (mem/<phase>, GiB) and of the whole step (mem/step). The allocator keeps one high-water mark,
+    so each phase resets it at its start -- after reading it, so that the step's peak also
+    covers whatever ran between its phases. `read` returns the step's figures and starts anew
+    (what runs between steps, an evaluation say, is not counted)."""
 
     def __init__(self, device):
-        self.device, self.times = device, {}
+        self.cuda = torch.device(device).type == "cuda"
+        self.figures, self.step_peak, self.fresh = {}, 0.0, True
+
+    def _peak(self) -> float:
+        return torch.cuda.max_memory_allocated() / 2**30
 
     @contextlib.contextmanager
-    def __call__(self, phase):
-        cuda = self.device.type == "cuda"
-        if cuda:
+    def phase(self, name: str):
+        if self.cuda:
             torch.cuda.synchronize()
+            if not self.fresh:        # the first phase of a step starts the step's peak
+                self.step_peak = max(self.step_peak, self._peak())
             torch.cuda.reset_peak_memory_stats()
+        self.fresh = False
         t0 = time.perf_counter()
         yield
-        if cuda:
+        if self.cuda:
             torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            self.times[f"mem/{phase}"] = max(self.times.get(f"mem/{phase}", 0), peak)
-        self.times[f"time/{phase}"] = self.times.get(f"time/{phase}", 0) + time.perf_counter() - t0
+            peak = self._peak()
+            self.step_peak = max(self.step_peak, peak)
+            self.figures[f"mem/{name}"] = max(self.figures.get(f"mem/{name}", 0.0), peak)
+        self.figures[f"time/{name}"] = self.figures.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+    def read(self) -> dict:
+        out = dict(self.figures)
+        if self.cuda:
+            torch.cuda.synchronize()
+            out["mem/step"] = max(self.step_peak, self._peak())
+        self.figures, self.step_peak, self.fresh = {}, 0.0, True
+        return out
 
 
 def engine_model_dir(policy, tokenizer, s: settings.Settings) -> str | None:
     """vLLM reads a model's config and tokenizer from a directory; its weights come from the
     policy's memory (load_format 'dummy'), so only those small files are written."""
-    if s.rollout_engine not in ("vllm", "auto") or dist.pick_device(s.device).type != "cuda":
+    import importlib.util
+    vllm = s.rollout_engine == "vllm" or (s.rollout_engine == "auto" and importlib.util.find_spec("vllm"))
+    if not vllm or parallel.pick_device(s.device).type != "cuda":
         return None
     path = os.path.join(s.out, "rollout_engine_model")
     os.makedirs(path, exist_ok=True)
@@ -442,4 +492,4 @@ if __name__ == "__main__":
     except (data.DataError, NonFiniteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    dist.shutdown()
+    parallel.shutdown()

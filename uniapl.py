@@ -1,4 +1,4 @@
-"""UniAPL: Algorithm 1 (the adversarial coefficient), L_ADV, and the unified objective.
+"""UniAPL: Algorithm 1 (the adversarial coefficient), L_ADV, and the methods as presets.
 
 The idea
 --------
@@ -10,6 +10,8 @@ problem and optimises, in every gradient step, one objective over a mixed batch:
 L_SFT imitates demonstrations (sft.py); L_GRPO rewards the policy's rollouts with verifiable
 instruction checks (grpo.py); L_ADV anchors the rollouts to the expert's distribution through a
 fixed discriminator (discriminator.py) that compares each rollout with the teacher's response.
+This file holds what is new in UniAPL -- L_ADV and its coefficient -- and the weights of each
+method; train.py's `unified_step` computes the three terms and their sum, line by line.
 
 Algorithm 1 is OUR RECONSTRUCTION
 ---------------------------------
@@ -60,7 +62,7 @@ import torch
 
 import grpo
 
-METHODS = {  # method -> (alpha, adversarial signal?, whose prompts are rolled out, CHORD variant)
+PRESETS = {  # method -> (alpha, adversarial signal?, whose prompts are rolled out, CHORD variant)
     "sft": (1.0, False, "none", ""),
     "grpo": (0.0, False, "rl", ""),
     "a-sft": (1.0, True, "demo", ""),
@@ -76,16 +78,17 @@ PRESET_LAMBDA_ADV = 0.1   # every adversarial preset's lambda_adv (ours)
 
 @dataclass(frozen=True)
 class Objective:
-    """What one step optimises: the weights of the three terms and how the signal is used."""
+    """What one step optimises: the weights of the three terms and how the signal is used
+    (built from the run's settings by `objective`; each field's why: settings.py)."""
     method: str
     alpha: float              # weight of L_SFT; (1 - alpha) weighs L_GRPO
     lambda_adv: float         # weight of the adversarial signal (0: no discriminator at all)
     rollouts_on: str          # "none" | "rl" (RL prompts) | "demo" (demonstration prompts)
-    adv_mode: str = "loss"    # "loss": L_ADV is its own term; "reward": shaped into r
-    coef_clip: float = 2.0    # c in Algorithm 1
-    coef_norm: str = "group"  # what the discriminator score is compared with (adversarial_coefficient)
+    adv_mode: str             # "loss": L_ADV is its own term; "reward": shaped into r
+    adv_coef_clip: float      # c in Algorithm 1
+    adv_coef_norm: str        # what a discriminator score is compared with (adversarial_coefficient)
     chord: str = ""           # "" | "mu": alpha follows chord_mu(step) | "phi": phi-weighted L_SFT
-    mu_schedule: tuple = (0.9, 0.05, 0, 0)   # CHORD-mu: (peak, valley, warm-up steps, decay steps)
+    mu_schedule: tuple = ()   # CHORD-mu: (peak, valley, warm-up steps, decay steps)
 
     def alpha_at(self, step: int) -> float:
         """The weight of L_SFT at this step: fixed, or CHORD-mu's schedule."""
@@ -120,35 +123,37 @@ class Objective:
         return self.uses_sft or self.uses_discriminator
 
 
-def resolve(method: str, alpha: float | None = None, lambda_adv: float | None = None,
-            adv_mode: str = "loss", coef_clip: float = 2.0, coef_norm: str = "group",
-            mu_schedule: tuple = (0.9, 0.05, 0, 0)) -> Objective:
-    """The method's preset, with --alpha / --lambda-adv overrides checked against it."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    default_alpha, adversarial, rollouts_on, chord = METHODS[method]
-    if alpha is not None and method != "uniapl" and alpha != default_alpha:
-        raise ValueError(f"--alpha {alpha} contradicts --method {method} (alpha = {default_alpha}); "
+def objective(s) -> Objective:
+    """The method's preset with the settings' overrides, checked against it. `s` is a
+    settings.Settings, or anything with its field names (the TRL subclass's config)."""
+    if s.method not in PRESETS:
+        raise ValueError(f"unknown method {s.method!r}; choose from {', '.join(PRESETS)}")
+    default_alpha, adversarial, rollouts_on, chord = PRESETS[s.method]
+    if s.alpha is not None and s.method != "uniapl" and s.alpha != default_alpha:
+        raise ValueError(f"--alpha {s.alpha} contradicts --method {s.method} (alpha = {default_alpha}); "
                          "use --method uniapl to mix SFT and GRPO")
-    alpha = default_alpha if alpha is None else alpha
-    if method == "uniapl" and not 0 < alpha < 1:
+    alpha = default_alpha if s.alpha is None else s.alpha
+    if s.method == "uniapl" and not 0 < alpha < 1:
         raise ValueError(f"--method uniapl needs 0 < alpha < 1, got {alpha}")
-    if not adversarial and lambda_adv:
-        raise ValueError(f"--lambda-adv {lambda_adv} contradicts --method {method}, which has no "
-                         f"adversarial term; use a-{method} or uniapl")
-    lam = (PRESET_LAMBDA_ADV if lambda_adv is None else lambda_adv) if adversarial else 0.0
+    if not adversarial and s.lambda_adv:
+        raise ValueError(f"--lambda-adv {s.lambda_adv} contradicts --method {s.method}, which has no "
+                         f"adversarial term; use a-{s.method} or uniapl")
+    lam = (PRESET_LAMBDA_ADV if s.lambda_adv is None else s.lambda_adv) if adversarial else 0.0
     if adversarial and lam <= 0:
-        raise ValueError(f"--method {method} needs --lambda-adv > 0, got {lam}")
-    if adv_mode not in ("loss", "reward"):
-        raise ValueError(f"unknown --adv-mode {adv_mode!r} (loss or reward)")
-    if adv_mode == "reward" and not (adversarial and rollouts_on == "rl"):
+        raise ValueError(f"--method {s.method} needs --lambda-adv > 0, got {lam}")
+    if s.adv_mode not in ("loss", "reward"):
+        raise ValueError(f"unknown --adv-mode {s.adv_mode!r} (loss or reward)")
+    if s.adv_mode == "reward" and not (adversarial and rollouts_on == "rl"):
         raise ValueError("--adv-mode reward shapes the GRPO reward: use it with a-grpo or uniapl")
-    if coef_norm not in ("group", "batch", "none"):
-        raise ValueError(f"unknown --adv-coef-norm {coef_norm!r} (group, batch or none)")
-    if chord == "mu":
-        alpha = mu_schedule[0]
-    return Objective(method, alpha, lam, rollouts_on, adv_mode, coef_clip, coef_norm, chord,
-                     tuple(mu_schedule))
+    if s.adv_coef_norm not in ("group", "batch", "none"):
+        raise ValueError(f"unknown --adv-coef-norm {s.adv_coef_norm!r} (group, batch or none)")
+    schedule = ()
+    if chord == "mu":   # the decay spans the run unless set
+        decay = s.chord_mu_decay_steps if s.chord_mu_decay_steps is not None else s.steps
+        schedule = (s.chord_mu_peak, s.chord_mu_valley, s.chord_mu_warmup_steps, decay)
+        alpha = s.chord_mu_peak
+    return Objective(s.method, alpha, lam, rollouts_on, s.adv_mode, s.adv_coef_clip,
+                     s.adv_coef_norm, chord, schedule)
 
 
 # CHORD-mu's weight of L_SFT at step s (warm-up W, decay D; arXiv 2508.11408, as published code):
@@ -173,8 +178,8 @@ def chord_mu(step: int, peak: float, valley: float, warmup: int, decay: int) -> 
 #      "none": c_i = clip(d_i, -c, c), the raw score (meaningful only for a bounded score).
 
 
-def adversarial_coefficient(d: torch.Tensor, group_size: int, clip: float,
-                            eps: float = 1e-4, norm: str = "group") -> torch.Tensor:
+def adversarial_coefficient(d: torch.Tensor, group_size: int, clip: float, norm: str,
+                            eps: float = 1e-4) -> torch.Tensor:
     """Algorithm 1, step 2: normalised, clipped discriminator scores; [R] -> [R]."""
     if norm == "group":
         c = grpo.group_advantages(d, group_size, scale=True, eps=eps)
@@ -189,34 +194,11 @@ def adversarial_coefficient(d: torch.Tensor, group_size: int, clip: float,
 #      GRPO's clipped surrogate with c_i in place of A_i, aggregated the same way, no KL term.
 
 
-def adv_loss(logp, old_logp, coef, mask, *, eps_low=0.2, eps_high=0.2,
-             loss_type="token", total=None) -> tuple[torch.Tensor, dict]:
+def adv_loss(logp, old_logp, coef, mask, *, eps_low, eps_high, loss_type="token",
+             total=None) -> torch.Tensor:
     """Algorithm 1, step 3: GRPO's clipped surrogate driven by the adversarial coefficient."""
     return grpo.policy_loss(logp, old_logp, coef, mask, eps_low=eps_low, eps_high=eps_high,
                             beta=0.0, loss_type=loss_type, total=total)
-
-
-# L_unified = alpha L_SFT + (1 - alpha) L_GRPO + lambda_adv L_ADV
-
-
-def unified_loss(objective: Objective, l_sft=None, l_grpo=None, l_adv=None,
-                 alpha: float | None = None) -> torch.Tensor:
-    """The weighted sum of the terms that were computed (`alpha`: this step's weight of L_SFT,
-    default the objective's).
-
-    A term whose weight is 0 is not added at all (not even as 0 * L), so that alpha = 1,
-    lambda = 0 is *exactly* L_SFT and alpha = 0, lambda = 0 exactly L_GRPO, and a NaN in an
-    unused term cannot leak in.
-    """
-    total = None
-    alpha = objective.alpha if alpha is None else alpha
-    for weight, term in ((alpha, l_sft), (1 - alpha, l_grpo), (objective.lambda_adv, l_adv)):
-        if weight and term is not None:
-            part = term if weight == 1 else weight * term
-            total = part if total is None else total + part
-    if total is None:
-        raise ValueError(f"method {objective.method}: no loss term was computed")
-    return total
 
 
 def discriminator_stats(d: torch.Tensor, r: torch.Tensor, coef: torch.Tensor) -> dict:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import bench
+from tools import bench
 
 
 def test_gpu_suite_rehearsed_on_the_cpu(tmp_path):
@@ -18,9 +18,9 @@ def test_gpu_suite_rehearsed_on_the_cpu(tmp_path):
     assert saved["step"]["rollouts"] == 4 and len(saved["step"]["steps"]) == 3
     assert {"generate", "forward", "backward", "optimizer"} <= set(saved["step"]["phase_s"])
     assert {row["variant"] for row in r["logprobs"]["rows"]} == {"naive", "torch"}
-    assert saved["step"]["engine"] == "hf-static"                  # the best engine on a CPU
+    assert saved["step"]["engine"] == "static"                  # the best engine on a CPU
     assert [(c["method"], c["engine"]) for c in saved["compared"]] == [
-        ("uniapl", "hf"), ("grpo", "hf-static"), ("TRL GRPOTrainer", "hf")]
+        ("uniapl", "hf"), ("grpo", "static"), ("TRL GRPOTrainer", "hf")]
     assert saved["eval"]["max_new_tokens"] == 8 and saved["eval"]["tokens_per_s"] > 0
     assert "| generate |" in (tmp_path / "bench_gpu_suite.md").read_text()
 
@@ -35,7 +35,7 @@ def test_step_writes_the_file_readme_cites(tmp_path):
 
 
 def test_word_tokenizer_round_trips_every_id():
-    import shapes
+    from tools import shapes
     tok = shapes.word_tokenizer(5000)
     assert len(tok) == 5000
     ids = [7, 4321, 4999, 123]
@@ -53,7 +53,7 @@ def test_real_shape_step_on_the_cpu(tmp_path):
 
 
 def test_memory_plan_is_labelled_and_shrinks_with_fsdp():
-    import memory
+    from tools import memory
     table = memory.plan()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()[2:]]
     row = {(c[0], c[1]): c for c in cells}
@@ -65,7 +65,7 @@ def test_memory_plan_is_labelled_and_shrinks_with_fsdp():
 def test_memory_measure_sees_checkpointing(tmp_path):
     """Qwen3-0.6B's width, 2 and 4 layers (~1 min): one fp32 hidden vector per token and layer
     with checkpointing, far more without."""
-    import memory
+    from tools import memory
     m = memory.measure(lengths=(128, 256))
     on = [r for r in m["rows"] if r["checkpointing"]]
     off = [r for r in m["rows"] if not r["checkpointing"]]

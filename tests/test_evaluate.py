@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import evaluate as evaluation
-import plots
+import rollouts
 import train
+from tools import plots
 
 
 def test_wasserstein_and_ks_hand_values():
@@ -24,7 +25,7 @@ def test_wasserstein_and_ks_hand_values():
 
 def test_evaluate_model_and_behaviour(model, tok, toy_rows, tmp_path):
     rows = toy_rows[1][:6]
-    res = evaluation.evaluate_model(model, tok, rows, max_new_tokens=8, batch_size=4)
+    res = evaluation.evaluate_model(model, tok, rows, max_new_tokens=8, engine=rollouts.HFEngine(batch_size=4))
     assert len(res["responses"]) == 6 and 0 <= res["prompt_strict"] <= 1
     b = evaluation.behaviour(model, tok, rows, max_new_tokens=8, batch_size=4)
     assert len(b["length"]["student"]) == len(b["length"]["teacher"]) == 6
@@ -45,6 +46,7 @@ def test_cli_on_a_saved_toy_run_and_curves(tmp_path, capsys):
                      "--behaviour", "--out", str(tmp_path / "e.json")])
     res = json.load(open(tmp_path / "e.json"))
     assert res["n_prompts"] == 5 and "behaviour" in res and res["teacher"]["prompt_strict"] >= 0
+    plots.main(["--behaviour", str(tmp_path / "e.json")])
     assert os.path.exists(tmp_path / "e_behaviour.png")
     plots.main([str(run_dir), str(run_dir), "--out", str(tmp_path / "c.png")])
     assert (tmp_path / "c.png").stat().st_size > 1000

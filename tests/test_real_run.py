@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 
-import dist
 import logprobs
+import parallel
 import toy
 import train
 from tests import worlds
@@ -73,15 +73,16 @@ def test_gradient_checkpointing_really_saves_activations(world, tmp_path, monkey
     assert saved["--gradient-checkpointing"] < 0.2 * saved["--no-gradient-checkpointing"]
 
 
-def test_rehearsal_of_the_real_configuration(world, tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_rehearsal_of_the_real_configuration(world, tmp_path, monkeypatch, engine):
     seen, real_step, real_lp = {}, train.unified_step, logprobs.token_logprobs
 
-    def spy_step(policy, tokenizer, batch, objective, s, optimizer, scheduler, disc, ref, step):
-        seen["train_mode"] = policy.training and dist.is_activation_checkpointing(policy)
+    def spy_step(policy, batch, s, run, step):
+        seen["train_mode"] = policy.training and parallel.is_activation_checkpointing(policy)
+        disc = run.discriminator
         seen["polar"] = (next(disc.model.parameters()).dtype, disc.model.rotary_emb.inv_freq.dtype,
                          disc.v_head.weight.dtype)
-        return real_step(policy, tokenizer, batch, objective, s, optimizer, scheduler, disc, ref,
-                         step=step)
+        return real_step(policy, batch, s, run, step)
 
     def spy_logprobs(h, w, t, *a, **k):
         out = real_lp(h, w, t, *a, **k)
@@ -91,10 +92,11 @@ def test_rehearsal_of_the_real_configuration(world, tmp_path, monkeypatch):
                 h.detach(), w.detach().to(h.dtype), t, *a[:1])).abs().max())
             seen["lp_dtype"] = h.dtype
         return out
-    monkeypatch.setattr(train, "unified_step", lambda *a, step, **k: spy_step(*a, step))
+    monkeypatch.setattr(train, "unified_step", spy_step)
     monkeypatch.setattr(logprobs, "token_logprobs", spy_logprobs)
     out = tmp_path / "run"
-    summary = train.main(real_args(world, out, "--precision", "bf16", "--save-every", "1"))
+    summary = train.main(real_args(world, out, "--precision", "bf16", "--save-every", "1",
+                                   "--rollout-engine", engine))
 
     cfg = json.load(open(out / "config.json"))
     assert cfg["world"] == "real" and cfg["discriminator"] == "polar" and cfg["gradient_checkpointing"]
@@ -115,7 +117,7 @@ def test_rehearsal_of_the_real_configuration(world, tmp_path, monkeypatch):
     assert final["n_prompts"] == 3 and 0 <= summary["after"] <= 1
     # resume from the last checkpoint and go one step further
     train.main(real_args(world, out, "--precision", "bf16", "--save-every", "1", "--steps", "3",
-                         "--resume", "auto"))
+                         "--resume", "auto", "--rollout-engine", engine))
     assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2, 3]
     from transformers import AutoModelForCausalLM
     assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "qwen3"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-import reproduce
+from tools import reproduce
 
 
 def test_paired_difference_hand_computed():

@@ -1,124 +1,143 @@
-"""rollouts.py engines: hf-static samples like hf and compiles once; the vLLM adapter, with a fake."""
-
-import subprocess
-import sys
-from types import SimpleNamespace
+"""rollouts.py: the static engine samples like hf, keeps its copy and cache in place, compiles
+once per shape, holds no padding, and runs under bf16 autocast with fp32 master weights."""
 
 import pytest
 import torch
 
+import grpo
 import rollouts
 import toy
+from tests import worlds
 
 ROWS = [{"prompt": "Describe the cat.", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]},
         {"prompt": "Tell me about the old moon, now. Do not use any commas.",
          "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}]
 
 
-def test_hf_static_samples_exactly_like_hf(model, tok):
-    """Same seed, same tokens: the fixed prompt width and the static cache change nothing."""
-    out = {}
-    for engine in (rollouts.HFEngine(), rollouts.HFEngine(static_cache=True, prompt_width=48)):
-        torch.manual_seed(0)
-        ro = engine.generate(model, tok, ROWS, 4, temperature=0.9, max_new_tokens=12)
-        lengths = ro.completion_mask.sum(1)
-        out[engine.static_cache] = ([c[:n].tolist() for c, n in zip(ro.completion_ids, lengths)],
-                                    ro.texts, ro.truncated.tolist(), ro.sampler_logp)
-    assert out[True][:3] == out[False][:3]
-    assert torch.allclose(out[True][3], out[False][3], atol=1e-5)
-
-
-def test_hf_static_compiles_once_for_every_prompt_length(tok):
-    """The cache keeps one shape, so torch.compile traces the decode step once (a growing cache
-    would retrace: the counter checks itself with prompt_width 0)."""
-    from torch._dynamo.utils import counters
-    from transformers import CompileConfig
-    config = CompileConfig(backend="eager", dynamic=False)   # trace, no code generation
-    config._compile_all_devices = True                       # compile on the CPU, for the test
-    graphs = {}
-    for width in (48, 0):
-        torch._dynamo.reset()
-        counters.clear()
-        model = toy.build_model(tok, seed=0)                  # no compiled call cached on it
-        engine = rollouts.HFEngine(static_cache=True, prompt_width=width, compile_config=config)
-        for row in (ROWS[0], ROWS[1], ROWS[0]):
-            engine.generate(model, tok, [row], 2, max_new_tokens=6)
-        graphs[width] = counters["stats"]["unique_graphs"]
-    assert graphs[48] == 1 and graphs[0] > 1
-
-
-class FakeLLM:
-    """vLLM's LLM as the adapter uses it: records calls; answers from a script."""
-
-    def __init__(self, script):
-        self.calls, self.script, self.pushed = [], script, []
-        model = SimpleNamespace(load_weights=lambda weights: self.pushed.extend(
-            (name, t.clone()) for name, t in weights) or self.calls.append("load_weights"))
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
-            model_runner=SimpleNamespace(model=model))))
-
-    def sleep(self, level):
-        self.calls.append(f"sleep({level})")
-
-    def wake_up(self, tags):
-        self.calls.append(f"wake_up({','.join(tags)})")
-
-    def reset_prefix_cache(self):
-        self.calls.append("reset_prefix_cache")
-
-    def generate(self, prompts, params, use_tqdm):
-        self.calls.append("generate")
-        self.prompts, self.params = prompts, params
-        return [SimpleNamespace(outputs=[SimpleNamespace(
-            token_ids=ids, logprobs=[{t: SimpleNamespace(logprob=-0.5 - 0.1 * j)} for j, t in enumerate(ids)])
-            for ids in self.script[i]]) for i in range(len(prompts))]
-
-
-def test_vllm_adapter_order_sampling_and_rollouts(model, tok):
-    eos, eot = tok.eos_token_id, tok.convert_tokens_to_ids("<|endoftext|>")
-    model.generation_config.eos_token_id = [eos, eot]           # two stop ids, as Qwen3
-    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    the_cat, moon = ids("The cat"), ids("The moon is old now")[:4]
-    script = [[the_cat + [eos],                                  # stops at <|im_end|>
-               the_cat[:1] + [eot]],                             # stops at <|endoftext|>
-              [moon,                                             # hits max_tokens: truncated
-               [eos]]]                                           # stops at once: empty answer
-    llm = FakeLLM(script)
-    engine = rollouts.VLLMEngine(llm, SimpleNamespace, seed=0)
-    assert llm.calls == ["sleep(2)"]                              # asleep while the policy trains
+def sampled(engine, model, tok, rows=ROWS, G=4, **kw):
     torch.manual_seed(0)
-    ro = engine.generate(model, tok, ROWS, 2, temperature=0.8, max_new_tokens=4)
-    # wake weights -> push from memory -> reset the prefix cache -> wake KV -> generate -> sleep
-    assert llm.calls[1:] == ["wake_up(weights)", "load_weights", "reset_prefix_cache",
-                             "wake_up(kv_cache)", "generate", "sleep(2)"]
-    names = [n for n, _ in llm.pushed]
-    assert names == [n for n, _ in model.named_parameters()] and "lm_head.weight" not in names
-    assert all(torch.equal(t, dict(model.named_parameters())[n]) for n, t in llm.pushed)
-    p = llm.params                                                # the plain distribution
-    assert (p.n, p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, p.presence_penalty,
-            p.frequency_penalty, p.max_tokens, p.logprobs) == (2, 0.8, 0, 1.0, 0.0, 1.0, 0.0, 0.0, 4, 0)
-    assert sorted(p.stop_token_ids) == sorted([eos, eot]) and p.detokenize is False
-    assert llm.prompts[0]["prompt_token_ids"] == tok(
-        tok.apply_chat_template([{"role": "user", "content": ROWS[0]["prompt"]}], tokenize=False,
-                                add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-    # the same Rollouts as HF generate: groups prompt-major, masks through the first stop
-    assert ro.group_size == 2 and ro.rows == [ROWS[0], ROWS[0], ROWS[1], ROWS[1]]
-    assert ro.completion_mask.sum(1).tolist() == [len(the_cat) + 1, 2, 4, 1]
-    assert ro.truncated.tolist() == [False, False, True, False]
-    assert ro.texts[0] == "The cat" and ro.texts[3] == ""
-    assert ro.sampler_logp[0, :3].tolist() == pytest.approx([-0.5, -0.6, -0.7])
-    assert ro.prompt_ids.shape[0] == 4 and (ro.prompt_mask[:, -1] == 1).all()   # left-padded
-    # greedy evaluation: one answer per prompt at temperature 0, no log-probs kept
-    llm.script = [[[eos]], [[eos]]]
-    greedy = engine.generate(model, tok, ROWS, 1, greedy=True, max_new_tokens=4)
-    assert llm.params.temperature == 0.0 and llm.params.n == 1 and greedy.sampler_logp is None
+    return engine.generate(model, tok, rows, G, **{"temperature": 0.9, "max_new_tokens": 12} | kw)
 
 
-def test_missing_vllm_is_one_line_without_a_traceback(tmp_path):
-    code = ("import sys; sys.modules['vllm'] = None; import train; "
-            f"train.main(['--rollout-engine', 'vllm', '--steps', '1', '--out', r'{tmp_path}'])")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(__import__("pathlib").Path(__file__).parent.parent))
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    lines = [line for line in res.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and "needs vLLM" in lines[0] and "separate environment" in lines[0]
+def test_static_samples_exactly_like_hf_in_fp32(model, tok):
+    """Same seed, same tokens: the copy, the static cache and the own decode loop change nothing."""
+    a = sampled(rollouts.HFEngine(), model, tok)
+    b = sampled(rollouts.StaticEngine(prompt_width=48), model, tok)
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
+    assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.truncated, b.truncated)
+    assert torch.allclose(a.sampler_logp, b.sampler_logp, atol=1e-5)
+    greedy = [e.generate(model, tok, ROWS, 1, greedy=True, max_new_tokens=20).texts
+              for e in (rollouts.HFEngine(), rollouts.StaticEngine(prompt_width=48))]
+    assert greedy[0] == greedy[1]
+
+
+def test_stops_at_every_stop_id_and_trims(model, tok):
+    """A completion ends at the first of several stop ids; columns after every row's stop are
+    dropped, as generate drops them. The second stop id is a token greedy decoding does emit."""
+    rows = ROWS + toy.train_eval_rows(0, n_train=6, n_eval=1)[0][:4]
+    free = rollouts.HFEngine().generate(model, tok, rows, 1, greedy=True, max_new_tokens=10)
+    stop = int(free.completion_ids[0, 2])
+    model.generation_config.eos_token_id = [tok.eos_token_id, stop]
+    out = [e.generate(model, tok, rows, 1, greedy=True, max_new_tokens=10)
+           for e in (rollouts.HFEngine(), rollouts.StaticEngine(prompt_width=64))]
+    assert torch.equal(out[0].completion_ids, out[1].completion_ids) and out[0].texts == out[1].texts
+    for ro in out:
+        assert ro.completion_mask[0].sum() <= 3 and not ro.truncated[0]
+        assert ro.completion_ids.shape[1] == ro.completion_mask.sum(1).max()
+
+
+def test_no_prompt_padding_beyond_the_longest_prompt(model, tok):
+    """hf-static used to keep its left padding to --max-prompt-length in Rollouts, so the losses
+    paid for 512 + L tokens; now the prompt columns end where the longest prompt begins."""
+    longest = max(len(tok(__import__("data").chat_prompt(tok, r["prompt"]),
+                          add_special_tokens=False)["input_ids"]) for r in ROWS)
+    for engine in (rollouts.HFEngine(), rollouts.StaticEngine(prompt_width=512)):
+        ro = sampled(engine, model, tok)
+        assert ro.prompt_ids.shape[1] == longest and ro.prompt_mask[:, 0].any()
+
+
+def test_the_copy_equals_the_policy_after_a_step_and_keeps_its_addresses(tok):
+    """bf16 copy == policy cast to bf16 exactly, after an optimizer step too; same addresses;
+    the rotary frequencies stay fp32; the tied head stays tied."""
+    policy = toy.build_model(tok, seed=0)
+    engine = rollouts.StaticEngine(dtype=torch.bfloat16, prompt_width=48)
+    copy = engine.refresh(policy)
+    ptrs = [t.data_ptr() for t in [*copy.parameters(), *copy.buffers()]]
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    ro = sampled(engine, policy, tok)
+    logp = grpo.completion_logprobs(policy, ro, 0.9)
+    (-(logp * ro.completion_mask).sum()).backward()
+    opt.step()
+    engine.refresh(policy)
+    assert [t.data_ptr() for t in [*copy.parameters(), *copy.buffers()]] == ptrs
+    masters = dict(policy.named_parameters())
+    for name, p in copy.named_parameters():
+        assert p.dtype == torch.bfloat16
+        assert torch.equal(p, masters[name].detach().to(torch.bfloat16)), name
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight
+    assert copy.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(copy.model.rotary_emb.inv_freq, policy.model.rotary_emb.inv_freq)
+
+
+def test_one_cache_and_one_graph_per_shape(tok):
+    """Two training calls (prompts of different lengths, one bucket) and two evaluations: the
+    cache of each shape is reused in place, and torch.compile traces the decode step once per
+    shape -- a new cache (new addresses) per call would re-record every time."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    model = toy.build_model(tok, seed=0)
+    engine = rollouts.StaticEngine(prompt_width=128, compile={"backend": "eager", "dynamic": False})
+    engine.generate(model, tok, [ROWS[0]], 4, max_new_tokens=6)
+    train_cache = engine.cache
+    ptr = train_cache.keys[0].data_ptr()
+    engine.generate(model, tok, [ROWS[1]], 4, max_new_tokens=6)       # longer prompt, same bucket
+    assert engine.cache is train_cache and train_cache.keys[0].data_ptr() == ptr
+    after_training = counters["stats"]["unique_graphs"]
+    for _ in range(2):                                                  # an evaluation, twice
+        engine.generate(model, tok, ROWS * 3, 1, greedy=True, max_new_tokens=9)
+    assert after_training == 1 and counters["stats"]["unique_graphs"] == 2
+
+
+def test_evaluation_in_chunks_of_one_shape_gives_the_same_answers(model, tok):
+    rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:7]
+    whole = rollouts.StaticEngine(prompt_width=64).generate(model, tok, rows, 1, greedy=True,
+                                                           max_new_tokens=8)
+    engine = rollouts.StaticEngine(prompt_width=64, max_rows=3)
+    shapes = []
+    real = engine._cache_for
+    engine._cache_for = lambda *a: shapes.append(a[1:3]) or real(*a)
+    chunked = engine.generate(model, tok, rows, 1, greedy=True, max_new_tokens=8)
+    assert chunked.texts == whole.texts and len(chunked.rows) == 7
+    assert set(shapes) == {(3, 72)}                # 3 + 3 + (1 padded to 3) rows, one shape
+
+
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_every_engine_under_bf16_autocast_with_fp32_masters(engine, tmp_path):
+    """The GPU's numerics on the CPU: fp32 master weights, bf16 autocast around the call (as
+    train.py calls it). Qwen3's keys come out fp32 under autocast (fp32 k_norm and RoPE) and its
+    values bf16: transformers' own static cache (up to 5.23) then failed in index_copy_. The
+    sampler's log-probs must stay close to the trainer's."""
+    policy, tok = worlds.write_qwen3_policy(tmp_path, hidden=64, layers=2)
+    policy.train()
+    eng = rollouts.make_engine(engine, "cpu", dtype=torch.bfloat16, prompt_width=64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ro = sampled(eng, policy, tok, max_new_tokens=8)
+        logp = grpo.completion_logprobs(policy, ro, 0.9)
+    assert policy.training and next(policy.parameters()).dtype == torch.float32
+    gap = (ro.sampler_logp - logp.detach()).abs()[ro.completion_mask.bool()]
+    assert torch.isfinite(gap).all() and gap.mean() < 0.05, gap.mean()
+    if engine == "static":
+        assert eng.cache.keys[0].dtype == eng.cache.values[0].dtype == torch.bfloat16
+
+
+def test_auto_picks_static_on_cuda_without_vllm_and_under_torchrun(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "vllm" else real(n, *a))
+    assert rollouts.make_engine("auto", "cuda").name == "static"
+    assert rollouts.make_engine("auto", "cpu").name == "hf"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "vllm" else real(n, *a))
+    assert rollouts.make_engine("auto", "cuda", distributed=True).name == "static"
+    with pytest.raises(SystemExit, match="one process"):
+        rollouts.make_engine("vllm", "cuda", distributed=True)

@@ -53,22 +53,34 @@ def test_for_world_equals_the_command_line(tmp_path):
 
 
 def test_the_step_runs_without_a_command_line(tok, toy_rows):
-    """What a reader copying the step needs: a policy, a batch, an Objective, a StepSettings."""
+    """What a reader copying the step needs: a policy, a batch, the settings, and the Run (the
+    tokenizer, the objective, an optimizer, a discriminator)."""
     policy = toy.build_model(tok, seed=0)
-    objective = uniapl.resolve("uniapl")
-    step = train.StepSettings(num_generations=2, temperature=1.0, max_completion_length=8,
-                              epsilon=0.2, epsilon_high=0.2, beta=0.0, loss_type="token",
-                              scale_rewards="group", mask_truncated=False, num_iterations=1,
-                              max_grad_norm=1.0, logprobs_backend="auto", precision="auto")
+    s = settings.Settings.for_world("toy", num_generations=2, max_completion_length=8)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
+    from discriminator import Lexical
+    run = train.Run(tok, uniapl.objective(s), optimizer, scheduler, discriminator=Lexical())
     rows = toy_rows[0]
     batch = data.MixedBatch(demos=rows[:2], prompts=rows[2:4])
-    from discriminator import Lexical
     before = [p.detach().clone() for p in policy.parameters()]
-    m = train.unified_step(policy, tok, batch, objective, step, optimizer, scheduler, Lexical())
-    assert {"loss", "sft/nll", "grpo/loss", "adv/loss", "reward"} <= set(m)
+    m, samples = train.unified_step(policy, batch, s, run)
+    assert {"loss", "sft/nll", "grpo/loss", "adv/loss", "reward", "time/generate"} <= set(m)
+    assert len(samples) == 4 and {"prompt", "completion", "reward", "discriminator"} == set(samples[0])
     assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))
-    # StepSettings.from_settings picks exactly its fields from a Settings
-    s = settings.Settings.for_world("real")
-    assert train.StepSettings.from_settings(s).max_completion_length == 512
+
+
+def test_every_default_is_written_once():
+    """The objective has no defaults of its own, and the TRL config takes each shared one from
+    Settings: the coefficient clip (2.0) once lived in five places."""
+    import dataclasses
+
+    from tools import trl_uniapl
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(uniapl.Objective)
+               if f.name in ("alpha", "lambda_adv", "adv_mode", "adv_coef_clip", "adv_coef_norm"))
+    ours = {f.name: f.default for f in dataclasses.fields(settings.Settings)}
+    trl_own = {f.name for f in dataclasses.fields(trl_uniapl.trl.GRPOConfig)}
+    added = [f for f in dataclasses.fields(trl_uniapl.UniAPLConfig) if f.name not in trl_own]
+    assert {f.name for f in added} == {"method", "alpha", "lambda_adv", "adv_mode", "adv_coef_clip",
+                                       "adv_coef_norm", "sft_batch_size"}
+    assert all(f.default == ours[f.name] for f in added)

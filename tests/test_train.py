@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 import checkpoint
-import dist
+import parallel
+import toy
 import train
 
 TINY = ["--steps", "3", "--sft-batch-size", "2", "--rl-batch-size", "2", "--num-generations", "2",
@@ -71,10 +72,10 @@ def test_resume_gives_exactly_the_uninterrupted_run(tmp_path, monkeypatch):
 
     real_step = train.unified_step
 
-    def crash_at_third(*a, step, **k):
+    def crash_at_third(policy, batch, s, run, step):
         if step == 2:
             raise KeyboardInterrupt("simulated crash")
-        return real_step(*a, step=step, **k)
+        return real_step(policy, batch, s, run, step)
 
     monkeypatch.setattr(train, "unified_step", crash_at_third)
     with pytest.raises(KeyboardInterrupt):
@@ -97,9 +98,9 @@ def test_non_finite_loss_stops_before_the_optimizer_step(tmp_path, monkeypatch):
     calls = {"n": 0}
 
     def poisoned(*a, **k):
-        loss, stats = real(*a, **k)
+        loss = real(*a, **k)
         calls["n"] += 1
-        return (loss * float("nan"), stats) if calls["n"] == 2 else (loss, stats)
+        return loss * float("nan") if calls["n"] == 2 else loss
 
     monkeypatch.setattr(sft, "sft_loss", poisoned)
     with pytest.raises(train.NonFiniteError, match="step 2: non-finite .*l_sft = nan"):
@@ -136,7 +137,7 @@ def test_operational_errors_are_one_clear_line(tmp_path):
     with pytest.raises(SystemExit, match="is not writable"):
         run(blocker / "sub")
     with pytest.raises(SystemExit, match="CUDA is not available"):
-        dist.pick_device("cuda")
+        parallel.pick_device("cuda")
     with pytest.raises(SystemExit, match="cannot load model 'Qwen/Qwen3-0.6B'.*--model toy"):
         checkpoint.load_policy("Qwen/Qwen3-0.6B", torch.device("cpu"))
     run(tmp_path / "done", "--method", "sft")
@@ -151,7 +152,7 @@ def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
 
     import discriminator
     import logprobs
-    import plots
+    from tools import plots
     monkeypatch.setattr(logprobs, "triton", None)
     with pytest.raises(RuntimeError, match="pip install triton"):
         logprobs.token_logprobs(torch.randn(2, 4), torch.randn(5, 4), torch.tensor([0, 1]),
@@ -195,3 +196,47 @@ def test_resume_from_a_sharded_checkpoint(tmp_path):
     a = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "sharded" / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def one_step(tok, rows, seed=0, **overrides):
+    """One unified step of a fresh toy policy with plain SGD (the update is the gradient)."""
+    import data
+    import settings
+    import uniapl
+    from discriminator import Lexical
+    from tests.worlds import Replay, replay_texts
+    s = settings.Settings.for_world("toy", **{"num_generations": 4, "max_completion_length": 10,
+                                              "max_grad_norm": 1e9} | overrides)
+    policy = toy.build_model(tok, seed=0)
+    before = [p.detach().clone() for p in policy.parameters()]
+    opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+    run = train.Run(tok, uniapl.objective(s), opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0),
+                    Replay(replay_texts(rows)), Lexical())
+    torch.manual_seed(seed)
+    m, _ = train.unified_step(policy, data.MixedBatch(demos=rows[:4], prompts=rows[4:7]), s, run, 0)
+    return torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(policy.parameters(), before)]), m
+
+
+@pytest.mark.parametrize("method,loss_type", [("sft", "token"), ("grpo", "token"),
+                                              ("uniapl", "token"), ("uniapl", "sequence")])
+def test_micro_batches_give_the_same_update(tok, toy_rows, method, loss_type):
+    """12 rollouts and 4 demonstrations in one backward, or 5 at a time (3 micro-batches, the
+    last one short): every mean divided by the whole step's count, the same update. (Replayed
+    rollouts: their rewards differ within each group, so GRPO has a gradient.)"""
+    whole, m1 = one_step(tok, toy_rows[0], method=method, loss_type=loss_type)
+    parts, mk = one_step(tok, toy_rows[0], method=method, loss_type=loss_type, micro_batch_size=5)
+    assert whole.norm() > 1e-3
+    assert (parts - whole).norm() / whole.norm() < 1e-5
+    for k in ("loss", "reward", "sft/nll", "grpo/loss", "grpo/clip_frac", "sampler_gap_mean"):
+        if k in m1:
+            assert mk[k] == pytest.approx(m1[k], rel=1e-5, abs=1e-7), k
+
+
+def test_a_zero_weight_term_is_not_computed(tok, toy_rows, monkeypatch):
+    """CHORD-mu with valley 0: at the end of its decay the SFT weight is 0, and a NaN in L_SFT
+    must not reach the loss (0 * NaN is NaN): the term is a plain 0 then, never computed."""
+    import sft
+    monkeypatch.setattr(sft, "sft_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    delta, m = one_step(tok, toy_rows[0], method="chord-mu", chord_mu_valley=0.0,
+                        chord_mu_decay_steps=0)
+    assert m["alpha"] == 0.0 and torch.isfinite(delta).all() and "sft/nll" not in m

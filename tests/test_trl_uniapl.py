@@ -11,12 +11,13 @@ import data
 import grpo
 import ifeval
 import rollouts
+import settings
 import sft
 import toy
 import uniapl
 from discriminator import Lexical
+from tools import trl_uniapl  # TRL is in requirements.txt: an import error must fail, not skip
 
-trl_uniapl = pytest.importorskip("trl_uniapl", reason="TRL is in requirements-trl.txt")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
@@ -54,7 +55,7 @@ def test_loss_and_gradient_equal_the_projects_objective(world, tok, method):
     torch.manual_seed(0)
     ro = rollouts.generate(ours, tok, rows[:2], 2, max_new_tokens=8)      # prompts of two lengths
     A = grpo.group_advantages(torch.tensor([1.0, 0.0, 0.25, 0.75]), 2)
-    c = uniapl.adversarial_coefficient(torch.tensor([0.1, 0.4, 0.3, 0.2]), 2, clip=2.0)
+    c = uniapl.adversarial_coefficient(torch.tensor([0.1, 0.4, 0.3, 0.2]), 2, 2.0, "group")
     inputs = {"prompt_ids": ro.prompt_ids, "prompt_mask": ro.prompt_mask,
               "completion_ids": ro.completion_ids, "completion_mask": ro.completion_mask,
               "advantages": A, "num_items_in_batch": ro.completion_mask.sum(),
@@ -65,13 +66,15 @@ def test_loss_and_gradient_equal_the_projects_objective(world, tok, method):
     loss_trl = trainer._compute_loss(model, inputs)
     loss_trl.backward()
 
-    objective = uniapl.resolve(method)
+    objective = uniapl.objective(settings.Settings.for_world("toy", method=method))
     logp = grpo.completion_logprobs(ours, ro, 1.0)
-    l_grpo, _ = grpo.policy_loss(logp, logp.detach(), A, ro.completion_mask)   # token = TRL's dapo
-    l_adv = uniapl.adv_loss(logp, logp.detach(), c, ro.completion_mask)[0] \
-        if objective.uses_adv_loss else None
-    l_sft = sft.sft_loss(ours, data.demo_batch(tok, demo_rows, 12))[0] if objective.uses_sft else None
-    loss = uniapl.unified_loss(objective, l_sft, l_grpo, l_adv)
+    clip = dict(eps_low=0.2, eps_high=0.2)
+    l_grpo = grpo.policy_loss(logp, logp.detach(), A, ro.completion_mask, **clip)   # token = TRL's dapo
+    l_adv = uniapl.adv_loss(logp, logp.detach(), c, ro.completion_mask, **clip) \
+        if objective.uses_adv_loss else 0.0
+    l_sft = sft.sft_loss(ours, data.demo_batch(tok, demo_rows, 12)) if objective.uses_sft else 0.0
+    a, lam = objective.alpha, objective.lambda_adv
+    loss = a * l_sft + (1 - a) * l_grpo + lam * l_adv
     loss.backward()
     assert loss_trl.item() == pytest.approx(loss.item(), rel=1e-6, abs=1e-7)
     g_trl = torch.cat([p.grad.reshape(-1) for p in model.parameters()])

@@ -1,4 +1,5 @@
-"""Worlds written to disk by tests: a POLAR-format discriminator and a Qwen3-format real world.
+"""Worlds for tests: a POLAR-format discriminator and a Qwen3-format real world written to disk,
+and replayed rollouts.
 
 Nothing here is fetched: every file is made in code, in the formats the hub ships, so that the
 real loading code (from_pretrained on a directory, POLAR's conversion, IFEval's and argilla's row
@@ -10,6 +11,8 @@ import pathlib
 
 import torch
 
+import data
+import rollouts
 import toy
 
 # ----------------------------------------------------------------------------------------------
@@ -139,3 +142,36 @@ def write_argilla_rows(path, rows: list[dict]) -> None:
                                 "instruction_id_list": r["instruction_id_list"],
                                 "kwargs": json.dumps(_padded_kwargs(r["kwargs"])),
                                 "prompt_level_strict_acc": True}) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts that do not depend on sampling: the same completions on every rank and in every run
+# ----------------------------------------------------------------------------------------------
+
+class Replay:
+    """An engine that 'samples' fixed completions (`replay_texts`), so that every loss term has a
+    gradient and every run of a test sees the same rollouts."""
+    name = "replay"
+
+    def __init__(self, texts_by_key: dict):
+        self.texts_by_key = texts_by_key
+
+    def generate(self, model, tokenizer, rows, num_generations, *, max_new_tokens=10, **_):
+        texts = [t for r in rows for t in self.texts_by_key[r["key"]][:num_generations]]
+        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_new_tokens - 1]
+               + [tokenizer.eos_token_id] for t in texts]
+        width = max(map(len, ids))
+        completion = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in ids])
+        prompt_ids, prompt_mask = data.encode_prompts(tokenizer, [r["prompt"] for r in rows])
+        return rollouts.make_rollouts(tokenizer, rows, num_generations,
+                                      prompt_ids.repeat_interleave(num_generations, 0),
+                                      prompt_mask.repeat_interleave(num_generations, 0), completion,
+                                      [tokenizer.eos_token_id], torch.zeros(completion.shape))
+
+
+def replay_texts(rows: list[dict]) -> dict:
+    """For each row, completions whose rewards and discriminator scores differ: the teacher's
+    answer, its first half, another prompt's answer, and a few words."""
+    return {r["key"]: [r["response"], r["response"][: len(r["response"]) // 2],
+                       rows[(i + 1) % len(rows)]["response"], "The cat is calm."]
+            for i, r in enumerate(rows)}

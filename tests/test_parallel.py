@@ -30,12 +30,13 @@ def torchrun(*args, timeout=300):
 
 
 def test_two_ranks_compute_the_one_process_gradient(tmp_path):
-    """sft, grpo, uniapl (token and sequence aggregation, clipped and not), data parallel and
-    FSDP2: the 2-rank update equals the one-process update of the same batch to 1e-6."""
-    res = torchrun("tests/dist_worker.py", str(tmp_path / "out.json"))
+    """sft, grpo, uniapl (token and sequence aggregation, clipped and not, with activation
+    checkpointing, in micro-batches of 3), data parallel and FSDP2: the 2-rank update equals the
+    one-process update of the same batch to 1e-6."""
+    res = torchrun("tests/parallel_worker.py", str(tmp_path / "out.json"))
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.load(open(tmp_path / "out.json"))
-    assert len(results) == 12
+    assert len(results) == 16 and {"uniapl-token-checkpointed-fsdp", "uniapl-sequence-micro3-dp"} <= set(results)
     for case, r in results.items():
         assert r["update_norm"] > 1e-3, case                    # every case has a gradient
         assert r["rel_update_diff"] <= 1e-6, (case, r)
@@ -86,10 +87,10 @@ import os, sys
 sys.path.insert(0, {ROOT!r})
 import train
 real = train.unified_step
-def failing(*a, step, **k):
+def failing(policy, batch, s, run, step):
     if step == 1 and os.environ["RANK"] == "1":
         raise RuntimeError("rank 1 fails here")
-    return real(*a, step=step, **k)
+    return real(policy, batch, s, run, step)
 train.unified_step = failing
 train.main({TINY!r} + ["--out", {str(tmp_path / "run")!r}])
 """)
@@ -97,3 +98,44 @@ train.main({TINY!r} + ["--out", {str(tmp_path / "run")!r}])
     res = torchrun(str(script), timeout=240)
     assert res.returncode != 0 and "rank 1 fails here" in res.stderr
     assert time.perf_counter() - t0 < 120
+
+
+def test_every_collective_gets_a_tensor_on_the_runs_device(tmp_path, monkeypatch):
+    """NCCL takes CUDA tensors only; gloo takes CPU tensors too, so the 2-rank CPU runs above
+    cannot see a collective handed a tensor on the wrong device. Here one process plays rank 0
+    of 2 (collectives recorded, answered as if the other rank were identical), and every method
+    of the run context runs with the default device set to meta: a tensor it makes without
+    naming the run's device lands on meta and is caught -- over a step, an evaluation, a
+    checkpoint and a resume."""
+    import contextlib
+    import functools
+
+    import parallel
+    seen = []
+
+    def record(name, t, **_):
+        seen.append((name, t.device))
+    monkeypatch.setattr(parallel.td, "all_reduce", lambda t, op=None: record("all_reduce", t))
+    monkeypatch.setattr(parallel.td, "all_gather_object", lambda out, obj: out.__setitem__(
+        slice(None), [obj] * len(out)))
+    monkeypatch.setattr(parallel.td, "broadcast_object_list", lambda box, src=0: None)
+    monkeypatch.setattr(parallel.td, "barrier", lambda **kw: seen.append(("barrier", None)))
+    for name in ("all_reduce_sum", "all_reduce_grads", "reduce_metrics", "gather_objects",
+                 "broadcast_object", "barrier"):
+        method = getattr(parallel.Context, name)
+
+        @functools.wraps(method)
+        def on_meta(*a, _method=method, **k):
+            with torch.device("meta"):
+                return _method(*a, **k)
+        monkeypatch.setattr(parallel.Context, name, on_meta)
+    monkeypatch.setattr(parallel, "setup", lambda *a, **k: parallel.Context(rank=0, world_size=2,
+                                                                    device=torch.device("cpu")))
+    monkeypatch.setattr(parallel, "shutdown", contextlib.nullcontext)
+    out = str(tmp_path / "run")
+    train.main([*TINY, "--method", "uniapl", "--steps", "2", "--save-every", "2", "--out", out])
+    train.main([*TINY, "--method", "uniapl", "--steps", "3", "--save-every", "2", "--out", out,
+                "--resume", "auto"])
+    reduced = [device for name, device in seen if name == "all_reduce"]
+    assert len(reduced) >= 3 * 4                  # per step: grads, token counts, metrics
+    assert set(reduced) == {torch.device("cpu")}, set(reduced)

@@ -108,10 +108,10 @@ class Context:
         return self.world_size > 1
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
-        """The sum over ranks (a new tensor; the input is left alone)."""
+        """The sum over ranks (a new tensor on this rank's device; the input is left alone)."""
         if not self.distributed:
             return x
-        x = x.detach().clone()
+        x = x.detach().to(self.device, copy=True)      # NCCL takes CUDA tensors only
         td.all_reduce(x)
         return x
 
@@ -145,16 +145,17 @@ class Context:
         # a metric only some ranks have (a correlation undefined on one rank's rollouts) is
         # averaged over the ranks that have it
         names = sorted(set().union(*self.gather_objects(keys)))
-        values = torch.tensor([float(metrics.get(k, 0.0)) for k in names], dtype=torch.float64)
-        counts = torch.tensor([float(k in metrics) for k in names], dtype=torch.float64)
-        maxed = torch.tensor([float(metrics.get(k, float("-inf"))) for k in names], dtype=torch.float64)
-        td.all_reduce(values)
-        td.all_reduce(counts)
-        td.all_reduce(maxed, op=td.ReduceOp.MAX)
+        # one [3, K] tensor on this rank's device (NCCL takes CUDA tensors only): sums, counts, maxima
+        table = torch.tensor([[float(metrics.get(k, 0.0)) for k in names],
+                              [float(k in metrics) for k in names],
+                              [float(metrics.get(k, float("-inf"))) for k in names]],
+                             dtype=torch.float64, device=self.device)
+        td.all_reduce(table[:2])
+        td.all_reduce(table[2], op=td.ReduceOp.MAX)
+        values, counts, maxed = table.tolist()
         out = dict(metrics)
         for i, k in enumerate(names):
-            out[k] = (float(maxed[i]) if k in maxes else float(values[i]) if k in sums
-                      else float(values[i] / counts[i]))
+            out[k] = maxed[i] if k in maxes else values[i] if k in sums else values[i] / counts[i]
         return out
 
     def gather_objects(self, obj) -> list:
@@ -174,8 +175,8 @@ class Context:
         return box[0]
 
     def barrier(self) -> None:
-        if self.distributed:
-            td.barrier()
+        if self.distributed:   # NCCL: on this rank's GPU (else it guesses, and can hang)
+            td.barrier(device_ids=[self.device.index]) if self.device.type == "cuda" else td.barrier()
 
 
 def setup(device_name: str = "auto", fsdp: bool = False) -> Context:
@@ -186,7 +187,7 @@ def setup(device_name: str = "auto", fsdp: bool = False) -> Context:
     device = pick_device(device_name)
     if world == 1:
         if fsdp:
-            print("[dist] --fsdp shards across processes: in one process it changes nothing "
+            print("[parallel] --fsdp shards across processes: in one process it changes nothing "
                   "(launch with torchrun --nproc_per_node N)")
         return Context(device=device, fsdp=False)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -194,8 +195,9 @@ def setup(device_name: str = "auto", fsdp: bool = False) -> Context:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not td.is_initialized():
-        td.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                              timeout=datetime.timedelta(minutes=30))
+        cuda = device.type == "cuda"
+        td.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(minutes=30),
+                              **({"device_id": device} if cuda else {}))
     return Context(rank=td.get_rank(), world_size=td.get_world_size(), device=device, fsdp=fsdp)
 
 

@@ -41,10 +41,10 @@ import time
 
 import torch
 
-import dist
 import logprobs
+import parallel
 import settings
-from shapes import QWEN3_H, QWEN3_V, shaped_world
+from tools.shapes import QWEN3_H, QWEN3_V, shaped_world
 
 # ----------------------------------------------------------------------------------------------
 # logprobs
@@ -116,9 +116,10 @@ def _measure(variant, n, mode, device, dtype, repeats, h, v) -> dict:
             row = measure_one(variant, n, mode, device, dtype, repeats, h, v)
             torch.cuda.empty_cache()
             return row
-        cmd = [sys.executable, os.path.abspath(__file__), "_one", variant, str(n), mode, device,
+        cmd = [sys.executable, "-m", "tools.bench", "_one", variant, str(n), mode, device,
                dtype, str(repeats), str(h), str(v)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         if res.returncode != 0:
             raise RuntimeError((res.stderr.strip().splitlines() or ["?"])[-1])
         return json.loads(res.stdout.strip().splitlines()[-1])
@@ -147,7 +148,7 @@ def bench_logprobs(device: str, dtype: str, sizes: list[int], repeats: int,
                     f"failed ({row['error']})" if "error" in row else
                     f"extra peak {row['extra_peak_bytes'] / 2**20:9.1f} MiB, "
                     f"median {row['median_s']:.4f} s"), flush=True)
-    return {"device": dist.device_name(device), "dtype": dtype, "H": h, "V": v, "rows": rows}
+    return {"device": parallel.device_name(device), "dtype": dtype, "H": h, "V": v, "rows": rows}
 
 
 def logprobs_table(result: dict) -> str:
@@ -187,6 +188,7 @@ def shaped_engine(policy, tokenizer, device, s: settings.Settings):
         policy.config.save_pretrained(path)
         tokenizer.save_pretrained(path)
     return rollouts.make_engine(s.rollout_engine, device, model_path=path, seed=s.seed,
+                                dtype=parallel.autocast_dtype(device, s.precision),
                                 prompt_width=s.max_prompt_length,
                                 max_model_len=s.max_prompt_length + max(s.max_completion_length,
                                                                         s.eval_max_new_tokens),
@@ -197,18 +199,18 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
                repeats: int = 2) -> dict:
     import data
     import train
+    import uniapl
     policy, tokenizer, rows, disc = shaped_world(shape, device, s)
     engine = shaped_engine(policy, tokenizer, device, s)
-    objective = train.objective_of(s)
     sampler = data.MixedSampler(rows, rows, s.sft_batch_size, s.rl_batch_size, 0)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
-    step_settings = train.StepSettings.from_settings(s)
+    run = train.Run(tokenizer, uniapl.objective(s), optimizer, scheduler, engine, disc,
+                    ctx=parallel.Context(device=device))
     steps = []
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
-        m = train.unified_step(policy, tokenizer, sampler.next(), objective, step_settings,
-                               optimizer, scheduler, disc, None, step=i, engine=engine)
+        m, _ = train.unified_step(policy, sampler.next(), s, run, step=i)
         if device.type == "cuda":
             torch.cuda.synchronize()
         m["time/total"] = time.perf_counter() - t0
@@ -224,7 +226,7 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
     del engine, policy, optimizer   # free the GPU for the next measurement
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"device": dist.device_name(device), "model_shape": shape, "params_M": params_m,
+    return {"device": parallel.device_name(device), "model_shape": shape, "params_M": params_m,
             "method": s.method, "discriminator": s.discriminator, "precision": s.precision,
             "engine": s.rollout_engine,
             "rollouts": s.rl_batch_size * s.num_generations,
@@ -268,7 +270,7 @@ def bench_trl(shape: str, device: torch.device, s: settings.Settings, warmup: in
     import trl
 
     import ifeval
-    from trl_uniapl import trl_dataset
+    from tools.trl_uniapl import trl_dataset
     policy, tokenizer, rows, _ = shaped_world(shape, device, s)
     path = tempfile.mkdtemp(prefix="bench_trl_")
     policy.save_pretrained(path)
@@ -280,7 +282,7 @@ def bench_trl(shape: str, device: torch.device, s: settings.Settings, warmup: in
         max_steps=warmup + repeats, per_device_train_batch_size=s.rl_batch_size * s.num_generations,
         num_generations=s.num_generations, max_completion_length=s.max_completion_length,
         temperature=s.temperature, learning_rate=s.learning_rate, beta=s.beta, loss_type="dapo",
-        use_cpu=device.type != "cuda", bf16=dist.autocast_dtype(device, s.precision) is not None,
+        use_cpu=device.type != "cuda", bf16=parallel.autocast_dtype(device, s.precision) is not None,
         gradient_checkpointing=s.gradient_checkpointing, use_vllm=vllm, vllm_mode="colocate",
         vllm_gpu_memory_utilization=s.vllm_gpu_memory_utilization, seed=s.seed)
     trainer = trl.GRPOTrainer(model=path, reward_funcs=[ifeval.trl_reward], args=args,
@@ -297,7 +299,7 @@ def bench_trl(shape: str, device: torch.device, s: settings.Settings, warmup: in
     del trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"device": dist.device_name(device), "model_shape": shape, "trl": trl.__version__,
+    return {"device": parallel.device_name(device), "model_shape": shape, "trl": trl.__version__,
             "method": "TRL GRPOTrainer", "engine": "vllm colocate" if vllm else "hf",
             "median_step_s": step_s, "generated_tokens_per_s": tokens / step_s,
             "peak_memory_GiB": peak / 2**30}
@@ -314,12 +316,12 @@ def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: 
     rows = (rows * (prompts // len(rows) + 1))[:prompts]
     t0 = time.perf_counter()
     res = evaluate.evaluate_model(policy, tokenizer, rows, max_new_tokens=s.eval_max_new_tokens,
-                                  batch_size=prompts, autocast=dist.autocast_for(device, s.precision),
+                                  autocast=parallel.autocast_for(device, s.precision),
                                   engine=engine)
     wall = time.perf_counter() - t0
     lengths = [len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
                for r in res["responses"]]
-    return {"device": dist.device_name(device), "model_shape": shape, "engine": s.rollout_engine,
+    return {"device": parallel.device_name(device), "model_shape": shape, "engine": s.rollout_engine,
             "prompts": prompts,
             "max_new_tokens": s.eval_max_new_tokens, "wall_s": wall,
             "tokens_per_s": sum(lengths) / wall,
@@ -333,8 +335,8 @@ def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: 
 def engines_here(device: torch.device) -> list[str]:
     import importlib.util
     if device.type != "cuda":
-        return ["hf", "hf-static"]
-    return ["hf", "hf-static"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
+        return ["hf", "static"]
+    return ["hf", "static"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
 
 
 def suite(device: torch.device, shape: str, sizes: list[int], out: str, s: settings.Settings,
@@ -343,7 +345,7 @@ def suite(device: torch.device, shape: str, sizes: list[int], out: str, s: setti
     one with each other engine and one of the grpo preset; evaluation throughput."""
     import dataclasses
     t0 = time.perf_counter()
-    lp = bench_logprobs(device.type, "bf16" if dist.autocast_dtype(device, s.precision) else "fp32",
+    lp = bench_logprobs(device.type, "bf16" if parallel.autocast_dtype(device, s.precision) else "fp32",
                         sizes, 3, *hv)
     engines = engines_here(device)
     best = dataclasses.replace(s, rollout_engine=engines[-1])
@@ -357,7 +359,7 @@ def suite(device: torch.device, shape: str, sizes: list[int], out: str, s: setti
     except ImportError as e:
         print(f"(TRL comparison skipped: {e})")
     ev = bench_eval(shape, device, best, prompts=eval_prompts)
-    result = {"device": dist.device_name(device), "logprobs": lp, "step": step,
+    result = {"device": parallel.device_name(device), "logprobs": lp, "step": step,
               "compared": others, "eval": ev, "suite_wall_s": time.perf_counter() - t0}
     compare = ["| method | engine | median step s | generated tokens/s | peak GiB |", "|---|---|---|---|---|"]
     compare += [f"| {r['method']} | {r['engine']} | {r['median_step_s']:.2f} | "

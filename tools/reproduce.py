@@ -1,11 +1,11 @@
 """The paper's experiment on the toy world: every method of its tables, from one shared base model.
 
-    python reproduce.py lr-grid --out results    # 1. each method's learning rate, on a validation split
-    python reproduce.py --out results            # 2. the main table (5 seeds, 300 prompts)
-    python reproduce.py ablations --out results  # 3. coefficient, reward shaping, lambda, flawed teacher
-    python reproduce.py discriminators --out results   # 4. does the discriminator track the reward?
-    python reproduce.py report --out results     # tables, claims and figures again, from the JSON
-    python reproduce.py --quick                  # the whole pipeline in a minute (a CI test)
+    python -m tools.reproduce lr-grid --out results    # 1. each method's learning rate, on a validation split
+    python -m tools.reproduce --out results            # 2. the main table (5 seeds, 300 prompts)
+    python -m tools.reproduce ablations --out results  # 3. coefficient, reward shaping, lambda, flawed teacher
+    python -m tools.reproduce discriminators --out results   # 4. does the discriminator track the reward?
+    python -m tools.reproduce report --out results     # tables, claims and figures again, from the JSON
+    python -m tools.reproduce --quick                  # the whole pipeline in a minute (a CI test)
 
 The idea
 --------
@@ -45,7 +45,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
 
 MAIN = [  # name -> stages: (method, extra args); stages split the step budget
     ("sft", [("sft", [])]),
@@ -182,8 +182,8 @@ def run_job(spec: dict) -> dict:
 
 def _spawn(spec: dict) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    res = subprocess.run([sys.executable, os.path.join(HERE, "reproduce.py"), "_job", json.dumps(spec)],
-                         capture_output=True, text=True, env=env, cwd=HERE)
+    res = subprocess.run([sys.executable, "-m", "tools.reproduce", "_job", json.dumps(spec)],
+                         capture_output=True, text=True, env=env, cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"run {spec['name']!r} seed {spec['seed']} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -228,9 +228,9 @@ def run_all(configs, args, tag: str, lrs: dict, seeds, behaviour: bool = True,
 
 def _spawn_base(seed: int, runs: str, extra: list[str]) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    code = (f"import reproduce; reproduce.base_model({seed}, {runs!r}, {extra!r})")
+    code = (f"from tools import reproduce; reproduce.base_model({seed}, {runs!r}, {extra!r})")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         cwd=HERE)
+                         cwd=ROOT)
     if res.returncode != 0:
         raise RuntimeError(f"base model, seed {seed}, failed:\n{res.stderr[-3000:]}")
 
@@ -366,7 +366,7 @@ def chosen_lrs(args) -> tuple[dict, str]:
     path = os.path.join(args.out, "lr_grid.json")
     if os.path.exists(path):
         return json.load(open(path))["best"], f"per-method learning rates from {path}"
-    return {}, "learning rate 1e-3 for every method (no lr_grid.json: run `reproduce.py lr-grid`)"
+    return {}, "learning rate 1e-3 for every method (no lr_grid.json: run `python -m tools.reproduce lr-grid`)"
 
 
 def cmd_main(args) -> list[dict]:
@@ -401,7 +401,7 @@ def sitting(saved: dict) -> str:
 
 def cmd_report(args) -> str:
     """Tables, claims and figures from OUT/toy_table.json and OUT/toy_ablations.json."""
-    import plots
+    from tools import plots
     main = json.load(open(os.path.join(args.out, "toy_table.json")))
     abl_path = os.path.join(args.out, "toy_ablations.json")
     abl = json.load(open(abl_path)) if os.path.exists(abl_path) else {"results": []}
@@ -515,7 +515,7 @@ def cmd_discriminators(args) -> dict:
     for name, disc in discs.items():
         d = disc.score(prompts, refs, cands).float()
         import uniapl
-        c = uniapl.adversarial_coefficient(d, group, clip=2.0).numpy()
+        c = uniapl.adversarial_coefficient(d, group, 2.0, "group").numpy()
         d = d.numpy()
         corr = lambda x: float(np.corrcoef(_ranks(x), _ranks(r))[0, 1])  # noqa: E731
         pos = [d[i] for i, k in enumerate(kinds) if k == "teacher, correct"]
@@ -577,8 +577,8 @@ def main(argv=None):
         args.seeds, args.steps, args.n_eval, args.extra = args.seeds[:2], 4, 12, QUICK
         BASE_STEPS, LR_GRID = 2, LR_GRID[:2]
     if args.machine is None:
-        import dist
-        args.machine = dist.device_name("cpu")
+        import parallel
+        args.machine = parallel.device_name("cpu")
     t0 = time.perf_counter()
     result = {"main": cmd_main, "lr-grid": cmd_lr_grid, "ablations": cmd_ablations,
               "discriminators": cmd_discriminators, "report": cmd_report}[args.what](args)

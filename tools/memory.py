@@ -7,7 +7,7 @@ Measured: the bytes autograd saves in the training forward (the log-probs of eve
 sequence) at Qwen3-0.6B's real width (hidden 1,024, vocabulary 151,936) under bf16 autocast, with
 and without activation checkpointing, with 2 and 4 layers at two sequence lengths -- so that the
 per-layer cost of a token separates from the rest. Computed from those numbers and each model's
-public shape: one step of the real run per GPU, data parallel or FSDP2 (dist.py). Labelled as
+public shape: one step of the real run per GPU, data parallel or FSDP2 (parallel.py). Labelled as
 such wherever they are shown; nothing here ran on a GPU.
 """
 
@@ -19,8 +19,8 @@ import os
 
 import torch
 
-import dist
-from shapes import QWEN3_06B, QWEN3_V
+import parallel
+from tools.shapes import QWEN3_06B, QWEN3_V
 
 
 def saved_bytes(params, fn) -> int:
@@ -50,7 +50,7 @@ def measure(lengths: tuple[int, ...] = (512, 1024)) -> dict:
         model = Qwen3ForCausalLM(Qwen3Config(**(QWEN3_06B | {"num_hidden_layers": layers})))
         model.train()
         if ckpt:
-            dist.enable_activation_checkpointing(model)
+            parallel.enable_activation_checkpointing(model)
         ids = torch.randint(0, QWEN3_V, (1, tokens))
         mask = torch.ones_like(ids)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-import dist
+import parallel
 import settings
 
 QWEN3_H, QWEN3_V = 1024, 151936  # Qwen3-0.6B's hidden size and vocabulary (its config.json)
@@ -82,7 +82,7 @@ def random_polar(tokenizer, device, dtype):
 def shaped_world(shape: str, device: torch.device, s: settings.Settings):
     """(policy, tokenizer, rows, discriminator or None) at `shape`, random weights."""
     import toy
-    import train
+    import uniapl
     from discriminator import load_discriminator
     torch.manual_seed(0)
     if shape == "toy":
@@ -99,12 +99,12 @@ def shaped_world(shape: str, device: torch.device, s: settings.Settings):
         policy.generation_config.pad_token_id = tokenizer.pad_token_id
     policy.train()
     if s.gradient_checkpointing:
-        dist.enable_activation_checkpointing(policy)
+        parallel.enable_activation_checkpointing(policy)
     rows, _ = toy.train_eval_rows(0, n_train=max(64, 4 * s.rl_batch_size), n_eval=1)
-    objective = train.objective_of(s)
+    objective = uniapl.objective(s)
     disc = None
     if objective.uses_discriminator:
-        dtype = dist.autocast_dtype(device, s.precision) or torch.float32
+        dtype = parallel.autocast_dtype(device, s.precision) or torch.float32
         disc = random_polar(tokenizer, device, dtype) if s.discriminator == "polar" else \
             load_discriminator(s.discriminator, None, device)
     return policy, tokenizer, rows, disc

@@ -1,7 +1,7 @@
 """UniAPL for TRL users: a `GRPOTrainer` that also imitates demonstrations and is anchored by a
 fixed discriminator, in the same gradient step.
 
-    from trl_uniapl import UniAPLConfig, UniAPLTrainer, trl_dataset
+    from tools.trl_uniapl import UniAPLConfig, UniAPLTrainer, trl_dataset
     trainer = UniAPLTrainer(model="Qwen/Qwen3-0.6B", reward_funcs=[ifeval.trl_reward],
                             args=UniAPLConfig(output_dir="out", method="uniapl"),
                             train_dataset=trl_dataset(rows), demonstrations=rows,
@@ -53,6 +53,7 @@ from dataclasses import dataclass
 import data
 import sft
 import uniapl
+from settings import Settings
 
 TESTED = ((1, 15), (1, 17))   # trl >= 1.15, < 1.17
 
@@ -75,14 +76,14 @@ trl = _check_trl()
 
 @dataclass
 class UniAPLConfig(trl.GRPOConfig):
-    """GRPOConfig plus the unified objective's weights (defaults as in settings.py)."""
-    method: str = "uniapl"          # grpo | a-grpo | uniapl
-    alpha: float | None = None      # weight of L_SFT (preset: uniapl 0.5)
-    lambda_adv: float | None = None  # weight of the adversarial term (preset 0.1)
-    adv_mode: str = "loss"          # "loss" | "reward"
-    adv_coef_clip: float = 2.0
-    adv_coef_norm: str = "group"
-    sft_batch_size: int = 8         # demonstrations per micro-step, per process
+    """GRPOConfig plus the unified objective's weights; every default is settings.py's."""
+    method: str = Settings.method                         # grpo | a-grpo | uniapl
+    alpha: float | None = Settings.alpha                  # weight of L_SFT (preset: uniapl 0.5)
+    lambda_adv: float | None = Settings.lambda_adv        # weight of the adversarial term (preset 0.1)
+    adv_mode: str = Settings.adv_mode                     # "loss" | "reward"
+    adv_coef_clip: float = Settings.adv_coef_clip
+    adv_coef_norm: str = Settings.adv_coef_norm
+    sft_batch_size: int = Settings.sft_batch_size         # demonstrations per micro-step, per process
 
 
 def trl_dataset(rows: list[dict]):
@@ -112,10 +113,9 @@ class UniAPLTrainer(trl.GRPOTrainer):
     def __init__(self, model, reward_funcs=None, args: UniAPLConfig | None = None,
                  train_dataset=None, demonstrations: list[dict] | None = None,
                  discriminator=None, **kwargs):
-        self.objective = uniapl.resolve(args.method, args.alpha, args.lambda_adv, args.adv_mode,
-                                        args.adv_coef_clip, args.adv_coef_norm)
-        if self.objective.rollouts_on != "rl" or self.objective.chord:
+        if args.method not in ("grpo", "a-grpo", "uniapl"):
             raise ValueError(f"UniAPLTrainer runs grpo, a-grpo and uniapl, not {args.method!r}")
+        self.objective = uniapl.objective(args)
         if self.objective.uses_discriminator and discriminator is None:
             raise ValueError(f"method {args.method!r} needs a discriminator (discriminator.py)")
         reward_funcs = list(reward_funcs or [])
@@ -148,7 +148,7 @@ class UniAPLTrainer(trl.GRPOTrainer):
             device = self.accelerator.device
             d_all = self.accelerator.gather(d.to(device))                     # groups may span ranks
             c_all = uniapl.adversarial_coefficient(d_all, self.num_generations,
-                                                   self.objective.coef_clip, norm=self.objective.coef_norm)
+                                                   self.objective.adv_coef_clip, self.objective.adv_coef_norm)
             rank = self.accelerator.process_index
             out["adversarial_coefficient"] = c_all[rank * len(inputs):(rank + 1) * len(inputs)]
             mode = "train" if self.model.training else "eval"
@@ -177,14 +177,12 @@ class UniAPLTrainer(trl.GRPOTrainer):
 
     def _compute_loss(self, model, inputs):
         mode = "train" if self.model.training else "eval"
-        l_sft = l_adv = None
+        a, lam = self.objective.alpha, self.objective.lambda_adv
         with self._one_forward():
             l_grpo = super()._compute_loss(model, inputs)          # TRL's GRPO term, GA-scaled
-            if self.objective.uses_adv_loss:
-                l_adv = self._adv_term(model, inputs, mode)
-        if self.objective.uses_sft and mode == "train":
-            l_sft = self._sft_term(model)
-        return uniapl.unified_loss(self.objective, l_sft, l_grpo, l_adv)
+            l_adv = self._adv_term(model, inputs, mode) if self.objective.uses_adv_loss else 0.0
+        l_sft = self._sft_term(model) if a > 0 and mode == "train" else 0.0
+        return a * l_sft + (1 - a) * l_grpo + lam * l_adv
 
     def _adv_term(self, model, inputs, mode: str):
         """TRL's clipped surrogate with c in place of A, no KL, its metrics kept apart."""
@@ -208,8 +206,8 @@ class UniAPLTrainer(trl.GRPOTrainer):
         """Token-mean NLL of this process's next demonstrations, at temperature 1."""
         rows = self.demos.next().demos
         batch = data.demo_batch(self.processing_class, rows, self.max_completion_length)
-        l_sft, stats = sft.sft_loss(model, batch)
-        self._metrics["train"]["sft/nll"].append(stats["nll"])
+        l_sft = sft.sft_loss(model, batch)
+        self._metrics["train"]["sft/nll"].append(float(l_sft.detach()))
         return l_sft / self.current_gradient_accumulation_steps
 
     # --- the demonstration stream in checkpoints ---------------------------------------------
