@@ -240,3 +240,19 @@ def test_a_zero_weight_term_is_not_computed(tok, toy_rows, monkeypatch):
     delta, m = one_step(tok, toy_rows[0], method="chord-mu", chord_mu_valley=0.0,
                         chord_mu_decay_steps=0)
     assert m["alpha"] == 0.0 and torch.isfinite(delta).all() and "sft/nll" not in m
+
+
+def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path, monkeypatch):
+    """trainer_state.pt's tensors are tagged with the device that wrote them; torch.load without
+    map_location restores them there (every rank onto cuda:0; on a CPU-only machine: an error).
+    Here the checkpoint is written as if from cuda:0 and resumed on the CPU."""
+    import torch.serialization
+    real_tag = torch.serialization.location_tag
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    run(tmp_path, "--method", "sft", "--steps", "2", "--save-every", "2")
+    monkeypatch.setattr(torch.serialization, "location_tag", real_tag)
+    state = tmp_path / "checkpoints" / "step-0000002" / "trainer_state.pt"
+    with pytest.raises(RuntimeError, match="CUDA"):          # what a plain torch.load meets
+        torch.load(state, weights_only=True)
+    run(tmp_path, "--method", "sft", "--steps", "3", "--save-every", "2", "--resume", "auto")
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3]
