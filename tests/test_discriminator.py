@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import discriminator as D
+import polar
 from tests.worlds import CFG, write_polar_checkpoint, write_polar_tokenizer
 
 # ----------------------------------------------------------------------------------------------
@@ -94,14 +95,14 @@ def internlm2_reference(sd, cfg, ids):
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
 def test_polar_conversion_matches_an_independent_internlm2(tmp_path, fmt):
     cfg, sd = write_polar_checkpoint(tmp_path, fmt)
-    polar = D.Polar(str(tmp_path))
+    scorer = D.Polar(str(tmp_path))
     ids = torch.randint(3, cfg["vocab_size"], (2, 9))
-    scores = polar.score_ids(ids.tolist())
+    scores = scorer.score_ids(ids.tolist())
     for i in range(2):
         assert scores[i].item() == pytest.approx(internlm2_reference(sd, cfg, ids[i]), abs=1e-4)
     # left padding in a batch does not change a row's score
-    short = polar.score_ids([ids[0, :5].tolist()])
-    mixed = polar.score_ids([ids[0, :5].tolist(), ids[1].tolist()])
+    short = scorer.score_ids([ids[0, :5].tolist()])
+    mixed = scorer.score_ids([ids[0, :5].tolist(), ids[1].tolist()])
     assert mixed[0].item() == pytest.approx(short[0].item(), abs=1e-4)
 
 
@@ -109,7 +110,7 @@ def test_polar_wqkv_split_layout():
     cfg = dict(CFG, vocab_size=10)
     kv, g, d, H = 2, 2, 8, 32
     rows = torch.arange((kv * (g + 2)) * d).float()[:, None].expand(-1, H).clone()
-    out, _ = D.convert_internlm2_state_dict(
+    out, _ = polar.convert_internlm2_state_dict(
         {"model.layers.0.attention.wqkv.weight": rows, "v_head.weight": torch.ones(1, H)}, cfg)
     q = out["layers.0.self_attn.q_proj.weight"][:, 0]
     k = out["layers.0.self_attn.k_proj.weight"][:, 0]
@@ -121,7 +122,7 @@ def test_polar_wqkv_split_layout():
 
 def test_polar_input_string_template_budgets_and_reward_token(tmp_path):
     write_polar_checkpoint(tmp_path)
-    tok = D.PolarTokenizer(str(tmp_path))
+    tok = polar.PolarTokenizer(str(tmp_path))
     p, r, c = "What is the capital of China?", "Beijing.", "<think>\nhmm\n</think>\n\nShanghai."
     text = D.polar_input(tok, p, r, c)
     rt = lambda s: tok.decode(tok.encode(s))  # noqa: E731  (the round trip every part makes)
@@ -145,18 +146,18 @@ def test_polar_input_string_template_budgets_and_reward_token(tmp_path):
 
 def test_polar_scores_identical_pairs_consistently(tmp_path):
     write_polar_checkpoint(tmp_path)
-    polar = D.load_discriminator("polar", str(tmp_path))
+    scorer = D.load_discriminator("polar", str(tmp_path))
     prompts = ["What is the capital of China?"] * 3
-    s = polar.score(prompts, ["Beijing."] * 3, ["Beijing.", "Shanghai.", "Beijing."])
+    s = scorer.score(prompts, ["Beijing."] * 3, ["Beijing.", "Shanghai.", "Beijing."])
     assert s.shape == (3,) and torch.isfinite(s).all()
     assert s[0].item() == pytest.approx(s[2].item(), abs=1e-5)
-    alone = polar.score(prompts[:1], ["Beijing."], ["Shanghai."])
+    alone = scorer.score(prompts[:1], ["Beijing."], ["Shanghai."])
     assert alone[0].item() == pytest.approx(s[1].item(), abs=1e-4)
 
 
 def test_polar_without_v_head_or_files_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no 'v_head.weight'"):
-        D.convert_internlm2_state_dict({"model.norm.weight": torch.ones(4)}, CFG)
+        polar.convert_internlm2_state_dict({"model.norm.weight": torch.ones(4)}, CFG)
     (tmp_path / "config.json").write_text(json.dumps(dict(CFG, vocab_size=10)))
     write_polar_tokenizer(tmp_path)
     with pytest.raises(SystemExit, match="no \\*.safetensors or pytorch_model\\*.bin"):
@@ -167,10 +168,10 @@ def test_polar_in_bf16_keeps_rope_and_the_value_head_in_fp32(tmp_path):
     """Cast to bf16 (as on a GPU), POLAR must still rotate far positions by the right angle and
     return unquantised scores."""
     write_polar_checkpoint(tmp_path, cfg_overrides={"hidden_size": 512})   # head_dim 128, theta 1e6
-    polar = D.Polar(str(tmp_path), dtype=torch.bfloat16)
-    assert next(polar.model.parameters()).dtype == torch.bfloat16
+    scorer = D.Polar(str(tmp_path), dtype=torch.bfloat16)
+    assert next(scorer.model.parameters()).dtype == torch.bfloat16
     pos = torch.arange(0, 2001, 250)[None]                                  # [1, 9]
-    cos, sin = polar.model.rotary_emb(torch.zeros(1, 1, 128, dtype=torch.bfloat16), pos)
+    cos, sin = scorer.model.rotary_emb(torch.zeros(1, 1, 128, dtype=torch.bfloat16), pos)
     inv = 1.0 / (1e6 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128))
     angle = torch.cat([pos[0, :, None] * inv] * 2, -1)                      # [9, 128] exact
     # only the final bf16 rounding of cos/sin remains (< 0.004); bf16 inverse frequencies
@@ -178,7 +179,7 @@ def test_polar_in_bf16_keeps_rope_and_the_value_head_in_fp32(tmp_path):
     assert (cos[0].double() - angle.cos()).abs().max() < 0.01
     assert (sin[0].double() - angle.sin()).abs().max() < 0.01
     ids = torch.randint(3, 300, (16, 12)).tolist()
-    s = polar.score_ids(ids)
+    s = scorer.score_ids(ids)
     assert s.dtype == torch.float32
     assert not torch.equal(s, s.bfloat16().float())       # a bf16 head would round every score
 
@@ -190,4 +191,4 @@ def test_polar_tokenizer_needs_its_reward_markers_as_single_tokens(tmp_path):
                                    if v["content"] != "<|reward|>"}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(SystemExit, match="'<\\|reward\\|>' is not one added token"):
-        D.PolarTokenizer(str(tmp_path))
+        polar.PolarTokenizer(str(tmp_path))

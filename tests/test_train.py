@@ -150,8 +150,8 @@ def test_operational_errors_are_one_clear_line(tmp_path):
 def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
     import sys
 
-    import discriminator
     import logprobs
+    import polar
     from tools import plots
     monkeypatch.setattr(logprobs, "triton", None)
     with pytest.raises(RuntimeError, match="pip install triton"):
@@ -159,7 +159,7 @@ def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
                                 backend="triton")
     monkeypatch.setitem(sys.modules, "sentencepiece", None)
     with pytest.raises(SystemExit, match="pip install sentencepiece"):
-        discriminator.PolarTokenizer(str(tmp_path))
+        polar.PolarTokenizer(str(tmp_path))
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(SystemExit, match="pip install matplotlib"):
         plots.pyplot()
