@@ -60,11 +60,8 @@ class Run:
     engine: object = dataclasses.field(default_factory=rollouts.HFEngine)   # samples the rollouts
     discriminator: object = None           # D(x, y_E, y); only for adversarial methods
     reference: object = None               # the frozen reference policy; only when beta > 0
-    ctx: parallel.Context = dataclasses.field(default_factory=parallel.Context)     # this rank's share
-    meter: Meter = None                    # time and peak memory per phase
-
-    def __post_init__(self):
-        self.meter = self.meter or Meter(self.ctx.device)
+    ctx: parallel.Context | None = None    # this rank's place in a torchrun run (None: one process)
+    meter: Meter | None = None             # time and peak memory per phase (None: a new one)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,8 +72,10 @@ def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run,
     """One UniAPL step on a mixed batch -> (metrics, samples). Raises NonFiniteError before the
     weights change if a loss or the gradient norm is not finite. Under torchrun `batch` is this
     rank's share and every mean is divided by the count over all ranks (parallel.py)."""
+    device = next(policy.parameters()).device
+    run.ctx, run.meter = run.ctx or parallel.Context(device=device), run.meter or Meter(device)
     o, G, ctx, phase = run.objective, s.num_generations, run.ctx, run.meter.phase
-    amp = parallel.autocast_for(ctx.device, s.precision)
+    amp = parallel.autocast_for(device, s.precision)
     a, lam = o.alpha_at(step), o.lambda_adv            # the weights of this step's three terms
 
     # 1. Rollouts: y_1..y_G ~ pi_theta(. | x) for each RL prompt (a-sft: each demonstration prompt).
@@ -111,7 +110,7 @@ def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run,
     # 5. L = a L_SFT + (1 - a) L_GRPO + lam L_ADV: one backward per micro-batch (gradients add
     #    up, every mean divided by the whole step's count), one update; --num-iterations > 1
     #    reuses the rollouts for more updates, against the first update's log-probs (pi_old).
-    parts = micro_batches(ro, demos, adv, coef, ref_logp, s, o, ctx)
+    parts = micro_batches(ro, demos, adv, coef, ref_logp, s, device, ctx)
     clip = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
     for _ in range(s.num_iterations):
         terms = {"loss": 0.0, "sft": 0.0, "grpo": 0.0, "adv": 0.0}
@@ -168,11 +167,10 @@ class MicroBatch:
     sft_total: torch.Tensor | None = None   # the step's response tokens of all ranks
 
 
-def micro_batches(ro, demos, adv, coef, ref_logp, s, o, ctx) -> list[MicroBatch]:
+def micro_batches(ro, demos, adv, coef, ref_logp, s, device, ctx) -> list[MicroBatch]:
     """--micro-batch-size rollouts and demonstrations per forward/backward (default: all in one).
     Every mean is divided by the whole step's count over every rank, so that the micro-batches'
     losses (and gradients) add up to the whole batch's: that count is computed here, once."""
-    device = ctx.device
     mask = None
     if ro is not None:
         mask = ro.completion_mask.to(device)                                     # [R, L]
