@@ -1,28 +1,61 @@
 """bench.py: every benchmark runs end to end (on the CPU, small) and writes what README cites."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from tools import bench
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-def test_gpu_suite_rehearsed_on_the_cpu(tmp_path):
-    """The suite a lent GPU runs, at the toy shape on the CPU: the same code path end to end."""
-    s = bench.shape_settings("toy", ["rl_batch_size=2", "num_generations=2", "sft_batch_size=2",
-                                     "max_completion_length=8", "eval_max_new_tokens=8"])
-    r = bench.suite(torch.device("cpu"), "toy", [64], str(tmp_path), s, eval_prompts=4,
-                    hv=(32, 1000))
-    saved = json.load(open(tmp_path / "bench_gpu_suite.json"))
-    assert saved["step"]["rollouts"] == 4 and len(saved["step"]["steps"]) == 3
-    assert {"generate", "forward", "backward", "optimizer"} <= set(saved["step"]["phase_s"])
-    assert {row["variant"] for row in r["logprobs"]["rows"]} == {"naive", "torch"}
-    assert saved["step"]["engine"] == "static"                  # the best engine on a CPU
-    assert [(c["method"], c["engine"]) for c in saved["compared"]] == [
-        ("uniapl", "hf"), ("grpo", "static"), ("TRL GRPOTrainer", "hf")]
-    assert saved["eval"]["max_new_tokens"] == 8 and saved["eval"]["tokens_per_s"] > 0
-    assert "| generate |" in (tmp_path / "bench_gpu_suite.md").read_text()
+
+def test_gpu_suite_rehearsed_on_the_cpu_with_one_part_failing(tmp_path):
+    """The suite a lent GPU runs, at the toy shape on the CPU, every part in its own process --
+    with TRL made unimportable: its part records the error, every other part its figures."""
+    broken = tmp_path / "broken" / "trl"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("trl made unimportable for this test")')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "broken"))
+    res = subprocess.run([sys.executable, "-m", "tools.gpu_suite", "--device", "cpu", "--model-shape",
+                          "toy", "--out", str(tmp_path), "--budget-s", "900", "--set", "rl_batch_size=2",
+                          "num_generations=2", "sft_batch_size=2", "max_completion_length=8",
+                          "eval_max_new_tokens=8"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    r = json.load(open(tmp_path / "gpu_suite_cpu.json"))
+    assert list(r)[2:9] == ["environment", "logprobs_correctness", "steps", "trl", "train_cli", "eval",
+                            "logprobs_speed"]
+    assert r["environment"]["versions"]["torch"].startswith("2.")
+    rows = r["logprobs_correctness"]["rows"]
+    assert {(x["backend"], x["dtype"], x["temperature"]) for x in rows} >= {("torch", "bfloat16", 0.7)}
+    assert all(x["logp_max_abs_error"] < 1e-5 for x in rows if x["backend"] == "torch")
+    for engine in ("static", "hf"):
+        step = r["steps"][engine]
+        assert len(step["warmup"]) == 1 and step["steps"] and step["median_step_s"] > 0
+        assert {"generate", "forward", "backward", "optimizer"} <= set(step["phase_s"])
+    assert r["trl"]["grpo"]["method"] == "grpo" and r["trl"]["grpo"]["median_step_s"] > 0
+    assert "trl made unimportable" in r["trl"]["trl_hf"]["error"]
+    assert [x["returncode"] for x in r["train_cli"]["runs"]] == [0, 0]
+    assert [m["step"] for m in r["train_cli"]["metrics"]] == [1, 2, 3]
+    assert r["eval"]["tokens_per_s"] > 0 and r["eval"]["max_new_tokens"] == 8
+    assert {x["variant"] for x in r["logprobs_speed"]["rows"]} == {"naive", "torch"}
+    md = (tmp_path / "gpu_suite_cpu.md").read_text()
+    assert "| generate |" in md and "trl made unimportable" in md
+
+
+def test_a_part_over_its_time_keeps_what_it_reported():
+    """A job that hangs is killed at its limit (with its whole process group); the figures it
+    reported before stay, the error beside them."""
+    import argparse
+
+    from tools import gpu_suite
+    args = argparse.Namespace(device="cpu", model_shape="toy", set=[], n=None)
+    record = gpu_suite.run_job("_hang", "_hang", 20.0, args)
+    assert record["figure"] == 1.0 and record["error"] == "timed out after 20 s"
+    assert 20 <= record["time_s"] < 35
 
 
 def test_step_writes_the_file_readme_cites(tmp_path):

@@ -1,31 +1,28 @@
-"""Benchmarks: the fused log-prob gathering, one full UniAPL step, and evaluation throughput.
+"""Benchmarks: the fused log-probs (speed, memory, correctness), one UniAPL step, TRL beside it,
+and evaluation throughput -- each a function the GPU suite (tools/gpu_suite.py) runs in a
+process of its own.
 
-    python bench.py logprobs                 # CPU sizes; on a GPU machine, GPU sizes (bf16)
-    python bench.py logprobs --n 8192 16384 --device cuda
-    python bench.py step                     # one unified step of the toy world, share per phase
-    python bench.py step --model-shape qwen3-0.6b   # Qwen3-0.6B's real shape, random weights
-    python bench.py --suite gpu              # everything a lent GPU should measure, in one call
-    ... --out results                        # writes the files README's results come from
-    (memory of a real step, measured per token and planned per GPU: memory.py)
-
-The GPU suite (no hub needed: random weights at the real shapes) measures, in one process:
-log-probs at the dtype training feeds the head (bf16 rows under autocast) for the naive, chunked
-torch, Triton (and Liger, if installed) paths; three UniAPL steps at the real run's batch
-(8 prompts x G = 8 rollouts of up to 512 tokens + 8 demonstrations, a POLAR-1.8B-shaped
-discriminator) with the time and peak memory of every phase; and greedy evaluation throughput
-at IFEval's 1,280-token answers. It writes bench_gpu_suite.json and bench_gpu_suite.md.
+    python -m tools.bench logprobs                 # CPU sizes; on a GPU machine, GPU sizes (bf16)
+    python -m tools.bench logprobs --n 8192 32768 --device cuda
+    python -m tools.bench correctness              # log-probs and both gradients against float64
+    python -m tools.bench step                     # one unified step of the toy world, per phase
+    python -m tools.bench step --model-shape qwen3-0.6b --set rollout_engine=static
+    python -m tools.bench eval --model-shape qwen3-0.6b    # greedy answers of 1,280 tokens
+    ... --out results                              # writes the files RESULTS.md is built from
+    python -m tools.gpu_suite                      # everything a lent GPU should measure, at once
 
 With random weights a rollout almost never samples a stop token, so every rollout and every
-evaluation answer runs to its length limit: the step is timed at its worst case.
+evaluation answer runs to its length limit: steps are timed at their worst case.
 
-How memory is measured (honestly). On CUDA: the allocator's peak (`max_memory_allocated`) after
-resetting it, in one process (the caching allocator does not hide allocations from it). On the
-CPU every (variant, N, mode) of the log-prob benchmark runs in its own process and we read the
-peak resident set size (`ru_maxrss`), since one variant's freed memory would hide the next one's
-peak. "Extra peak" is that peak minus what was resident before the call (inputs built in place),
-minus the bytes of the gradients of the inputs in forward+backward -- outputs every variant must
-produce. Time is the median of several repeats after one warm-up run, synchronised on CUDA.
-Ratios are to the naive path measured in the same invocation on the same machine.
+How memory is measured. On CUDA: the allocator's peak (`max_memory_allocated`) after resetting
+it, in one process. On the CPU every (variant, N, mode) of the log-prob benchmark runs in its own
+process and we read the peak resident set size (`ru_maxrss`), since one variant's freed memory
+would hide the next one's peak. "Extra peak" is that peak minus what was resident before the call
+(inputs built in place), minus the bytes of the gradients of the inputs in forward+backward --
+outputs every variant must produce. Time is the median of several repeats after one warm-up run,
+synchronised on CUDA. Ratios are to the naive path measured in the same invocation; "of the
+matmul floor" is the time the log-prob's matrix products alone would take at the matmul rate
+measured in the same process (2 N H V FLOPs forward, three times that forward+backward).
 """
 
 from __future__ import annotations
@@ -46,9 +43,12 @@ import parallel
 import settings
 from tools.shapes import QWEN3_H, QWEN3_V, shaped_world
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
+
 # ----------------------------------------------------------------------------------------------
-# logprobs
+# logprobs: speed and memory against the naive path (and Liger Kernel where installed)
 # ----------------------------------------------------------------------------------------------
+
 
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
@@ -59,6 +59,24 @@ def _liger_logprobs(hidden, weight, targets, temperature):
     """Liger Kernel's fused linear cross-entropy with reduction='none' gives -log p per token."""
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
     return -LigerFusedLinearCrossEntropyLoss(reduction="none")(weight, hidden / temperature, targets)
+
+
+def matmul_tflops(device: str, dtype: str, n: int = 4096, repeats: int = 5) -> float:
+    """The matrix-product rate of this device and dtype, measured: an n x n x n product."""
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    n = n if device == "cuda" else 1024
+    a = torch.randn(n, n, dtype=dt, device=device)
+    b = torch.randn(n, n, dtype=dt, device=device)
+    for _ in range(2):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e12
 
 
 def measure_one(variant: str, n: int, mode: str, device: str, dtype: str, repeats: int,
@@ -93,7 +111,7 @@ def measure_one(variant: str, n: int, mode: str, device: str, dtype: str, repeat
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        run()
+        run()                                  # also the warm-up (Triton compiles here)
         peak = torch.cuda.max_memory_allocated() - base
     else:
         base = _rss_bytes()
@@ -118,8 +136,7 @@ def _measure(variant, n, mode, device, dtype, repeats, h, v) -> dict:
             return row
         cmd = [sys.executable, "-m", "tools.bench", "_one", variant, str(n), mode, device,
                dtype, str(repeats), str(h), str(v)]
-        res = subprocess.run(cmd, capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if res.returncode != 0:
             raise RuntimeError((res.stderr.strip().splitlines() or ["?"])[-1])
         return json.loads(res.stdout.strip().splitlines()[-1])
@@ -129,7 +146,8 @@ def _measure(variant, n, mode, device, dtype, repeats, h, v) -> dict:
 
 
 def bench_logprobs(device: str, dtype: str, sizes: list[int], repeats: int,
-                   h: int = QWEN3_H, v: int = QWEN3_V) -> dict:
+                   h: int = QWEN3_H, v: int = QWEN3_V, report=None) -> dict:
+    """Every variant at every N, forward and forward+backward; `report(result)` after each row."""
     variants = ["naive", "torch"]
     if device == "cuda":
         variants.append("triton")
@@ -138,30 +156,37 @@ def bench_logprobs(device: str, dtype: str, sizes: list[int], repeats: int,
             variants.append("liger")
         except ImportError:
             print("(Liger Kernel not installed: its column is skipped; pip install liger-kernel)")
-    rows = []
+    result = {"device": parallel.device_name(device), "dtype": dtype, "H": h, "V": v, "rows": [],
+              "matmul_tflops": matmul_tflops(device, dtype)}
     for mode in ("fwd", "fwd+bwd"):
         for n in sizes:
+            floor = 2 * n * h * v * (3 if mode == "fwd+bwd" else 1) / (result["matmul_tflops"] * 1e12)
             for variant in variants:
                 row = _measure(variant, n, mode, device, dtype, repeats, h, v)
-                rows.append(row)
+                if "error" not in row:
+                    row["of_matmul_floor"] = floor / row["median_s"]
+                result["rows"].append(row)
                 print(f"  {variant:6s} N={n:6d} {mode:7s}: " + (
                     f"failed ({row['error']})" if "error" in row else
                     f"extra peak {row['extra_peak_bytes'] / 2**20:9.1f} MiB, "
-                    f"median {row['median_s']:.4f} s"), flush=True)
-    return {"device": parallel.device_name(device), "dtype": dtype, "H": h, "V": v, "rows": rows}
+                    f"median {row['median_s']:.4f} s ({row['of_matmul_floor']:.0%} of the matmul "
+                    "floor)"), flush=True)
+                if report:
+                    report(result)
+    return result
 
 
 def logprobs_table(result: dict) -> str:
     rows = result["rows"]
     naive = {(r["n"], r["mode"]): r for r in rows if r["variant"] == "naive" and "error" not in r}
     lines = [f"token_logprobs at H={result['H']}, V={result['V']}, {result['dtype']}, on "
-             f"{result['device']}", "",
-             "| mode | N | variant | extra peak MiB | x naive mem | median s | x naive time |",
-             "|---|---|---|---|---|---|---|"]
+             f"{result['device']} (matmul rate measured: {result['matmul_tflops']:.1f} TFLOP/s)", "",
+             "| mode | N | variant | extra peak MiB | x naive mem | median s | x naive time | "
+             "of the matmul floor |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['mode']} | {r['n']} | {r['variant']} | failed: {r['error'][:60]} "
-                         "| | | |")
+                         "| | | | |")
             continue
         b = naive.get((r["n"], r["mode"]))
         mem_ratio = (f"{r['extra_peak_bytes'] / b['extra_peak_bytes']:.3f}"
@@ -169,7 +194,51 @@ def logprobs_table(result: dict) -> str:
         time_ratio = f"{r['median_s'] / b['median_s']:.2f}" if b else "-"
         lines.append(f"| {r['mode']} | {r['n']} | {r['variant']} | "
                      f"{r['extra_peak_bytes'] / 2**20:.1f} | {mem_ratio} | {r['median_s']:.4f} | "
-                     f"{time_ratio} |")
+                     f"{time_ratio} | {r['of_matmul_floor']:.0%} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# correctness: every log-prob path, values and both gradients, against float64 maths
+# ----------------------------------------------------------------------------------------------
+
+def logprobs_correctness(device: str, n: int = 1024, h: int = QWEN3_H, v: int = QWEN3_V) -> dict:
+    """Max |log p - exact|, and the relative error of d/dhidden and d/dweight, per backend,
+    dtype and temperature; exact = float64 maths on the same (rounded) operands."""
+    backends = ["naive", "torch"] + (["triton"] if device == "cuda" and logprobs.triton else [])
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for temperature in (1.0, 0.7):
+            torch.manual_seed(0)
+            hidden = torch.randn(n, h, device=device).to(dtype)
+            weight = (0.02 * torch.randn(v, h, device=device)).to(dtype)
+            targets = torch.randint(0, v, (n,), device=device)
+            g = torch.randn(n, device=device)                    # an arbitrary upstream gradient
+            h64 = hidden.double().requires_grad_()
+            w64 = weight.double().requires_grad_()
+            exact = torch.log_softmax(h64 @ w64.T / temperature, -1).gather(1, targets[:, None])[:, 0]
+            (exact * g.double()).sum().backward()
+            for backend in backends:
+                hh, ww = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+                out = logprobs.token_logprobs(hh, ww, targets, temperature, backend=backend)
+                (out * g).sum().backward()
+                rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+                rows.append({"backend": backend, "dtype": str(dtype).removeprefix("torch."),
+                             "temperature": temperature, "n": n, "V": v,
+                             "logp_max_abs_error": float((out.double() - exact.detach()).abs().max()),
+                             "grad_hidden_rel_error": rel(hh.grad, h64.grad),
+                             "grad_weight_rel_error": rel(ww.grad, w64.grad)})
+            del h64, w64, exact
+    return {"device": parallel.device_name(device), "rows": rows}
+
+
+def correctness_table(result: dict) -> str:
+    lines = [f"log-probs against float64 on {result['device']}", "",
+             "| backend | dtype | T | max abs error of log p | rel. error d/dhidden | rel. error d/dweight |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['dtype']} | {r['temperature']} | {r['logp_max_abs_error']:.2e} | "
+              f"{r['grad_hidden_rel_error']:.2e} | {r['grad_weight_rel_error']:.2e} |"
+              for r in result["rows"]]
     return "\n".join(lines)
 
 
@@ -183,7 +252,7 @@ def shaped_engine(policy, tokenizer, device, s: settings.Settings):
 
     import rollouts
     path = None
-    if s.rollout_engine in ("vllm", "auto") and device.type == "cuda":
+    if s.rollout_engine == "vllm":
         path = tempfile.mkdtemp(prefix="bench_engine_")
         policy.config.save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -195,8 +264,16 @@ def shaped_engine(policy, tokenizer, device, s: settings.Settings):
                                 gpu_memory_utilization=s.vllm_gpu_memory_utilization)
 
 
+def _peak_bytes(device) -> int:
+    return (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
 def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: int = 1,
-               repeats: int = 2) -> dict:
+               repeats: int = 2, report=None) -> dict:
+    """`warmup` steps (reported apart: compilation, the first CUDA graphs, allocator growth), then
+    `repeats` steady ones; per step its phases' times and peaks (train.Meter) and the generated
+    tokens per second of the generate phase. `report(result)` after every step."""
     import data
     import train
     import uniapl
@@ -207,47 +284,59 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
     run = train.Run(tokenizer, uniapl.objective(s), optimizer, scheduler, engine, disc,
                     ctx=parallel.Context(device=device))
-    steps = []
+    result = {"device": parallel.device_name(device), "model_shape": shape,
+              "params_M": sum(p.numel() for p in policy.parameters()) / 1e6, "method": s.method,
+              "discriminator": s.discriminator, "precision": s.precision, "engine": engine.name,
+              "rollouts": s.rl_batch_size * s.num_generations,
+              "max_completion_length": s.max_completion_length, "demos": s.sft_batch_size,
+              "warmup": [], "steps": []}
     for i in range(warmup + repeats):
         t0 = time.perf_counter()
         m, _ = train.unified_step(policy, sampler.next(), s, run, step=i)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        m["time/total"] = time.perf_counter() - t0
-        if i >= warmup:
-            steps.append(m)
-    total = statistics.median(m["time/total"] for m in steps)
-    phases = [k[5:] for k in steps[0] if k.startswith("time/") and k != "time/total"]
-    gen_tokens = statistics.median(m["completion_len"] * s.rl_batch_size * s.num_generations
-                                   for m in steps) if "completion_len" in steps[0] else 0
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    params_m = sum(p.numel() for p in policy.parameters()) / 1e6
+        m["time/step"] = time.perf_counter() - t0
+        tokens = m.get("completion_len", 0) * result["rollouts"]
+        m["generated_tokens"] = tokens
+        m["generate_tokens_per_s"] = tokens / m["time/generate"] if tokens else 0.0
+        result["warmup" if i < warmup else "steps"].append(m)
+        result.update(summarise_steps(result["steps"]))
+        print(f"  {engine.name} {s.method} step {i + 1} ({'warm-up' if i < warmup else 'steady'}): "
+              f"{m['time/step']:.2f} s, generate {m.get('time/generate', 0):.2f} s "
+              f"({m['generate_tokens_per_s']:.0f} tokens/s)", flush=True)
+        if report:
+            report(result)
     del engine, policy, optimizer   # free the GPU for the next measurement
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return {"device": parallel.device_name(device), "model_shape": shape, "params_M": params_m,
-            "method": s.method, "discriminator": s.discriminator, "precision": s.precision,
-            "engine": s.rollout_engine,
-            "rollouts": s.rl_batch_size * s.num_generations,
-            "max_completion_length": s.max_completion_length, "demos": s.sft_batch_size,
-            "median_step_s": total, "generated_tokens_per_step": gen_tokens,
-            "generated_tokens_per_s": gen_tokens / total, "peak_memory_GiB": peak / 2**30,
+    return result
+
+
+def summarise_steps(steps: list[dict]) -> dict:
+    """Medians over the steady steps: step time, tokens/s, each phase's time and peak."""
+    if not steps:
+        return {}
+    phases = [k[5:] for k in steps[0] if k.startswith("time/") and k != "time/step"]
+    return {"median_step_s": statistics.median(m["time/step"] for m in steps),
+            "generate_tokens_per_s": statistics.median(m["generate_tokens_per_s"] for m in steps),
             "phase_s": {p: statistics.median(m.get(f"time/{p}", 0) for m in steps) for p in phases},
             "phase_peak_GiB": {p: max(m.get(f"mem/{p}", 0) for m in steps) for p in phases},
-            "steps": steps}
+            "step_peak_GiB": max(m.get("mem/step", 0) for m in steps)}
 
 
 def step_table(r: dict) -> str:
     lines = [f"one unified step ({r['method']}, engine {r['engine']}, precision {r['precision']}), "
-             f"{r['model_shape']} "
-             f"shape ({r['params_M']:.2f} M parameters) on {r['device']}: {r['rollouts']} rollouts "
-             f"of up to {r['max_completion_length']} tokens + {r['demos']} demonstrations, "
-             f"discriminator {r['discriminator']}",
-             f"median step {r['median_step_s']:.2f} s, {r['generated_tokens_per_step']:.0f} "
-             f"generated tokens ({r['generated_tokens_per_s']:.0f} tokens/s), peak memory "
-             f"{r['peak_memory_GiB']:.2f} GiB", "",
-             "| phase | median s | share of step | peak GiB (CUDA) |", "|---|---|---|---|"]
+             f"{r['model_shape']} shape ({r['params_M']:.2f} M parameters) on {r['device']}: "
+             f"{r['rollouts']} rollouts of up to {r['max_completion_length']} tokens + {r['demos']} "
+             f"demonstrations, discriminator {r['discriminator']}"]
+    if r.get("warmup"):
+        lines.append(f"warm-up step: {r['warmup'][0]['time/step']:.2f} s")
+    if "median_step_s" not in r:
+        return "\n".join(lines + ["(no steady step finished)"])
+    lines += [f"median steady step {r['median_step_s']:.2f} s ({len(r['steps'])} steps); generate "
+              f"{r['generate_tokens_per_s']:.0f} tokens/s; peak memory of the step "
+              f"{r['step_peak_GiB']:.2f} GiB (CUDA; 0 elsewhere)", "",
+              "| phase | median s | share of step | peak GiB (CUDA) |", "|---|---|---|---|"]
     for p, t in r["phase_s"].items():
         mem = r["phase_peak_GiB"].get(p)
         lines.append(f"| {p} | {t:.3f} | {t / r['median_step_s']:.1%} | "
@@ -256,15 +345,14 @@ def step_table(r: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# TRL: its GRPOTrainer at the same settings (vLLM colocated where installed), the yardstick
+# TRL: its GRPOTrainer at the same settings (HF generate, or vLLM colocated), the yardstick
 # ----------------------------------------------------------------------------------------------
 
-def bench_trl(shape: str, device: torch.device, s: settings.Settings, warmup: int = 1,
-              repeats: int = 2) -> dict:
+def bench_trl(shape: str, device: torch.device, s: settings.Settings, use_vllm: bool = False,
+              warmup: int = 1, repeats: int = 1) -> dict:
     """trl.GRPOTrainer on the same policy, prompts, batch (rl_batch_size prompts x G rollouts of
     up to max_completion_length tokens) and precision; the IFEval reward. vLLM in colocate mode
     with sleep mode off (TRL issue #5312: with it on, TRL samples from the base checkpoint)."""
-    import importlib.util
     import tempfile
 
     import trl
@@ -276,33 +364,29 @@ def bench_trl(shape: str, device: torch.device, s: settings.Settings, warmup: in
     policy.save_pretrained(path)
     tokenizer.save_pretrained(path)
     del policy
-    vllm = device.type == "cuda" and importlib.util.find_spec("vllm") is not None
     args = trl.GRPOConfig(
         output_dir=os.path.join(path, "out"), report_to="none", save_strategy="no", logging_steps=1,
         max_steps=warmup + repeats, per_device_train_batch_size=s.rl_batch_size * s.num_generations,
         num_generations=s.num_generations, max_completion_length=s.max_completion_length,
         temperature=s.temperature, learning_rate=s.learning_rate, beta=s.beta, loss_type="dapo",
         use_cpu=device.type != "cuda", bf16=parallel.autocast_dtype(device, s.precision) is not None,
-        gradient_checkpointing=s.gradient_checkpointing, use_vllm=vllm, vllm_mode="colocate",
+        gradient_checkpointing=s.gradient_checkpointing, use_vllm=use_vllm, vllm_mode="colocate",
         vllm_gpu_memory_utilization=s.vllm_gpu_memory_utilization, seed=s.seed)
     trainer = trl.GRPOTrainer(model=path, reward_funcs=[ifeval.trl_reward], args=args,
                               train_dataset=trl_dataset(rows), processing_class=tokenizer)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    logs = [h for h in trainer.state.log_history if "step_time" in h][warmup:]
-    step_s = statistics.median(h["step_time"] for h in logs)
-    tokens = statistics.median(h["completions/mean_length"] for h in logs) * s.rl_batch_size * \
+    logs = [h for h in trainer.state.log_history if "step_time" in h]
+    steady = logs[warmup:] or logs
+    step_s = statistics.median(h["step_time"] for h in steady)
+    tokens = statistics.median(h["completions/mean_length"] for h in steady) * s.rl_batch_size * \
         s.num_generations
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    del trainer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return {"device": parallel.device_name(device), "model_shape": shape, "trl": trl.__version__,
-            "method": "TRL GRPOTrainer", "engine": "vllm colocate" if vllm else "hf",
-            "median_step_s": step_s, "generated_tokens_per_s": tokens / step_s,
-            "peak_memory_GiB": peak / 2**30}
+            "method": "TRL GRPOTrainer", "engine": "vllm colocate" if use_vllm else "hf",
+            "warmup_step_s": logs[0]["step_time"] if warmup else None,
+            "median_step_s": step_s, "step_tokens_per_s": tokens / step_s,
+            "peak_process_GiB": _peak_bytes(device) / 2**30}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,69 +394,45 @@ def bench_trl(shape: str, device: torch.device, s: settings.Settings, warmup: in
 # ----------------------------------------------------------------------------------------------
 
 def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: int = 64) -> dict:
+    """Greedy answers of up to eval_max_new_tokens for `prompts` prompts, through the engine
+    evaluation uses (batches as large as memory allows), timed twice: the first call includes
+    the engine's warm-up (copy, cache, compilation)."""
     import evaluate
     policy, tokenizer, rows, _ = shaped_world(shape, device, s)
     engine = shaped_engine(policy, tokenizer, device, s)
     rows = (rows * (prompts // len(rows) + 1))[:prompts]
-    t0 = time.perf_counter()
-    res = evaluate.evaluate_model(policy, tokenizer, rows, max_new_tokens=s.eval_max_new_tokens,
-                                  autocast=parallel.autocast_for(device, s.precision),
-                                  engine=engine)
-    wall = time.perf_counter() - t0
-    lengths = [len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
-               for r in res["responses"]]
-    return {"device": parallel.device_name(device), "model_shape": shape, "engine": s.rollout_engine,
-            "prompts": prompts,
-            "max_new_tokens": s.eval_max_new_tokens, "wall_s": wall,
-            "tokens_per_s": sum(lengths) / wall,
-            "ifeval_541_estimate_s": wall * 541 / prompts}
+    walls = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        texts, lengths = evaluate.generate_responses(
+            policy, tokenizer, rows, max_new_tokens=s.eval_max_new_tokens, engine=engine,
+            autocast=parallel.autocast_for(device, s.precision))
+        walls.append(time.perf_counter() - t0)
+    return {"device": parallel.device_name(device), "model_shape": shape, "engine": engine.name,
+            "prompts": prompts, "max_new_tokens": s.eval_max_new_tokens, "first_call_s": walls[0],
+            "wall_s": walls[1], "generated_tokens": sum(lengths),
+            "tokens_per_s": sum(lengths) / walls[1],
+            "rows_per_call": getattr(getattr(engine, "cache", None), "shape", (None,))[0],
+            "ifeval_541_estimate_s": walls[1] * 541 / prompts}
 
 
 # ----------------------------------------------------------------------------------------------
-# The GPU suite, and the CLI
+# CLI
 # ----------------------------------------------------------------------------------------------
 
-def engines_here(device: torch.device) -> list[str]:
-    import importlib.util
-    if device.type != "cuda":
-        return ["hf", "static"]
-    return ["hf", "static"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
-
-
-def suite(device: torch.device, shape: str, sizes: list[int], out: str, s: settings.Settings,
-          eval_prompts: int = 64, hv: tuple[int, int] = (QWEN3_H, QWEN3_V)) -> dict:
-    """Log-probs at the training dtype; three real-shape uniapl steps with the best engine here,
-    one with each other engine and one of the grpo preset; evaluation throughput."""
+def shape_settings(shape: str, overrides: list[str]) -> settings.Settings:
+    """The settings of the shape's world (toy or real), with NAME=VALUE overrides."""
     import dataclasses
-    t0 = time.perf_counter()
-    lp = bench_logprobs(device.type, "bf16" if parallel.autocast_dtype(device, s.precision) else "fp32",
-                        sizes, 3, *hv)
-    engines = engines_here(device)
-    best = dataclasses.replace(s, rollout_engine=engines[-1])
-    step = bench_step(shape, device, best, warmup=1, repeats=3)
-    print(step_table(step), flush=True)
-    others = [bench_step(shape, device, dataclasses.replace(s, rollout_engine=e), 1, 1)
-              for e in engines[:-1]]
-    others.append(bench_step(shape, device, dataclasses.replace(best, method="grpo"), 1, 1))
-    try:
-        others.append(bench_trl(shape, device, best))
-    except ImportError as e:
-        print(f"(TRL comparison skipped: {e})")
-    ev = bench_eval(shape, device, best, prompts=eval_prompts)
-    result = {"device": parallel.device_name(device), "logprobs": lp, "step": step,
-              "compared": others, "eval": ev, "suite_wall_s": time.perf_counter() - t0}
-    compare = ["| method | engine | median step s | generated tokens/s | peak GiB |", "|---|---|---|---|---|"]
-    compare += [f"| {r['method']} | {r['engine']} | {r['median_step_s']:.2f} | "
-                f"{r['generated_tokens_per_s']:.0f} | {r['peak_memory_GiB']:.2f} |"
-                for r in [step] + others]
-    md = "\n\n".join([f"GPU suite on {result['device']} ({result['suite_wall_s']:.0f} s)",
-                      logprobs_table(lp), step_table(step), "\n".join(compare),
-                      f"greedy evaluation, {ev['prompts']} prompts x up to {ev['max_new_tokens']} "
-                      f"tokens in one batch: {ev['wall_s']:.1f} s, {ev['tokens_per_s']:.0f} "
-                      f"tokens/s (IFEval's 541 prompts: about {ev['ifeval_541_estimate_s']:.0f} s)"])
-    write(out, "bench_gpu_suite", result, md)
-    print(md)
-    return result
+    fields = {f.name: f for f in dataclasses.fields(settings.Settings)}
+    values = {}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"tools.bench --set: no setting {name!r}")
+        kind = fields[name].type.split(" ")[0]
+        values[name] = {"int": int, "float": float, "bool": lambda x: x.lower() in ("1", "true")
+                        }.get(kind, str)(value)
+    return settings.Settings.for_world("toy" if shape == "toy" else "real", **values)
 
 
 def write(out: str, name: str, result: dict, md: str) -> None:
@@ -391,58 +451,40 @@ def main(argv=None):
                                      int(v))))
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", nargs="?", choices=["logprobs", "step", "eval"], default="logprobs")
-    p.add_argument("--suite", choices=["gpu"], help="everything a lent GPU should measure")
+    p.add_argument("what", choices=["logprobs", "correctness", "step", "eval"])
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="logprobs (default: bf16 on cuda)")
     p.add_argument("--n", type=int, nargs="+", help="token counts for logprobs")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats (logprobs 3, step 2)")
     p.add_argument("--out", default="bench_out", help="directory for JSON/markdown results")
-    p.add_argument("--model-shape", choices=["toy", "qwen3-0.6b"], default=None,
-                   help="step/eval/suite (default: toy for step and eval, qwen3-0.6b for the suite)")
+    p.add_argument("--model-shape", choices=["toy", "qwen3-0.6b"], default="toy",
+                   help="step and eval: the toy world's shape, or Qwen3-0.6B's (random weights)")
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                    help="override settings of the shape's world, e.g. --set rl_batch_size=2")
     args = p.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench.py: --device cuda needs a CUDA GPU (none is visible)")
-    if args.suite == "gpu" and args.device is None and device.type != "cuda":
-        raise SystemExit("bench.py --suite gpu needs a CUDA GPU (none is visible); "
-                         "--device cpu rehearses it here")
-    shape = args.model_shape or ("qwen3-0.6b" if args.suite else "toy")
-    s = shape_settings(shape, args.set)
-    if args.suite:
-        return suite(device, shape, args.n or [8192, 32768], args.out, s)
+        raise SystemExit("tools.bench: --device cuda needs a CUDA GPU (none is visible)")
+    s = shape_settings(args.model_shape, args.set)
     if args.what == "logprobs":
         dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
-        sizes = args.n or ([8192, 16384, 32768] if device.type == "cuda" else [512, 1024, 2048, 4096])
+        sizes = args.n or ([8192, 32768] if device.type == "cuda" else [512, 1024, 2048, 4096])
         result = bench_logprobs(device.type, dtype, sizes, args.repeats or 3)
-        write(args.out, f"bench_logprobs_{device.type}", result, logprobs_table(result))
-        print("\n" + logprobs_table(result))
-        return result
-    if args.what == "step":
-        result = bench_step(shape, device, s, repeats=args.repeats or 2)
-        write(args.out, f"bench_step_{shape}_{device.type}", result, step_table(result))
-        print(step_table(result))
-        return result
-    result = bench_eval(shape, device, s)
-    print(json.dumps(result, indent=1))
+        md = logprobs_table(result)
+    elif args.what == "correctness":
+        result = logprobs_correctness(device.type, *(args.n or [])[:1])
+        md = correctness_table(result)
+    elif args.what == "step":
+        result = bench_step(args.model_shape, device, s, repeats=args.repeats or 2)
+        md = step_table(result)
+    else:
+        result = bench_eval(args.model_shape, device, s)
+        md = json.dumps(result, indent=1)
+    name = {"logprobs": f"bench_logprobs_{device.type}", "correctness": f"logprobs_correctness_{device.type}",
+            "step": f"bench_step_{args.model_shape}_{device.type}", "eval": f"bench_eval_{device.type}"}
+    write(args.out, name[args.what], result, md)
+    print("\n" + md)
     return result
-
-
-def shape_settings(shape: str, overrides: list[str]) -> settings.Settings:
-    """The settings of the shape's world (toy or real), with NAME=VALUE overrides."""
-    import dataclasses
-    fields = {f.name: f for f in dataclasses.fields(settings.Settings)}
-    values = {}
-    for item in overrides:
-        name, _, value = item.partition("=")
-        if name not in fields:
-            raise SystemExit(f"bench.py --set: no setting {name!r}")
-        kind = fields[name].type.split(" ")[0]
-        values[name] = {"int": int, "float": float, "bool": lambda x: x.lower() in ("1", "true")
-                        }.get(kind, str)(value)
-    return settings.Settings.for_world("toy" if shape == "toy" else "real", **values)
 
 
 if __name__ == "__main__":
