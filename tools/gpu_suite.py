@@ -49,8 +49,9 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
-PARTS = {"environment": 1, "logprobs_correctness": 4, "steps": 14, "trl": 8, "train_cli": 8,
-         "eval": 5, "logprobs_speed": 4}     # part -> its share of the time budget
+PARTS = {"environment": 1, "logprobs_correctness": 3, "steps": 20, "trl": 8, "train_cli": 8,
+         "eval": 5, "logprobs_speed": 3}     # part -> its share of the time budget
+JOB_WEIGHTS = {"static": 3, "vllm": 2, "hf": 2, "grpo": 1, "trl_hf": 2, "trl_vllm": 2}   # within a part
 OPTIONAL = ["vllm", "liger_kernel", "trl", "datasets", "sentencepiece"]
 
 
@@ -82,7 +83,8 @@ def run_suite(args) -> dict:
         jobs = jobs_of(part, args.device)
         record, part_start = {}, time.perf_counter()
         for j, job in enumerate(jobs):
-            limit = (share - (time.perf_counter() - part_start)) / (len(jobs) - j)
+            weights = [JOB_WEIGHTS.get(x, 1) for x in jobs[j:]]
+            limit = (share - (time.perf_counter() - part_start)) * weights[0] / sum(weights)
             if limit < 5:
                 record[job] = {"error": f"not run: {limit:.0f} s of the budget left for it"}
                 continue
