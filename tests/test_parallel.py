@@ -59,13 +59,17 @@ def test_two_rank_sft_run_ends_with_the_one_process_weights(tmp_path):
     assert json.load(open(tmp_path / "two" / "eval_final.json"))["n_prompts"] == 4
 
 
-@pytest.mark.parametrize("fsdp", [[], ["--fsdp"]], ids=["data-parallel", "fsdp2"])
+@pytest.mark.parametrize("fsdp", [[], ["--fsdp", "--rollout-engine", "static"]],
+                         ids=["data-parallel", "fsdp2-static-engine"])
 def test_two_rank_uniapl_run_and_resume(tmp_path, fsdp):
+    """(torchrun on CUDA picks the static engine: under FSDP2 its copy is refreshed from the
+    gathered shards.)"""
     out = str(tmp_path / "run")
     args = [*TINY, "--method", "uniapl", "--save-every", "2", "--out", out, *fsdp]
     res = torchrun("train.py", *args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 process(es)" in res.stdout and ("FSDP2" in res.stdout) == bool(fsdp)
+    assert ("rollouts and evaluation: static" in res.stdout) == bool(fsdp)
     res = torchrun("train.py", *args, "--steps", "4", "--resume", "auto")
     assert res.returncode == 0, res.stderr[-3000:]
     ms = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
