@@ -333,9 +333,9 @@ def step_table(r: dict) -> str:
         lines.append(f"warm-up step: {r['warmup'][0]['time/step']:.2f} s")
     if "median_step_s" not in r:
         return "\n".join(lines + ["(no steady step finished)"])
+    peak = f"; peak memory of the step {r['step_peak_GiB']:.2f} GiB" if r["step_peak_GiB"] else ""
     lines += [f"median steady step {r['median_step_s']:.2f} s ({len(r['steps'])} steps); generate "
-              f"{r['generate_tokens_per_s']:.0f} tokens/s; peak memory of the step "
-              f"{r['step_peak_GiB']:.2f} GiB (CUDA; 0 elsewhere)", "",
+              f"{r['generate_tokens_per_s']:.0f} tokens/s{peak}", "",
               "| phase | median s | share of step | peak GiB (CUDA) |", "|---|---|---|---|"]
     for p, t in r["phase_s"].items():
         mem = r["phase_peak_GiB"].get(p)
