@@ -39,9 +39,17 @@ Design
   without writing logits to memory (out-of-range vocabulary columns are masked to -inf, the bug
   that gave peers log-probs above 0); the partials are combined in torch. The chosen token's logit
   is a row-wise dot product h_i . W_{t_i} (O(N x H)).
-* Backward (both backends): vocabulary chunks outside, token chunks inside; each logits chunk is
-  recomputed, turned into p, and two matmuls add its contribution to dh and dW. dW for a vocabulary
-  chunk is accumulated in fp32 and written once; dh is accumulated in fp32.
+* Backward: vocabulary chunks outside, token chunks inside. For each (token, vocabulary) chunk the
+  logits are recomputed and turned into the gradient of the loss with respect to them,
+
+      dS_ij = (g_i / T) (1[j = t_i] - exp(z_ij - lse_i))          g_i = dL / d logp_i
+
+  written once (the chosen-token term is inside it, so no separate scatter); then two matrix
+  products add dh += dS W and dW += dS^T h. "triton": one Triton GEMM whose epilogue writes dS
+  (bf16 for bf16 inputs) straight from the saved lse, then cuBLAS with fp32 accumulation for the
+  two products; "torch": the same three products and a few in-place passes. dW of a vocabulary
+  chunk is accumulated in fp32 and written once; dh is accumulated in fp32. Extra memory: one
+  dS chunk, one fp32 dW chunk and an fp32 [N, H] -- independent of N x V.
 * Precision: logits are always accumulated in fp32 (bf16 inputs are multiplied with fp32
   accumulation; fp32 inputs use full fp32, never TF32 in the kernel). bf16 log-probs would lose
   ~4e-3 absolute accuracy at this vocabulary size. On CUDA the backward matmuls take bf16 operands
@@ -65,7 +73,7 @@ import torch
 # Chunk sizes (rows x vocabulary columns of one recomputed logits chunk), by device. On the CPU
 # small chunks that stay in cache were fastest (measured: 1024 x 1024 fp32 = 4 MiB beat 1024 x
 # 8192 by ~1.5x at N=1024, H=1024, V=151,936 on 2 cores); a GPU wants larger matmuls.
-DEFAULT_CHUNKS = {"cpu": (1024, 1024), "cuda": (2048, 8192)}
+DEFAULT_CHUNKS = {"cpu": (1024, 1024), "cuda": (4096, 16384)}
 
 
 def naive_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -149,7 +157,34 @@ try:
 except ImportError:  # triton is optional: the torch backend does everything
     triton = None
 
+# Triton 3.9's CPU interpreter computes tl.dot on bf16 operands wrongly (seen here: errors of
+# 1e10 on a 16x16 product), so under TRITON_INTERPRET=1 the kernel upcasts operands to fp32 first.
+# On a GPU, bf16 operands go to the tensor cores with fp32 accumulation.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# Tile sizes. Each pipeline stage holds one [BLOCK_N, BLOCK_H] tile of hidden and one
+# [BLOCK_H, BLOCK_V] tile of W in shared memory:
+#     bytes = stages * (BLOCK_N * BLOCK_H + BLOCK_H * BLOCK_V) * element size
+# Large tiles for Hopper (up to 228 KiB per block), smaller ones that fit the ~100 KiB of RTX
+# 30/40, L4 and A10 GPUs; Triton's autotuner times them on the first call of each shape and
+# skips any that does not fit. Under the interpreter: one small tile (it runs on the CPU).
+TILES = [(128, 256, 64, 3, 8), (128, 128, 64, 3, 8), (64, 128, 64, 3, 4), (64, 128, 32, 3, 4)]
+
+
+def triton_shared_memory_bytes(tile: tuple, element_size: int) -> int:
+    block_n, block_v, block_h, stages, _ = tile
+    return stages * (block_n * block_h + block_h * block_v) * element_size
+
+
+def _configs():
+    tiles = [(16, 32, 16, 1, 4)] if _INTERPRETED else TILES
+    return [triton.Config({"BLOCK_N": n, "BLOCK_V": v, "BLOCK_H": h}, num_stages=st, num_warps=w)
+            for n, v, h, st, w in tiles]
+
+
 if triton is not None:
+    @triton.autotune(configs=_configs(), key=["H", "IEEE"])
     @triton.jit
     def _partial_lse_kernel(h_ptr, w_ptr, inv_t_ptr, max_ptr, sum_ptr, N, V, H,
                             stride_h, stride_w, vocab_per_program,
@@ -194,48 +229,83 @@ if triton is not None:
         tl.store(sum_ptr + out, s, mask=row_ok)
 
 
-# Triton 3.9's CPU interpreter computes tl.dot on bf16 operands wrongly (seen here: errors of
-# 1e10 on a 16x16 product), so under TRITON_INTERPRET=1 the kernel upcasts operands to fp32 first.
-# On a GPU, bf16 operands go to the tensor cores with fp32 accumulation.
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-# Tile sizes by operand dtype. Each pipeline stage holds one [BLOCK_N, BLOCK_H] tile of hidden
-# and one [BLOCK_H, BLOCK_V] tile of W in shared memory:
-#     bytes = stages * (BLOCK_N * BLOCK_H + BLOCK_H * BLOCK_V) * element size
-# Both choices need 72 KiB, within the ~100 KiB per block of RTX 30/40, L4 and A10 GPUs (an fp32
-# tile of BLOCK_H 64 with 3 stages would need 144 KiB and fail to launch there).
-TRITON_TILES = {2: dict(block_n=64, block_v=128, block_h=64, stages=3),    # bf16 / fp16
-                4: dict(block_n=64, block_v=128, block_h=32, stages=3)}    # fp32
-
-
-def triton_shared_memory_bytes(element_size: int) -> int:
-    t = TRITON_TILES[element_size]
-    return t["stages"] * (t["block_n"] * t["block_h"] + t["block_h"] * t["block_v"]) * element_size
+if triton is not None:
+    @triton.autotune(configs=_configs(), key=["H", "IEEE"])
+    @triton.jit
+    def _ds_kernel(h_ptr, w_ptr, t_ptr, g_ptr, lse_ptr, inv_t_ptr, ds_ptr, N, V, H,
+                   stride_h, stride_w, stride_ds,
+                   BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                   IEEE: tl.constexpr):
+        # dS_ij = g_i (1[j = t_i] - exp(z_ij - lse_i)) for one [BLOCK_N, BLOCK_V] tile of a chunk,
+        # z = (h . W_j) / T recomputed in registers; g already holds dL/dlogp_i / T_i. Row blocks
+        # vary fastest, so the programs that run together share one tile of W.
+        pid_n = tl.program_id(0)
+        pid_v = tl.program_id(1)
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+        row_ok, col_ok = rows < N, cols < V
+        acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
+        for k0 in range(0, H, BLOCK_H):
+            ks = k0 + tl.arange(0, BLOCK_H)
+            k_ok = ks < H
+            a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)         # [BN, BH]
+            b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None],
+                        mask=col_ok[None, :] & k_ok[:, None], other=0.0)         # [BH, BV]
+            if IEEE:  # fp32 inputs: full fp32 products, not TF32
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        inv_t = tl.load(inv_t_ptr + rows, mask=row_ok, other=1.0)
+        lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
+        g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
+        t = tl.load(t_ptr + rows, mask=row_ok, other=-1)
+        p = tl.exp(acc * inv_t[:, None] - lse[:, None])
+        chosen = cols[None, :] == t[:, None]
+        ds = g[:, None] * (tl.where(chosen, 1.0, 0.0) - p)
+        tl.store(ds_ptr + rows[:, None] * stride_ds + cols[None, :], ds.to(ds_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & col_ok[None, :])
 
 
 def _lse_triton(hidden, weight, inv_t, vocab_per_program=4096):
+    """Partial (max, sum of exp) per row and vocabulary slice from the kernel, combined here."""
     if triton is None:
         raise RuntimeError("logprobs: backend='triton' needs triton (pip install triton); "
                            "use backend='torch' instead")
     n, h = hidden.shape
     v = weight.shape[0]
-    tiles = TRITON_TILES[hidden.element_size()]
-    block_n, block_v, block_h = tiles["block_n"], tiles["block_v"], tiles["block_h"]
-    hidden = hidden.contiguous()
-    weight = weight.contiguous()
-    vocab_per_program = max(block_v, (vocab_per_program // block_v) * block_v)
+    hidden, weight = hidden.contiguous(), weight.contiguous()
     splits = triton.cdiv(v, vocab_per_program)
     pmax = torch.empty(splits, n, dtype=torch.float32, device=hidden.device)  # [S, N]
     psum = torch.empty(splits, n, dtype=torch.float32, device=hidden.device)  # [S, N]
-    grid = (triton.cdiv(n, block_n), splits)
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
     _partial_lse_kernel[grid](hidden, weight, inv_t.contiguous(), pmax, psum, n, v, h,
                               hidden.stride(0), weight.stride(0), vocab_per_program,
-                              BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_H=block_h,
-                              num_stages=tiles["stages"], num_warps=4,
                               IEEE=hidden.dtype == torch.float32 or _INTERPRETED)
     m = pmax.max(dim=0).values                                         # [N]
     return m + torch.log((psum * torch.exp(pmax - m)).sum(0))          # [N]
+
+
+def _ds_triton(h, w, t, g, lse, inv_t, out_dtype) -> torch.Tensor:
+    """dS [n, v] of one chunk (see _ds_kernel), in `out_dtype`."""
+    n, v = h.shape[0], w.shape[0]
+    ds = torch.empty(n, v, dtype=out_dtype, device=h.device)
+    h, w = h.contiguous(), w.contiguous()
+    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(v, meta["BLOCK_V"]))  # noqa: E731
+    _ds_kernel[grid](h, w, t.contiguous(), g.contiguous(), lse.contiguous(), inv_t.contiguous(), ds,
+                     n, v, h.shape[1], h.stride(0), w.stride(0), ds.stride(0),
+                     IEEE=h.dtype == torch.float32 or _INTERPRETED)
+    return ds
+
+
+def _ds_torch(h, w, t, g, lse, inv_t, out_dtype) -> torch.Tensor:
+    """The same dS with torch: one matrix product and three in-place passes over the chunk."""
+    z = _mm_f32(h, w.T)                                                # [n, v] recomputed
+    torch.addcmul(-lse[:, None], z, inv_t[:, None], out=z)             # z / T - lse
+    z.exp_().mul_(-g[:, None])                                         # -g p
+    chosen = (t >= 0) & (t < w.shape[0])                               # + g on the chosen token
+    z.scatter_add_(1, t.clamp(0, w.shape[0] - 1)[:, None], torch.where(chosen, g, 0.0)[:, None])
+    return z.to(out_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +335,7 @@ class _TokenLogprobs(torch.autograd.Function):
             lse = _lse_torch(hidden, weight, inv_t, token_chunk, vocab_chunk)      # [N]
         out = _target_logits(hidden, weight, targets, inv_t, token_chunk) - lse   # logp = z_t - lse
         ctx.save_for_backward(hidden, weight, targets, inv_t, lse)
-        ctx.chunks = (token_chunk, vocab_chunk)
+        ctx.chunks, ctx.backend = (token_chunk, vocab_chunk), backend
         return out
 
     @staticmethod
@@ -275,34 +345,30 @@ class _TokenLogprobs(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n, v = hidden.shape[0], weight.shape[0]
         acc = _acc(hidden)
-        g = grad_out.to(acc) * inv_t                                   # [N]  dL/dz_target
-        # On CUDA feed the matmuls bf16/fp16 operands (fp32 accumulation); elsewhere fp32.
+        g = grad_out.to(acc) * inv_t                                   # [N]  g_i / T_i
+        # On CUDA the products take bf16/fp16 operands (fp32 accumulation); elsewhere fp32.
         low = hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16)
         op_dtype = hidden.dtype if low else acc
+        ds_of = _ds_triton if ctx.backend == "triton" else _ds_torch
         grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if need_h else None
         grad_w = torch.empty_like(weight) if need_w else None
         for v0 in range(0, v, vocab_chunk):
             v1 = min(v0 + vocab_chunk, v)
             w = weight[v0:v1]                                          # [v, H]
+            w_op = w.to(op_dtype)
             gw = torch.zeros(w.shape, dtype=acc, device=w.device) if need_w else None
             for n0 in range(0, n, token_chunk):
                 n1 = min(n0 + token_chunk, n)
                 h = hidden[n0:n1]                                      # [n, H]
-                z = _mm_f32(h, w.T) * inv_t[n0:n1, None]               # [n, v] recomputed
-                coef = (torch.exp(z - lse[n0:n1, None]) * -g[n0:n1, None]).to(op_dtype)  # -g p
-                if need_h:   # dL/dh_i += -g_i sum_j p_ij W_j
-                    grad_h[n0:n1] += _mm_f32(coef, w.to(op_dtype))     # [n, H]
-                if need_w:   # dL/dW_j += -sum_i g_i p_ij h_i
-                    gw += _mm_f32(coef.T, h.to(op_dtype))              # [v, H]
+                # dS = (g / T) (onehot - p), the chosen-token term inside   [n, v]
+                ds = ds_of(h, w, targets[n0:n1] - v0, g[n0:n1], lse[n0:n1], inv_t[n0:n1], op_dtype)
+                if need_h:   # dL/dh_i += sum_j dS_ij W_j
+                    grad_h[n0:n1] += _mm_f32(ds, w_op)                 # [n, H]
+                if need_w:   # dL/dW_j += sum_i dS_ij h_i
+                    gw += _mm_f32(ds.T, h.to(op_dtype))                # [v, H]
             if need_w:
-                # The chosen-token term +g h_i lands on row t_i of W (fp32, then one cast).
-                sel = (targets >= v0) & (targets < v1)
-                gw.index_add_(0, targets[sel] - v0, g[sel, None] * hidden[sel].to(acc))
                 grad_w[v0:v1] = gw.to(weight.dtype)
         if need_h:
-            for n0 in range(0, n, token_chunk):  # the chosen-token term +g W_{t_i}
-                n1 = n0 + token_chunk
-                grad_h[n0:n1] += g[n0:n1, None] * weight[targets[n0:n1]].to(acc)
             grad_h = grad_h.to(hidden.dtype)
         return grad_h, grad_w, None, None, None, None, None
 
