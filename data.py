@@ -255,7 +255,7 @@ def load_rows(spec: str, split: str = "train", *, skip_invalid: bool = False,
         if variant not in ("", "base", "flawed", "holdout", "validation"):
             raise DataError(f"unknown toy variant {variant!r} (base, flawed, holdout, validation)")
         if variant == "validation":
-            raw = toy.validation_rows(toy_seed, toy_eval_n, teacher_accuracy, toy_n)
+            raw = toy.validation_rows(toy_seed, toy_eval_n, teacher_accuracy)
         else:
             train, evals = toy.train_eval_rows(toy_seed, n_train=toy_n, n_eval=toy_eval_n,
                                                teacher_accuracy=teacher_accuracy, variant=variant)

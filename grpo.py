@@ -27,6 +27,8 @@ Choices where the paper is silent (ours, following TRL's GRPOTrainer conventions
 * beta = 0 by default (no KL, no reference model loaded), as in TRL and DAPO.
 * Truncated completions (no stop token within the length limit) keep their reward unless
   --mask-truncated removes them from the loss (DAPO's overlong filtering).
+* The reward gives partial credit (the share of satisfied instructions) by default; the paper's
+  is binary (every instruction satisfied or not), `--reward all`.
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ from logprobs import sequence_logprobs
 from rollouts import Rollouts
 
 # r_i = (instructions of x that y_i satisfies) / (instructions of x)      (strict; 0 if y_i is empty)
+# --reward all (the paper's binary reward): r_i = 1 if y_i satisfies every instruction, else 0
 
 
-def rewards(rollouts: Rollouts) -> torch.Tensor:
+def rewards(rollouts: Rollouts, kind: str = "fraction") -> torch.Tensor:
     """ifeval.reward of every completion against its own row's instructions: fp32 [R]."""
-    return torch.tensor([ifeval.reward(text, row["instruction_id_list"], row["kwargs"], row["prompt"])
-                         for text, row in zip(rollouts.texts, rollouts.rows)], dtype=torch.float32)
+    r = torch.tensor([ifeval.reward(text, row["instruction_id_list"], row["kwargs"], row["prompt"])
+                      for text, row in zip(rollouts.texts, rollouts.rows)], dtype=torch.float32)
+    return (r == 1).float() if kind == "all" else r
 
 
 # A_i = (r_i - mean_j r_j) / (std_j r_j + eps)       j over the G rollouts of the same prompt

@@ -107,6 +107,9 @@ class Settings:
                                    "static", choices=["auto", "hf", "static", "vllm"])
     vllm_gpu_memory_utilization: float = ROLLOUTS(0.3, "vllm: the share of the GPU's memory vLLM "
                                                   "may take while awake (TRL's default)")
+    reward: str = ROLLOUTS("fraction", "fraction: the share of the prompt's instructions a rollout "
+                           "satisfies (ours: partial credit); all: 1 if it satisfies every one, "
+                           "else 0 (the paper's binary reward)", choices=["fraction", "all"])
     mask_truncated: bool = ROLLOUTS(False, "leave rollouts that hit the length limit out of the "
                                     "loss (DAPO's overlong filtering)", action="store_true")
 

@@ -23,8 +23,9 @@ So this file builds, deterministically from a seed:
 * **a model**: `Qwen3ForCausalLM` with a tiny `Qwen3Config` (about 0.88 M parameters, tied
   embeddings like Qwen3-0.6B), random init.
 
-Train and evaluation prompts come from different seeds and any evaluation prompt that also occurs
-in the training set is removed, so held-out accuracy is held out.
+Training, evaluation and validation prompts come from different seeds, and every training set
+of every variant leaves out each prompt that an evaluation or validation set of its seed can hold
+(`held_back`), so held-out accuracy is held out.
 """
 
 from __future__ import annotations
@@ -174,27 +175,33 @@ def is_held_out(ids) -> bool:
     return any(pair <= set(ids) for pair in HELD_OUT)
 
 
-def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | None = None,
+EVAL_SEED, VALIDATION_SEED = 1_000_003, 2_000_006   # the held-out streams: seed + offset
+HELD_BACK = 1000   # per seed: evaluation and validation prompts that no training set may contain
+
+
+def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | frozenset | None = None,
               split: str = "train", variant: str = "") -> list[dict]:
     """n normalised rows; deterministic in (n, seed, teacher_accuracy, variant). `exclude`:
-    prompts to skip. `variant`: "" (the scripted teacher), "base", "flawed", "holdout" (above)."""
-    rng = random.Random(seed)
+    prompts to skip. `variant`: "" (the scripted teacher), "base", "flawed", "holdout" (above).
+    Prompts and the teacher draw from two random streams, so that a seed's prompts come in the
+    same order whatever the teacher does (its held-out prompts are then known in advance)."""
+    prompts, teacher = random.Random(seed), random.Random(f"teacher-{seed}")
     rows, seen = [], set(exclude or ())
     while len(rows) < n:
-        prompt, ids, kwargs = _prompt(rng)
+        prompt, ids, kwargs = _prompt(prompts)
         if prompt in seen or (variant == "holdout" and split == "train" and is_held_out(ids)):
             continue
         seen.add(prompt)
-        correct = rng.random() < teacher_accuracy
-        violate = None if correct else rng.choice(ids)
+        correct = teacher.random() < teacher_accuracy
+        violate = None if correct else teacher.choice(ids)
         if variant == "flawed" and FLAW in ids:
             violate = FLAW
         if variant == "base":   # the topic only: no instruction is followed on purpose
-            rows.append({"prompt": prompt, "response": teacher_response(rng, prompt, [], []),
+            rows.append({"prompt": prompt, "response": teacher_response(teacher, prompt, [], []),
                          "instruction_id_list": ids, "kwargs": kwargs,
                          "key": f"toy-base-{split}-{seed}-{len(rows)}"})
             continue
-        response = teacher_response(rng, prompt, ids, kwargs, violate)
+        response = teacher_response(teacher, prompt, ids, kwargs, violate)
         r = ifeval.reward(response, ids, kwargs, prompt)
         if violate is None and r != 1.0:  # a correct teacher answer must pass: else a bug
             raise AssertionError(f"toy teacher bug: reward {r} for {prompt!r} -> {response!r}")
@@ -205,24 +212,43 @@ def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | 
     return rows
 
 
+@functools.lru_cache(maxsize=16)
+def _evaluation_prompts(seed: int, teacher_accuracy: float) -> frozenset:
+    """The first HELD_BACK evaluation prompts of the seed, for either evaluation teacher."""
+    return frozenset(r["prompt"] for v in ("", "flawed")
+                     for r in make_rows(HELD_BACK, seed + EVAL_SEED, teacher_accuracy, split="eval",
+                                        variant=v))
+
+
+@functools.lru_cache(maxsize=16)
+def held_back(seed: int, teacher_accuracy: float = 0.65) -> frozenset:
+    """Every prompt an evaluation or validation set of this seed can hold: no training set of
+    any variant contains one (a prompt seen in training scores far higher when evaluated)."""
+    validation = validation_rows(seed, HELD_BACK, teacher_accuracy)
+    return _evaluation_prompts(seed, teacher_accuracy) | {r["prompt"] for r in validation}
+
+
 def train_eval_rows(seed: int = 0, n_train: int = 2000, n_eval: int = 100,
                     teacher_accuracy: float = 0.65, variant: str = "") -> tuple[list[dict], list[dict]]:
-    """Disjoint train and evaluation sets (different seeds; shared prompts removed from eval).
-    Evaluation rows never leave out held-out combinations (that is what they measure)."""
-    train = make_rows(n_train, seed, teacher_accuracy, split="train", variant=variant)
-    evals = make_rows(n_eval, seed + 1_000_003, teacher_accuracy,
-                      exclude={r["prompt"] for r in train}, split="eval",
-                      variant="" if variant in ("base", "holdout") else variant)
+    """Training rows of the variant, and the seed's first n_eval evaluation rows (the flawed
+    teacher's for "flawed"; evaluation rows never leave out held-out combinations: that is what
+    they measure). No training prompt is a held-back one (`held_back`)."""
+    if n_eval > HELD_BACK:
+        raise ValueError(f"toy world: at most {HELD_BACK} evaluation prompts per seed")
+    evals = make_rows(n_eval, seed + EVAL_SEED, teacher_accuracy, split="eval",
+                      variant="flawed" if variant == "flawed" else "")
+    train = make_rows(n_train, seed, teacher_accuracy, exclude=held_back(seed, teacher_accuracy),
+                      split="train", variant=variant)
     return train, evals
 
 
-def validation_rows(seed: int = 0, n: int = 200, teacher_accuracy: float = 0.65,
-                    n_train: int = 2000) -> list[dict]:
-    """A third split, disjoint from training and evaluation prompts: for choosing settings (the
-    learning rate of each method) without looking at the evaluation prompts."""
-    train, evals = train_eval_rows(seed, n_train, 1000, teacher_accuracy)
-    return make_rows(n, seed + 2_000_006, teacher_accuracy, split="validation",
-                     exclude={r["prompt"] for r in train + evals})
+def validation_rows(seed: int = 0, n: int = 200, teacher_accuracy: float = 0.65) -> list[dict]:
+    """A third split, disjoint from every training and evaluation prompt of the seed: for
+    choosing settings (each method's learning rate) without looking at the evaluation prompts."""
+    if n > HELD_BACK:
+        raise ValueError(f"toy world: at most {HELD_BACK} validation prompts per seed")
+    return make_rows(n, seed + VALIDATION_SEED, teacher_accuracy, split="validation",
+                     exclude=_evaluation_prompts(seed, teacher_accuracy))
 
 
 # ----------------------------------------------------------------------------------------------

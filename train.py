@@ -86,9 +86,10 @@ def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run,
             ro = run.engine.generate(policy, run.tokenizer, rows, G, temperature=s.temperature,
                                      max_new_tokens=s.max_completion_length)
 
-        # 2. Reward: r_i = fraction of x's instructions that y_i satisfies (ifeval.py).
+        # 2. Reward: r_i = fraction of x's instructions that y_i satisfies (ifeval.py; --reward
+        #    all: 1 if it satisfies all of them, else 0).
         with phase("reward"):
-            r = grpo.rewards(ro)                                                 # [R]
+            r = grpo.rewards(ro, s.reward)                                       # [R]
 
         # 3. Discriminator d_i = D(x, y_E, y_i), adversarial coefficient
         #    c_i = clip((d_i - mean d) / (std d + eps), -c, c) within each group (Algorithm 1).

@@ -124,3 +124,13 @@ def test_rollouts_record_the_samplers_log_probs(model, tok):
     with torch.no_grad():
         assert grpo.sampler_gap(ro, grpo.completion_logprobs(model, ro, 1.0))["sampler_gap_max"] > 1e-2
     assert rollouts.generate(model, tok, rows, 1, greedy=True, max_new_tokens=3).sampler_logp is None
+
+
+def test_partial_credit_and_the_papers_binary_reward():
+    row = {"prompt": "Describe the cat.", "instruction_id_list": ["punctuation:no_comma",
+                                                                  "startend:end_checker"],
+           "kwargs": [{}, {"end_phrase": "That is all."}]}
+    texts = ["The cat, calm.", "The cat is calm.", "The cat is calm. That is all.", ""]
+    ro = rollouts.Rollouts([row] * 4, None, None, None, None, None, texts, 4)
+    assert grpo.rewards(ro).tolist() == [0.0, 0.5, 1.0, 0.0]
+    assert grpo.rewards(ro, "all").tolist() == [0.0, 0.0, 1.0, 0.0]
