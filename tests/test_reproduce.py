@@ -1,5 +1,5 @@
-"""reproduce.py: statistics by hand; --quick runs the whole pipeline (main, discriminators) and
-keeps finished runs when run again."""
+"""tools/reproduce.py and tools/claims.py: statistics by hand; --quick runs the whole pipeline
+(lr grid, main table, report, discriminators) and keeps finished runs when run again."""
 
 import argparse
 import json
@@ -7,68 +7,90 @@ import json
 import pytest
 import torch
 
-from tools import reproduce
+from tools import claims, reproduce
 
 
-def test_paired_difference_hand_computed():
+def test_paired_difference_and_exact_t_by_hand():
     rs = [{"name": n, "seed": s, "accuracy": a} for n, s, a in [
         ("a", 0, 0.5), ("a", 1, 0.6), ("a", 2, 0.7), ("b", 0, 0.4), ("b", 1, 0.4), ("b", 2, 0.6)]]
-    ci = reproduce.paired(rs, "a", "b")
-    # differences 0.1, 0.2, 0.1: mean 0.1333, sd 0.0577, t(2) = 4.303 -> half width 0.1434
-    assert ci["mean"] == pytest.approx(0.13333, abs=1e-4) and ci["n"] == 3
-    assert ci["high"] - ci["mean"] == pytest.approx(4.303 * 0.057735 / 3 ** 0.5, abs=1e-4)
-    assert reproduce.verdict(ci) == "inconclusive"                   # the interval contains 0
-    assert reproduce.verdict({"low": 0.01, "high": 0.2}) == "reproduced"
-    assert reproduce.verdict({"low": -0.3, "high": -0.01}).startswith("not reproduced")
-    assert reproduce.paired(rs, "a", "missing") is None
-    assert reproduce.verdict({"low": -0.3, "high": -0.1}, sign=-1) == "reproduced"   # lower is better
+    ci = claims.paired(rs, "a", "b")
+    # differences 0.1, 0.2, 0.1: mean 0.13333, sd 0.057735, se 0.033333; t(2, 0.975) = 4.302653
+    assert ci["mean"] == pytest.approx(0.133333, abs=1e-6) and ci["n"] == 3
+    assert ci["high"] - ci["mean"] == pytest.approx(4.302653 * 0.033333, rel=1e-5)
+    # t = 4.0 on 2 degrees of freedom: two-sided p = 1 - 4 / sqrt(18) = 0.057191
+    assert ci["p"] == pytest.approx(1 - 4 / 18 ** 0.5, rel=1e-5)
+    assert claims.paired(rs, "a", "missing") is None
     teacher = [dict(r, teacher=0.65) for r in rs]
-    assert reproduce.paired(teacher, "a", "teacher")["mean"] == pytest.approx(-0.05)
+    assert claims.paired(teacher, "a", "teacher")["mean"] == pytest.approx(-0.05)
+
+
+def test_holm_and_the_verdict():
+    # p sorted 0.01, 0.02, 0.04 of m = 3: 0.03, max(0.03, 0.04), max(0.04, 0.04) -- and order kept
+    assert claims.holm([0.04, 0.01, None, 0.02]) == pytest.approx([0.04, 0.03, None, 0.04])
+    assert claims.holm([0.5, 0.9]) == [1.0, 1.0]
+    assert claims.verdict({"mean": 0.1}, 0.01) == "reproduced"
+    assert claims.verdict({"mean": -0.1}, 0.01).startswith("not reproduced")
+    assert claims.verdict({"mean": -0.1}, 0.01, sign=-1) == "reproduced"      # lower is better
+    assert claims.verdict({"mean": 0.1}, 0.06) == "inconclusive" and claims.verdict(None, None) == "not run"
+    # seeds needed: ((z(1 - 0.025/m) + z(0.8)) sd / gap)^2; m = 1: (1.95996 + 0.84162)^2 = 7.849
+    assert claims.seeds_needed(1.0, 1.0, 1) == 8 and claims.seeds_needed(0.05, 0.03, 1) == 22
 
 
 def test_quick_pipeline(tmp_path):
-    results = reproduce.main(["--quick", "--out", str(tmp_path), "--machine", "test"])
+    out, best = str(tmp_path), {}       # no lr_grid.json: every method at 1e-3 (the slow test grids)
+    results = reproduce.main(["--quick", "--out", out, "--machine", "test"])
     assert {r["name"] for r in results} == {name for name, _ in reproduce.MAIN}
     assert {r["seed"] for r in results} == {0, 1}
-    saved = json.load(open(tmp_path / "toy_table.json"))
-    assert saved["steps"] == 4 and len(saved["base_accuracy"]) == 2
     md = (tmp_path / "toy_table.md").read_text()
     for name, _ in reproduce.MAIN:
         assert f"| {name} |" in md
-    assert "| UniAPL beats GRPO |" in md
+    assert "| GRPO improves on the base |" in md and "Holm" in md
     for png in ("toy_methods.png", "toy_claims.png", "toy_curves.png", "toy_behaviour.png"):
         assert (tmp_path / png).stat().st_size > 1000
-    staged = next(r for r in results if r["name"] == "sft -> grpo")
-    grpo_s1 = next(r for r in results if r["name"] == "grpo" and r["seed"] == 1)
-    assert staged["run_dir"].endswith("stage2") and staged["n_ood"] >= 0
-    # every run started from its seed's shared base model
+    staged = next(r for r in results if r["name"] == "sft -> grpo" and r["seed"] == 1)
+    assert staged["run_dir"].endswith("stage2") and staged["lrs"] == [1e-3, 1e-3]
+    # every run started from its seed's shared base model, trained on the holdout world
     cfg = json.load(open(tmp_path / "runs" / "main" / "grpo-s1" / "stage1" / "config.json"))
     assert cfg["model"].endswith("base/seed1/final") and cfg["dataset"] == "toy:holdout"
-    assert "| The student (UniAPL) beats its teacher |" in reproduce.main(
-        ["report", "--quick", "--out", str(tmp_path)])
-    disc = reproduce.main(["discriminators", "--quick", "--out", str(tmp_path), "--machine", "test"])
-    assert {"lexical", "embedding (the base student as encoder)"} <= set(disc)
-    assert 0 <= disc["lexical"]["auc"] <= 1
+    base_cfg = json.load(open(tmp_path / "runs" / "base" / "seed1" / "config.json"))
+    assert base_cfg["dataset"] == "toy:holdout" and base_cfg["method"] == "sft"
+    # more seeds for some rows later: the table keeps the others
+    reproduce.main(["--quick", "--out", out, "--seeds", "2", "--configs", "base", "grpo", "--machine", "t"])
+    saved = json.load(open(tmp_path / "toy_table.json"))["results"]
+    assert {(r["name"], r["seed"]) for r in saved} >= {("grpo", 2), ("uniapl", 1), ("base", 2)}
+    need = reproduce.main(["seeds", "--quick", "--out", out])
+    assert all(v["seeds_for_0.03"] >= 2 for v in need.values())
+    disc = reproduce.main(["discriminators", "--quick", "--out", out, "--machine", "test"])
+    assert {"lexical / base", "lexical / fixed"} <= set(disc) and 0 <= disc["lexical / fixed"]["auc"] <= 1
     # an interrupted reproduction keeps the runs that finished with the settings asked for
-    args = argparse.Namespace(out=str(tmp_path), steps=4, extra=reproduce.QUICK, n_eval=12)
+    args = argparse.Namespace(out=out, steps=4, extra=reproduce.QUICK, n_eval=12)
     threads = torch.get_num_threads()
+    grpo_s1 = next(r for r in results if r["name"] == "grpo" and r["seed"] == 1)
     try:
-        again = reproduce.run_job(reproduce.job_spec("grpo", [("grpo", [])], 1, args, "main", {},
+        again = reproduce.run_job(reproduce.job_spec("grpo", [("grpo", [])], 1, args, "main", best,
                                                      behaviour=False))
         assert again["kept"] == 1 and again["accuracy"] == grpo_s1["accuracy"]
         other = reproduce.run_job(reproduce.job_spec("grpo", [("grpo", [])], 1, args, "main",
-                                                     {"grpo": 3e-3}, behaviour=False))
-        assert other["kept"] == 0 and other["lr"] == 3e-3
+                                                     {"grpo": 1e-2}, behaviour=False))
+        assert other["kept"] == 0 and other["lrs"] == [1e-2]
     finally:
         torch.set_num_threads(threads)
 
 
 @pytest.mark.slow
 def test_quick_lr_grid_and_ablations(tmp_path):
-    best = reproduce.main(["lr-grid", "--quick", "--out", str(tmp_path), "--machine", "test"])
-    assert set(best) == {name for name, _ in reproduce.MAIN}
-    reproduce.main(["--quick", "--out", str(tmp_path), "--machine", "test"])
-    assert "per-method learning rates" in (tmp_path / "toy_table.md").read_text()
-    reproduce.main(["ablations", "--quick", "--out", str(tmp_path), "--machine", "test"])
+    out = str(tmp_path)
+    best = reproduce.main(["lr-grid", "--quick", "--out", out, "--machine", "test"])
+    assert set(best) == set(reproduce.SINGLE) and set(best.values()) <= {1e-3, 3e-3}
+    results = reproduce.main(["--quick", "--out", out, "--machine", "test"])
+    staged = next(r for r in results if r["name"] == "sft -> grpo")
+    assert staged["lrs"] == [best["sft"], best["grpo"]]          # a rate per stage
+    reproduce.main(["ablations", "--quick", "--out", out, "--machine", "test"])
     md = (tmp_path / "toy_ablations.md").read_text()
-    assert "flawed teacher" in md and "| uniapl vs uniapl, adv as reward |" in md
+    assert "flawed teacher" in md and "| grpo, binary reward vs grpo |" in md
+
+
+def test_choose_lr_takes_the_best_mean_and_the_smaller_rate_on_a_tie():
+    rs = [{"name": "x", "lrs": [lr], "accuracy": a} for lr, a in
+          [(1e-4, 0.5), (1e-4, 0.7), (3e-4, 0.6), (3e-4, 0.6), (1e-3, 0.2), (1e-3, 0.3)]]
+    assert reproduce.choose_lr(rs, "x") == 1e-4
