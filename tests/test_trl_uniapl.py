@@ -43,10 +43,13 @@ def trainer_for(world, tok, method="uniapl", **overrides):
                                     processing_class=tok)
 
 
-@pytest.mark.parametrize("method", ["uniapl", "a-grpo", "grpo"])
-def test_loss_and_gradient_equal_the_projects_objective(world, tok, method):
+@pytest.mark.parametrize("method,off_policy", [("uniapl", False), ("a-grpo", False), ("grpo", False),
+                                               ("uniapl", True)])
+def test_loss_and_gradient_equal_the_projects_objective(world, tok, method, off_policy):
     """Same rollouts, advantages, coefficients and demonstrations: TRL's subclass and this
-    project's terms (grpo.py, uniapl.py, sft.py) give the same loss and gradient."""
+    project's terms (grpo.py, uniapl.py, sft.py) give the same loss and gradient. off_policy:
+    old log-probs 0.4 away from the current ones, so that the ratio is e^(+-0.4) and the clip
+    binds on both sides (on-policy the ratio is 1 and the clip never acts)."""
     trainer = trainer_for(world, tok, method)
     model = trainer.model
     path, rows = world
@@ -60,6 +63,11 @@ def test_loss_and_gradient_equal_the_projects_objective(world, tok, method):
               "completion_ids": ro.completion_ids, "completion_mask": ro.completion_mask,
               "advantages": A, "num_items_in_batch": ro.completion_mask.sum(),
               "adversarial_coefficient": c}
+    with torch.no_grad():
+        shift = 0.4 * (torch.arange(ro.completion_ids.numel()).reshape(ro.completion_ids.shape) % 2 * 2 - 1)
+        old = grpo.completion_logprobs(ours, ro, 1.0) + (shift if off_policy else 0)   # [R, L]
+    if off_policy:
+        inputs["old_per_token_logps"] = old
     demo_rows = copy.deepcopy(trainer.demos).next().demos if trainer.demos else []
     trainer.current_gradient_accumulation_steps = 1
     model.train()
@@ -69,9 +77,11 @@ def test_loss_and_gradient_equal_the_projects_objective(world, tok, method):
     objective = uniapl.objective(settings.Settings.for_world("toy", method=method))
     logp = grpo.completion_logprobs(ours, ro, 1.0)
     clip = dict(eps_low=0.2, eps_high=0.2)
-    l_grpo = grpo.policy_loss(logp, logp.detach(), A, ro.completion_mask, **clip)   # token = TRL's dapo
-    l_adv = uniapl.adv_loss(logp, logp.detach(), c, ro.completion_mask, **clip) \
-        if objective.uses_adv_loss else 0.0
+    old = old if off_policy else logp.detach()
+    l_grpo = grpo.policy_loss(logp, old, A, ro.completion_mask, **clip)   # token = TRL's dapo
+    l_adv = uniapl.adv_loss(logp, old, c, ro.completion_mask, **clip) if objective.uses_adv_loss else 0.0
+    if off_policy:     # the clip really binds here
+        assert grpo.policy_stats(logp.detach(), old, A, ro.completion_mask, **clip)["clip_frac"] > 0.2
     l_sft = sft.sft_loss(ours, data.demo_batch(tok, demo_rows, 12)) if objective.uses_sft else 0.0
     a, lam = objective.alpha, objective.lambda_adv
     loss = a * l_sft + (1 - a) * l_grpo + lam * l_adv

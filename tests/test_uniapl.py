@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-import grpo
 import settings
 import uniapl
 
@@ -40,13 +39,19 @@ def test_the_method_list_of_the_command_line_is_the_presets():
     assert settings.METHODS == list(uniapl.PRESETS)
 
 
-def test_adv_loss_is_the_grpo_surrogate_with_the_coefficient():
-    torch.manual_seed(0)
-    logp, old = torch.randn(4, 3), torch.randn(4, 3)
-    coef, mask = torch.tensor([1.0, -0.5, 2.0, 0.0]), torch.ones(4, 3)
-    a = uniapl.adv_loss(logp, old, coef, mask, eps_low=0.2, eps_high=0.28)
-    b = grpo.policy_loss(logp, old, coef, mask, eps_low=0.2, eps_high=0.28)
-    assert a.item() == b.item()
+def test_adv_loss_by_hand():
+    """L_ADV = -(token mean of min(rho c, clip(rho, 0.8, 1.2) c)), no KL, worked out by hand."""
+    old = torch.zeros(2, 2)
+    logp = torch.log(torch.tensor([[1.5, 0.5], [1.5, 0.5]]))
+    coef = torch.tensor([2.0, -1.0])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    # row 0 (c = 2):  rho 1.5 -> min(3.0, 1.2 * 2) = 2.4;   rho 0.5 -> min(1.0, 0.8 * 2) = 1.0
+    # row 1 (c = -1): rho 1.5 -> min(-1.5, -1.2) = -1.5;    the second token is masked out
+    loss = uniapl.adv_loss(logp, old, coef, mask, eps_low=0.2, eps_high=0.2)
+    assert loss.item() == pytest.approx(-(2.4 + 1.0 - 1.5) / 3)
+    # per sequence: -((2.4 + 1.0) / 2 + (-1.5) / 1) / 2
+    assert uniapl.adv_loss(logp, old, coef, mask, eps_low=0.2, eps_high=0.2,
+                           loss_type="sequence").item() == pytest.approx(-(1.7 - 1.5) / 2)
 
 
 def test_discriminator_stats_correlation():
