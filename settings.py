@@ -10,7 +10,7 @@ by a toy run carries a marker (`uniapl.json`) so that training it further stays 
 Each field is declared with `toy(...)` values first and, where the real run differs, `real=...`.
 Values marked "ours" are our choices where the paper is silent (PAPER.md lists what is known);
 none of the paper's own hyper-parameters are public. `Settings.for_world("real", method="grpo")`
-builds the same object in code, without a command line: bench.py, evaluate.py and reproduce.py
+builds the same object in code, without a command line: tools/bench.py, evaluate.py and tools/reproduce.py
 read their defaults from here instead of restating them.
 """
 
@@ -150,7 +150,7 @@ class Settings:
     log_completions_every: int = RUN(0, "every N steps send trackers a table of sampled completions "
                                      "with their reward and discriminator score (0: never)")
     eval_every: int = RUN(0, "also evaluate every N steps (0: only before and after)", real=100)
-    eval_start: bool = RUN(True, "evaluate before training too (reproduce.py skips it for runs "
+    eval_start: bool = RUN(True, "evaluate before training too (tools/reproduce.py skips it for runs "
                            "that share a base model it has evaluated once)",
                            action=argparse.BooleanOptionalAction)
     eval_limit: int | None = RUN(None, "evaluate on the first N prompts only")

@@ -154,7 +154,7 @@ def teacher_response(rng: random.Random, prompt: str, ids: list[str], kwargs: li
 
 
 # ----------------------------------------------------------------------------------------------
-# Variants of the world, for the reproduction (reproduce.py)
+# Variants of the world, for the reproduction (tools/reproduce.py)
 # ----------------------------------------------------------------------------------------------
 
 # "base": a teacher that ignores every instruction -- it only writes two sentences on the topic.

@@ -48,9 +48,10 @@ reviews read the paper's single-stage experiment as CHORD plus the adversarial t
 what a-chord-* are. Preset values follow CHORD's published configurations (peak 0.9, valley 0.05,
 no warm-up; phi with a fixed 0.1); the decay length is ours (the run's length).
 
-Our defaults where the paper is silent: alpha = 0.5 for uniapl, lambda_adv = 0.1 (the seed summary
-suggests sweeping 1e-4 ... 1e-2 for an unnormalised signal; ours is normalised to unit scale like
-an advantage, so 0.1 makes ADV a tenth of a GRPO-sized term -- reproduce.py sweeps 1e-4 ... 1).
+Our defaults where the paper is silent: alpha = 0.5 for uniapl, lambda_adv = 0.1. A weight of
+1e-4 ... 1e-2 would suit an unnormalised discriminator score; ours is normalised to unit scale like
+an advantage, so 0.1 makes ADV a tenth of a GRPO-sized term (tools/reproduce.py also runs 1e-2
+and 1).
 """
 
 from __future__ import annotations

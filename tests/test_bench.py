@@ -1,4 +1,4 @@
-"""bench.py: every benchmark runs end to end (on the CPU, small) and writes what README cites."""
+"""tools/bench.py and tools/gpu_suite.py: every benchmark runs end to end (on the CPU, small)."""
 
 import json
 import os

@@ -94,3 +94,35 @@ def test_choose_lr_takes_the_best_mean_and_the_smaller_rate_on_a_tie():
     rs = [{"name": "x", "lrs": [lr], "accuracy": a} for lr, a in
           [(1e-4, 0.5), (1e-4, 0.7), (3e-4, 0.6), (3e-4, 0.6), (1e-3, 0.2), (1e-3, 0.3)]]
     assert reproduce.choose_lr(rs, "x") == 1e-4
+
+
+def test_the_real_table_rehearsed_on_the_cpu(tmp_path, capsys):
+    """tools/reproduce_real at toy size: a Qwen3-format directory, argilla- and IFEval-format
+    rows, a POLAR-format discriminator (the real run's rehearsal world); the plan first, then
+    the base's evaluation and three rows as train.py processes, the report; run again, every
+    finished run is kept."""
+    import toy
+    from tools import reproduce_real, worlds
+    worlds.write_qwen3_policy(tmp_path / "policy", hidden=32, layers=2)
+    worlds.write_polar_checkpoint(tmp_path / "polar")
+    rows, evals = toy.train_eval_rows(0, n_train=40, n_eval=6)
+    worlds.write_argilla_rows(tmp_path / "train.jsonl", rows)
+    worlds.write_ifeval_rows(tmp_path / "eval.jsonl", evals)
+    argv = ["--model", str(tmp_path / "policy"), "--dataset", str(tmp_path / "train.jsonl"),
+            "--eval-dataset", str(tmp_path / "eval.jsonl"), "--discriminator-model", str(tmp_path / "polar"),
+            "--steps", "2", "--seeds", "0", "--configs", "sft", "grpo", "sft -> grpo", "--device", "cpu",
+            "--eval-limit", "3", "--eval-max-new-tokens", "8", "--out", str(tmp_path / "out"),
+            "--train-args", "--rl-batch-size", "2", "--num-generations", "2", "--sft-batch-size", "2",
+            "--max-completion-length", "8"]
+    plan = reproduce_real.main(["--plan-only", *argv])
+    assert "ASSUMED" in plan and "| sft -> grpo | 1 | sft -> grpo | 2 |" in plan
+    md = reproduce_real.main(argv)
+    saved = json.load(open(tmp_path / "out" / "real_table.json"))
+    assert {r["name"] for r in saved["results"]} == {"base", "sft", "grpo", "sft -> grpo"}
+    staged = json.load(open(tmp_path / "out" / "runs" / "sft->grpo-s0" / "stage2" / "config.json"))
+    assert staged["model"].endswith("stage1/final") and staged["method"] == "grpo"
+    assert staged["world"] == "real" and staged["discriminator"] == "polar" and staged["steps"] == 1
+    assert "| sft -> grpo | 1 |" in md and "| UniAPL beats GRPO |" in md
+    t0 = __import__("time").perf_counter()
+    reproduce_real.main(argv)                                          # all kept: no train.py runs
+    assert __import__("time").perf_counter() - t0 < 15

@@ -1,4 +1,4 @@
-"""trl_uniapl.py: the TRL subclass computes this project's unified objective, trains, resumes."""
+"""tools/trl_uniapl.py: the TRL subclass computes this project's unified objective, trains, resumes."""
 
 import copy
 import json

@@ -1,7 +1,7 @@
 """Memory of one real step: what it holds, measured per token on the CPU, and planned per GPU.
 
-    python memory.py measure --out results    # saved activations per token and layer at Qwen3-0.6B's width
-    python memory.py plan --out results       # GiB per GPU for Qwen3-0.6B / 4B / 8B at 1-8 GPUs (computed)
+    python -m tools.memory measure --out results    # saved activations per token and layer at 0.6B's width
+    python -m tools.memory plan --out results       # GiB per GPU for Qwen3-0.6B / 4B / 8B at 1-8 GPUs
 
 Measured: the bytes autograd saves in the training forward (the log-probs of every token of one
 sequence) at Qwen3-0.6B's real width (hidden 1,024, vocabulary 151,936) under bf16 autocast, with

@@ -106,7 +106,7 @@ def plot_curves(run_dirs: list[str], path: str, labels: list[str] | None = None,
 
 
 # ----------------------------------------------------------------------------------------------
-# The reproduction's figures (reproduce.py): one per claim
+# The reproduction's figures (tools/reproduce.py): one per claim
 # ----------------------------------------------------------------------------------------------
 
 def plot_claims(rows: list, path: str) -> None:

@@ -1,6 +1,6 @@
 """The real run's shapes without the hub: Qwen3-0.6B and POLAR-1.8B with random weights.
 
-Benchmarks (bench.py) and memory measurements (memory.py) need the real model sizes, not the real
+Benchmarks (tools/bench.py, tools/gpu_suite.py) and memory measurements (tools/memory.py) need the real model sizes, not the real
 weights, and nothing here can download them. So this file builds, from the public configs:
 
 * Qwen3-0.6B's shape (596 M parameters, tied embeddings) as a `Qwen3ForCausalLM`;

@@ -62,10 +62,10 @@ def _check_trl():
     try:
         import trl
     except ImportError:
-        raise SystemExit("trl_uniapl.py needs TRL: pip install -r requirements-trl.txt") from None
+        raise SystemExit("tools/trl_uniapl.py needs TRL: pip install -r requirements-trl.txt") from None
     version = tuple(int(x) for x in trl.__version__.split(".")[:2])
     if not TESTED[0] <= version < TESTED[1]:
-        raise SystemExit(f"trl_uniapl.py overrides private methods of TRL and is tested with "
+        raise SystemExit(f"tools/trl_uniapl.py overrides private methods of TRL and is tested with "
                          f"trl>={'.'.join(map(str, TESTED[0]))},<{'.'.join(map(str, TESTED[1]))}; "
                          f"found {trl.__version__}: pip install -r requirements-trl.txt")
     return trl
