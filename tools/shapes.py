@@ -1,7 +1,8 @@
 """The real run's shapes without the hub: Qwen3-0.6B and POLAR-1.8B with random weights.
 
-Benchmarks (tools/bench.py, tools/gpu_suite.py) and memory measurements (tools/memory.py) need the real model sizes, not the real
-weights, and nothing here can download them. So this file builds, from the public configs:
+Benchmarks (tools/bench.py, tools/gpu_suite.py) and memory measurements (tools/memory.py) need
+the real model sizes, not the real weights, and nothing here can download them. So this file
+builds, from the public configs:
 
 * Qwen3-0.6B's shape (596 M parameters, tied embeddings) as a `Qwen3ForCausalLM`;
 * a tokenizer with exactly Qwen3's 151,936 ids, one word each (`word_tokenizer`): every id a
