@@ -184,6 +184,25 @@ def _configs():
 
 
 if triton is not None:
+    @triton.jit
+    def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
+                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+                     IEEE: tl.constexpr):
+        # h[rows] . W[cols]^T for one [BLOCK_N, BLOCK_V] tile, accumulated in fp32 over H.
+        acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
+        for k0 in range(0, H, BLOCK_H):
+            ks = k0 + tl.arange(0, BLOCK_H)
+            k_ok = ks < H
+            a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :],
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)         # [BN, BH]
+            b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None],
+                        mask=col_ok[None, :] & k_ok[:, None], other=0.0)         # [BH, BV]
+            if IEEE:  # fp32 inputs: full fp32 products, not TF32
+                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a, b, acc)
+        return acc
+
     @triton.autotune(configs=_configs(), key=["H", "IEEE"])
     @triton.jit
     def _partial_lse_kernel(h_ptr, w_ptr, inv_t_ptr, max_ptr, sum_ptr, N, V, H,
@@ -204,18 +223,8 @@ if triton is not None:
         for v0 in range(v_start, v_start + vocab_per_program, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             col_ok = (cols < V) & (cols < v_start + vocab_per_program)
-            acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
-            for k0 in range(0, H, BLOCK_H):
-                ks = k0 + tl.arange(0, BLOCK_H)
-                k_ok = ks < H
-                a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :],
-                            mask=row_ok[:, None] & k_ok[None, :], other=0.0)     # [BN, BH]
-                b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None],
-                            mask=col_ok[None, :] & k_ok[:, None], other=0.0)     # [BH, BV]
-                if IEEE:  # fp32 inputs: full fp32 products, not TF32
-                    acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-                else:
-                    acc = tl.dot(a, b, acc)
+            acc = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
+                               BLOCK_N, BLOCK_V, BLOCK_H, IEEE)                  # [BN, BV]
             # Masked columns must be -inf, not 0: a 0 would enter the sum as exp(0 - m).
             z = tl.where(col_ok[None, :], acc * inv_t[:, None], float("-inf"))
             m_new = tl.maximum(m, tl.max(z, 1))
@@ -244,18 +253,8 @@ if triton is not None:
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
         row_ok, col_ok = rows < N, cols < V
-        acc = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
-        for k0 in range(0, H, BLOCK_H):
-            ks = k0 + tl.arange(0, BLOCK_H)
-            k_ok = ks < H
-            a = tl.load(h_ptr + rows[:, None] * stride_h + ks[None, :],
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)         # [BN, BH]
-            b = tl.load(w_ptr + cols[None, :] * stride_w + ks[:, None],
-                        mask=col_ok[None, :] & k_ok[:, None], other=0.0)         # [BH, BV]
-            if IEEE:  # fp32 inputs: full fp32 products, not TF32
-                acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+        acc = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
+                           BLOCK_N, BLOCK_V, BLOCK_H, IEEE)                      # [BN, BV]
         inv_t = tl.load(inv_t_ptr + rows, mask=row_ok, other=1.0)
         lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
         g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
