@@ -256,3 +256,30 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_the_cpu(tmp_path, monkeypatch)
         torch.load(state, weights_only=True)
     run(tmp_path, "--method", "sft", "--steps", "3", "--save-every", "2", "--resume", "auto")
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3]
+
+
+def test_the_meter_reports_a_true_peak_per_phase_and_per_step(monkeypatch):
+    """CUDA's allocator keeps one high-water mark; a phase resets it to measure its own peak, so
+    a step peak read once at the end would be the last phase's (the suite once reported 12 GiB
+    for a true 24). A fake allocator: the step's true peak must come out, and each phase's."""
+    state = {"now": 0.0, "peak": 0.0}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: state.update(peak=state["now"]))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: state["peak"] * 2**30)
+
+    def use(gib):                       # allocate up to `gib` for a moment, then go back down
+        state["peak"] = max(state["peak"], gib)
+    meter = train.Meter("cuda")
+    with meter.phase("generate"):
+        use(24)
+    use(30)                             # between two phases of the step (a rollout's leftovers)
+    with meter.phase("backward"):
+        use(14)
+    with meter.phase("optimizer"):
+        use(12)
+    m = meter.read()
+    assert (m["mem/generate"], m["mem/backward"], m["mem/optimizer"], m["mem/step"]) == (24, 14, 12, 30)
+    state["peak"] = 50                  # an evaluation between steps is not the next step's
+    with meter.phase("generate"):
+        use(5)
+    assert meter.read()["mem/step"] == 5
