@@ -242,11 +242,10 @@ class KVCache:
     """
 
     def __init__(self, config, rows: int, length: int, dtype, device):
-        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        layers, heads, head_dim = kv_geometry(config)
         shape = (rows, heads, length, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         for t in self.keys + self.values + [self.slot]:
             torch._dynamo.mark_static_address(t)   # graphs replay on these very tensors
@@ -268,15 +267,18 @@ class KVCache:
         """Zero every slot in place (masked slots are never read, but 0 * garbage can be NaN)."""
         torch._foreach_zero_(self.keys + self.values)
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+def kv_geometry(config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of a decoder config."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers, heads, head_dim
 
 
 def cache_bytes_per_row(config, length: int, dtype) -> int:
     """KV-cache bytes of one row of `length` slots: 2 x layers x kv_heads x head_dim x length."""
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return 2 * config.num_hidden_layers * heads * head_dim * length * torch.finfo(dtype).bits // 8
+    layers, heads, head_dim = kv_geometry(config)
+    return 2 * layers * heads * head_dim * length * torch.finfo(dtype).bits // 8
 
 
 def bucket(width: int, prompt_width: int) -> int:

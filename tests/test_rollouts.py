@@ -141,3 +141,21 @@ def test_auto_picks_static_on_cuda_without_vllm_and_under_torchrun(monkeypatch):
     assert rollouts.make_engine("auto", "cuda", distributed=True).name == "static"
     with pytest.raises(SystemExit, match="one process"):
         rollouts.make_engine("vllm", "cuda", distributed=True)
+
+
+def test_evaluation_batches_are_sized_by_the_free_gpu_memory(monkeypatch):
+    """At Qwen3-0.6B's shape a bf16 cache slot costs 112 KiB (2 x 28 layers x 8 heads x 128 x 2 B);
+    an evaluation of 1,280-token answers (+ 512 prompt slots) takes as many rows as fit in 80 % of
+    the free memory, KV cache and four fp32 copies of a row's logits each."""
+    from transformers import Qwen3Config
+
+    from tools.shapes import QWEN3_06B
+    config = Qwen3Config(**QWEN3_06B)
+    assert rollouts.cache_bytes_per_row(config, 1, torch.bfloat16) == 114_688
+    engine = rollouts.StaticEngine(torch.bfloat16, prompt_width=512)
+    engine.copy = __import__("types").SimpleNamespace(dtype=torch.bfloat16)   # only its dtype is read
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (40 * 2**30, 80 * 2**30))
+    per_row = 114_688 * 1792 + 16 * 151_936
+    rows = engine.rows_per_call(config, 1792, torch.device("cuda"), wanted=541)
+    assert rows == int(0.8 * 40 * 2**30) // per_row == 165
+    assert engine.rows_per_call(config, 1792, torch.device("cuda"), wanted=64) == 64
