@@ -52,8 +52,8 @@ from tools import claims
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
 
 BASE_STEPS, BASE_LR = 200, 1e-3     # the base student: SFT on the scripted teacher
-STEPS, N_EVAL, N_VALIDATION = 100, 1000, 500
-LR_GRID = [3e-5, 1e-4, 3e-4, 1e-3]
+STEPS, N_EVAL, N_VALIDATION = 60, 1000, 500
+LR_GRID = [1e-4, 3e-4, 1e-3]          # extended past an edge optimum (cmd_lr_grid)
 SINGLE = ["sft", "a-sft", "grpo", "a-grpo", "uniapl", "chord-mu", "chord-phi", "a-chord-mu",
           "a-chord-phi"]
 MAIN = [("base", [])] + [(m, [(m, [])]) for m in SINGLE] + [  # name -> stages (method, extra args)
@@ -188,15 +188,20 @@ def job_spec(name: str, stages: list, seed: int, args, tag: str, lrs: dict, beha
                        for m, a in stages],
             "behaviour": behaviour, "n_eval": n_eval or args.n_eval,
             "dataset": worlds(name, validation)[0], "eval_dataset": worlds(name, validation)[1],
-            "dir": os.path.join(runs, tag, f"{name.replace(' ', '').replace(',', '_')}-s{seed}")}
+            "tag": tag, "dir": os.path.join(runs, tag, f"{name.replace(' ', '').replace(',', '_')}-s{seed}")}
 
 
 def run_all(configs, args, tag: str, lrs: dict, seeds, behaviour: bool = True,
             validation: bool = False, n_eval: int | None = None) -> list[dict]:
     """Every configuration at every seed, `args.jobs` at a time; bases first (they are shared)."""
-    runs = os.path.join(args.out, "runs")
-    specs = [job_spec(name, stages, seed, args, tag, lrs, behaviour, validation, n_eval)
-             for seed in seeds for name, stages in configs]
+    return run_specs([job_spec(name, stages, seed, args, tag, lrs, behaviour, validation, n_eval)
+                      for seed in seeds for name, stages in configs], args)
+
+
+def run_specs(specs: list[dict], args) -> list[dict]:
+    """Jobs of any configurations, rates and seeds in one queue: a slow job never leaves the
+    other core idle while a batch waits for it."""
+    runs, seeds = os.path.join(args.out, "runs"), sorted({spec["seed"] for spec in specs})
     if args.jobs == 1:      # one at a time: in this process (no start-up per run: --quick)
         import torch
         threads = torch.get_num_threads()
@@ -207,9 +212,9 @@ def run_all(configs, args, tag: str, lrs: dict, seeds, behaviour: bool = True,
         list(pool.map(base, seeds))
     results, t0 = [], time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
-        for r in pool.map(job, specs):
+        for spec, r in zip(specs, pool.map(job, specs)):
             results.append(r)
-            print(f"  [{tag}] {r['name']:26s} seed {r['seed']} lr {r['lrs']}: accuracy "
+            print(f"  [{spec['tag']}] {r['name']:26s} seed {r['seed']} lr {r['lrs']}: accuracy "
                   f"{r['accuracy']:.3f} ({r['wall_s']:.0f} s, {time.perf_counter() - t0:.0f} s "
                   "elapsed)", flush=True)
     if args.jobs == 1:
@@ -291,10 +296,10 @@ def cmd_lr_grid(args) -> dict:
     todo = {name: list(LR_GRID) for name in SINGLE}
     for _ in range(1 if args.quick else 3):
         jobs = [(name, lr) for name, rates in todo.items() for lr in rates if lr not in tried(name)]
-        for lr in sorted({lr for _, lr in jobs}):
-            names = [n for n, x in jobs if x == lr]
-            results += run_all([(n, [(n, [])]) for n in names], args, f"lr{lr:g}", {n: lr for n in names},
-                               args.seeds[:2], behaviour=False, validation=True, n_eval=N_VALIDATION)
+        results += run_specs([job_spec(n, [(n, [])], seed, args, f"lr{lr:g}", {n: lr}, behaviour=False,
+                                       validation=True, n_eval=N_VALIDATION)
+                              for lr in sorted({lr for _, lr in jobs}) for n in [n for n, x in jobs if x == lr]
+                              for seed in args.seeds[:2]], args)
         todo = {}
         for name in SINGLE:   # an edge rate strictly better than its neighbour: try one beyond
             rates, acc = tried(name), mean_accuracy(results, name)
