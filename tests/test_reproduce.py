@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import shutil
 
 import pytest
 import torch
@@ -75,6 +76,17 @@ def test_quick_pipeline(tmp_path):
         assert other["kept"] == 0 and other["lrs"] == [1e-2]
     finally:
         torch.set_num_threads(threads)
+    # another machine, with the tables' JSON but none of the run directories: nothing runs again
+    table = json.load(open(tmp_path / "toy_table.json"))["results"]
+    shutil.rmtree(tmp_path / "runs")
+    again = reproduce.main(["--quick", "--out", out, "--seeds", "0", "1", "2", "--machine", "test"])
+    assert not (tmp_path / "runs").exists()
+    assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(json.dumps(r, sort_keys=True)
+                                                                          for r in table)
+    # an lr grid that stopped half-way has chosen nothing: the tables refuse to run on it
+    json.dump({"grid": [], "steps": 4, "best": None, "results": []}, open(tmp_path / "lr_grid.json", "w"))
+    with pytest.raises(SystemExit, match="unfinished lr grid"):
+        reproduce.main(["--quick", "--out", out, "--machine", "test"])
 
 
 @pytest.mark.slow

@@ -198,9 +198,9 @@ def run_all(configs, args, tag: str, lrs: dict, seeds, behaviour: bool = True,
                       for seed in seeds for name, stages in configs], args)
 
 
-def run_specs(specs: list[dict], args) -> list[dict]:
-    """Jobs of any configurations, rates and seeds in one queue: a slow job never leaves the
-    other core idle while a batch waits for it."""
+def run_specs(specs: list[dict], args, keep=None) -> list[dict]:
+    """Jobs of any configurations, rates and seeds in one queue (a slow job never leaves the
+    other core idle while a batch waits for it); `keep(result)` as each one finishes."""
     runs, seeds = os.path.join(args.out, "runs"), sorted({spec["seed"] for spec in specs})
     if args.jobs == 1:      # one at a time: in this process (no start-up per run: --quick)
         import torch
@@ -214,6 +214,8 @@ def run_specs(specs: list[dict], args) -> list[dict]:
     with ThreadPoolExecutor(args.jobs) as pool:
         for spec, r in zip(specs, pool.map(job, specs)):
             results.append(r)
+            if keep:
+                keep(r)
             print(f"  [{spec['tag']}] {r['name']:26s} seed {r['seed']} lr {r['lrs']}: accuracy "
                   f"{r['accuracy']:.3f} ({r['wall_s']:.0f} s, {time.perf_counter() - t0:.0f} s "
                   "elapsed)", flush=True)
@@ -291,15 +293,21 @@ def cmd_lr_grid(args) -> dict:
     method whose best rate is at an edge of what it tried gets the next rate beyond (twice at
     most), so that every chosen rate has a worse one on each side."""
     saved = load(args.out, "lr_grid") or {"results": []}
-    results = [r for r in saved["results"] if r["name"] in SINGLE]
+    results = [r for r in saved["results"] if r["name"] in SINGLE and saved.get("steps") == args.steps]
+
+    def keep(r: dict) -> None:           # each run as it finishes; "best": none chosen yet
+        results.append(r)
+        write(args.out, "lr_grid", {"grid": LR_GRID, "steps": args.steps, "best": None,
+                                    "results": results}, None)
     tried = lambda name: sorted({r["lrs"][0] for r in results if r["name"] == name})  # noqa: E731
     todo = {name: list(LR_GRID) for name in SINGLE}
     for _ in range(1 if args.quick else 3):
-        jobs = [(name, lr) for name, rates in todo.items() for lr in rates if lr not in tried(name)]
-        results += run_specs([job_spec(n, [(n, [])], seed, args, f"lr{lr:g}", {n: lr}, behaviour=False,
-                                       validation=True, n_eval=N_VALIDATION)
-                              for lr in sorted({lr for _, lr in jobs}) for n in [n for n, x in jobs if x == lr]
-                              for seed in args.seeds[:2]], args)
+        done = {(r["name"], r["lrs"][0], r["seed"]) for r in results}
+        run_specs([job_spec(name, [(name, [])], seed, args, f"lr{lr:g}", {name: lr}, behaviour=False,
+                            validation=True, n_eval=N_VALIDATION)
+                   for lr in sorted({x for rates in todo.values() for x in rates})
+                   for name, rates in todo.items() if lr in rates
+                   for seed in args.seeds[:2] if (name, lr, seed) not in done], args, keep)
         todo = {}
         for name in SINGLE:   # an edge rate strictly better than its neighbour: try one beyond
             rates, acc = tried(name), mean_accuracy(results, name)
@@ -322,7 +330,7 @@ def cmd_lr_grid(args) -> dict:
           f"({N_VALIDATION} prompts disjoint from training and evaluation), mean of seeds "
           f"{args.seeds[:2]}, {args.steps} steps from the shared base model; a best rate at an "
           f"edge of the grid was extended beyond. Machine: {args.machine}.\n\n" + "\n".join(lines) + "\n")
-    write(args.out, "lr_grid", {"grid": LR_GRID, "best": best, "results": results}, md)
+    write(args.out, "lr_grid", {"grid": LR_GRID, "steps": args.steps, "best": best, "results": results}, md)
     print(md)
     return best
 
@@ -344,25 +352,40 @@ def choose_lr(results: list[dict], name: str) -> float:
 
 def chosen_lrs(args) -> tuple[dict, str]:
     saved = load(args.out, "lr_grid")
+    if saved and not saved.get("best"):
+        raise SystemExit("results of an unfinished lr grid: run `python -m tools.reproduce lr-grid` "
+                         "again (it keeps the finished runs) before the tables")
     if saved:
         return saved["best"], "per-method learning rates (lr_grid.md)"
     return {}, "learning rate 1e-3 for every method (no lr_grid.json: run `python -m tools.reproduce lr-grid`)"
 
 
 def run_table(args, name: str, configs: list) -> list[dict]:
-    """Run `configs` (or those named by --configs) at --seeds; the JSON keeps every earlier run of
-    other configurations or seeds, so a table grows over several sittings."""
+    """Run `configs` (or those named by --configs) at --seeds. Each run is written to
+    OUT/<name>.json the moment it finishes, and a (configuration, seed) that the JSON already
+    holds at the same steps, evaluation size and rates is not run again: a table grows over
+    several sittings, on any machine, and an interrupted one loses only the runs in flight. A
+    JSON made with other steps or another evaluation size is replaced, never mixed in."""
     lrs, source = chosen_lrs(args)
     wanted = [c for c in configs if not args.configs or c[0] in args.configs]
-    t0 = time.perf_counter()
-    new = run_all(wanted, args, name.removeprefix("toy_").replace("table", "main"), lrs, args.seeds)
     saved = load(args.out, name) or {"results": []}
-    fresh = {(r["name"], r["seed"]) for r in new}
-    results = [r for r in saved["results"] if (r["name"], r["seed"]) not in fresh] + new
-    write(args.out, name, {"steps": args.steps, "n_eval": args.n_eval, "lrs": source,
-                           "base_steps": BASE_STEPS, "machine": args.machine,
-                           "wall_s": saved.get("wall_s", 0) + time.perf_counter() - t0,
-                           "results": results}, None)
+    if saved["results"] and (saved.get("steps"), saved.get("n_eval")) != (args.steps, args.n_eval):
+        print(f"{name}.json was made with {saved.get('steps')} steps and {saved.get('n_eval')} "
+              f"evaluation prompts: replaced by this command's runs")
+        saved = {"results": []}
+    results, wall = saved["results"], saved.get("wall_s", 0)
+    done = {(r["name"], r["seed"], tuple(r["lrs"])) for r in results}
+    tag = name.removeprefix("toy_").replace("table", "main")
+    specs = [job_spec(cname, stages, seed, args, tag, lrs) for seed in args.seeds for cname, stages in wanted]
+    specs = [x for x in specs if (x["name"], x["seed"], tuple(lr for *_, lr in x["stages"])) not in done]
+    t0 = time.perf_counter()
+
+    def keep(r: dict) -> None:
+        results[:] = [x for x in results if (x["name"], x["seed"]) != (r["name"], r["seed"])] + [r]
+        write(args.out, name, {"steps": args.steps, "n_eval": args.n_eval, "lrs": source,
+                               "base_steps": BASE_STEPS, "machine": args.machine,
+                               "wall_s": wall + time.perf_counter() - t0, "results": results}, None)
+    run_specs(specs, args, keep)
     cmd_report(args)
     return results
 
@@ -420,9 +443,11 @@ def cmd_report(args) -> str:
     plots.plot_claims([(r["claim"], r["ci"]) for r in claims.judge(allr) if r["key"] == "accuracy"],
                       os.path.join(args.out, "toy_claims.png"))
     picked = [r for name in ("sft", "grpo", "a-grpo", "uniapl", "sft -> grpo", "chord-mu")
-              for r in results if r["name"] == name and r["seed"] == seeds[0]]
-    plots.plot_curves([r["run_dir"] for r in picked], os.path.join(args.out, "toy_curves.png"),
-                      labels=[f"{r['name']} (seed {seeds[0]})" for r in picked])
+              for r in results if r["name"] == name and r["seed"] == seeds[0]
+              and os.path.exists(os.path.join(r["run_dir"], "metrics.jsonl"))]   # runs of this machine
+    if picked:
+        plots.plot_curves([r["run_dir"] for r in picked], os.path.join(args.out, "toy_curves.png"),
+                          labels=[f"{r['name']} (seed {seeds[0]})" for r in picked])
     if abl["results"]:
         configs = [c for c in MAIN if c[0] in ("uniapl", "grpo", "sft")] + ABLATIONS
         amd = table(allr, configs, f"Ablations: the same world, base and steps; {abl['lrs']}. Machine: "
