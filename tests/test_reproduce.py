@@ -3,6 +3,7 @@
 
 import argparse
 import json
+import re
 import shutil
 
 import pytest
@@ -39,12 +40,16 @@ def test_holm_and_the_verdict():
 
 def test_quick_pipeline(tmp_path):
     out, best = str(tmp_path), {}       # no lr_grid.json: every method at 1e-3 (the slow test grids)
-    results = reproduce.main(["--quick", "--out", out, "--machine", "test"])
-    assert {r["name"] for r in results} == {name for name, _ in reproduce.MAIN}
+    # the rows of the claims about GRPO, SFT and the staged pipeline (the slow test runs all rows)
+    rows = ["base", "sft", "grpo", "uniapl", "sft -> grpo"]
+    quick = ["--quick", "--out", out, "--machine", "test", "--configs", *rows]
+    results = reproduce.main(quick)
+    assert {r["name"] for r in results} == set(rows)
     assert {r["seed"] for r in results} == {0, 1}
     md = (tmp_path / "toy_table.md").read_text()
-    for name, _ in reproduce.MAIN:
+    for name in rows:
         assert f"| {name} |" in md
+    assert re.search(r"\| UniAPL beats SFT -> GRPO \| accuracy \(higher is better\) \| [+-]\d", md)
     assert "| GRPO improves on the base |" in md and "Holm" in md
     for png in ("toy_methods.png", "toy_claims.png", "toy_curves.png", "toy_behaviour.png"):
         assert (tmp_path / png).stat().st_size > 1000
@@ -79,14 +84,14 @@ def test_quick_pipeline(tmp_path):
     # another machine, with the tables' JSON but none of the run directories: nothing runs again
     table = json.load(open(tmp_path / "toy_table.json"))["results"]
     shutil.rmtree(tmp_path / "runs")
-    again = reproduce.main(["--quick", "--out", out, "--seeds", "0", "1", "2", "--machine", "test"])
+    again = reproduce.main([*quick, "--seeds", "0", "1", "2"])
     assert not (tmp_path / "runs").exists()
     assert sorted(json.dumps(r, sort_keys=True) for r in again) == sorted(json.dumps(r, sort_keys=True)
                                                                           for r in table)
     # an lr grid that stopped half-way has chosen nothing: the tables refuse to run on it
     json.dump({"grid": [], "steps": 4, "best": None, "results": []}, open(tmp_path / "lr_grid.json", "w"))
     with pytest.raises(SystemExit, match="unfinished lr grid"):
-        reproduce.main(["--quick", "--out", out, "--machine", "test"])
+        reproduce.main(quick)
 
 
 @pytest.mark.slow
