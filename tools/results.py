@@ -27,7 +27,7 @@ SECTIONS = [
     ("Log-prob gathering", "logprobs", ["bench_logprobs_cpu"], []),
     ("One training step", "step", ["bench_step_toy_cpu"], []),
     ("Memory of a real step", "memory", ["bench_memory_cpu", "memory_plan"], []),
-    ("The paper's experiment on the toy", "toy", ["toy_table", "lr_grid", "toy_ablations",
+    ("The paper's experiment on the toy", "toy", ["toy_table", "lr_grid", "toy_ablations", "toy_seeds",
                                                   "toy_discriminators"],
      ["toy_claims.png", "toy_methods.png", "toy_behaviour.png", "toy_curves.png",
       "toy_lambda_sweep.png"]),
