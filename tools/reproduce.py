@@ -15,7 +15,7 @@ The idea
 The paper's claims are comparisons between post-training methods that all start from the same
 *capable* instruct model (Qwen3-0.6B). So does this experiment: for each seed it first makes a
 **base student** -- the toy model after BASE_STEPS of SFT on the scripted teacher, clearly
-competent but below its teacher (0.344 +- 0.086 against the teacher's 0.665 over seeds 0-9,
+competent but below its teacher (0.342 +- 0.065 against the teacher's 0.662 over seeds 0-49,
 results/toy_table.md) -- and every method then refines that base for the same number of
 optimizer steps. What it took for the RL baseline to work: a base that can already follow
 instructions (GRPO from a near-chance base collapsed into repetitions that satisfy "no commas"
