@@ -36,20 +36,29 @@ Engines (one interface: `generate(model, tokenizer, rows, G, ...) -> Rollouts`)
     2. it owns **one static KV cache** (`KVCache`, a few lines below) at fixed addresses, reused
        across calls, and runs the decode step -- one token for every row -- through
        `torch.compile(mode="reduce-overhead")`, i.e. **CUDA graphs**: one graph replay per token;
-    3. prompts are placed at their exact width (no padding beyond the longest prompt is kept in
-       `Rollouts`); the decode step reads a cache slice of a **prompt-width bucket** + the answer
-       length, so the few buckets are the only shapes the graphs ever see;
-    4. evaluation goes through it in batches **as large as the free GPU memory allows**.
+    3. the decode step **compiles once per process**: rows, cache length and attended span are
+       dynamic dimensions (marked before the first call), so training calls, evaluation chunks
+       and wider prompts reuse one compiled step; each new shape is one more CUDA graph of it;
+    4. its attention reads **each key/value head once** (`gqa_attention`): transformers' sdpa path
+       copies K and V to every query head whenever a mask is given (Qwen3-0.6B: 2x the bytes
+       read, plus the copy, at every token);
+    5. the **attended span grows with the answer** in steps of `SPAN_STEP` slots, instead of the
+       whole cache from the first token (masked slots are read all the same);
+    6. evaluation goes through it in **balanced batches as large as the free GPU memory
+       allows**, sized for the widest prompt's cache.
 * `vllm` -- an in-process vLLM engine (vllm_engine.py): fastest where installed.
 
 Choices: the prefill runs eagerly (its shape changes with every batch, and it is a small share of
-the time); sampling runs eagerly after each graph replay, exactly as `generate` samples
+the time); the training cache stays allocated through the backward pass, since its addresses are
+baked into the CUDA graphs (freeing it would re-record every graph at every step; at 0.6B, 64 x
+1,024 slots are 7.3 GiB); sampling runs eagerly after each graph replay, exactly as `generate` samples
 (softmax, then `torch.multinomial`), so that under one seed in fp32 `static` draws the same tokens
 as `hf` (a test checks it).
 """
 
 from __future__ import annotations
 
+import copy as copy_module
 import inspect
 import math
 from dataclasses import dataclass
@@ -230,26 +239,37 @@ class KVCache:
     """Keys and values of every layer, [rows, kv_heads, length, head_dim], allocated once.
 
     transformers' attention calls `cache.update(k, v, layer_idx)` with the new keys and values and
-    attends over what it returns. Ours writes them where the engine says and returns a view of
-    fixed shape -- so that the tensors keep their addresses (CUDA graphs replay on them) and the
-    dtype is ours (transformers' own static cache took the key's dtype for both, which broke
-    under autocast, where Qwen3's keys come out fp32 and its values bf16):
+    attends over what it returns. Ours writes them where the engine says and returns views of
+    tensors that keep their addresses (CUDA graphs replay on them), in our dtype (transformers'
+    own static cache took the key's dtype for both, which broke under autocast, where Qwen3's keys
+    come out fp32 and its values bf16):
 
     * prefill (`self.rows = (r0, r1)`, `self.width = P`): the prompts of rows r0..r1 go to slots
       [0, P); attention sees those P slots only;
     * decode (`self.rows = None`): one token per row goes to slot `self.slot` (a 1-element tensor,
-      updated in place); attention sees the first `self.span` slots (the bucket's length).
+      updated in place); the whole cache is returned and the decode attention reads only the
+      slots the mask covers (`gqa_attention`): the attended span grows with the answer.
+
+    Rows and length are marked dynamic and the addresses static *without a guard*, so a new cache
+    (evaluation after training) means new CUDA graphs but never a new compile.
     """
 
     def __init__(self, config, rows: int, length: int, dtype, device):
         layers, heads, head_dim = kv_geometry(config)
-        shape = (rows, heads, length, head_dim)
+        # one slot more than any span: were a span ever the whole cache, the compiled step would
+        # hold `span == cache length` as a guard (the view is then contiguous) and recompile
+        shape = (rows, heads, length + 1, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         for t in self.keys + self.values + [self.slot]:
-            torch._dynamo.mark_static_address(t)   # graphs replay on these very tensors
-        self.rows, self.width, self.span = None, 0, length
+            # graphs replay on these very tensors; guard=False: torch <= 2.8 guarded by default,
+            # and each new cache would then recompile (past dynamo's limit: silently eager)
+            torch._dynamo.mark_static_address(t, guard=False)
+        for t in self.keys + self.values:
+            torch._dynamo.maybe_mark_dynamic(t, 0)                 # rows
+            torch._dynamo.maybe_mark_dynamic(t, 2)                 # slots
+        self.rows, self.width = None, 0
         self.shape = (rows, length)
 
     def update(self, key, value, layer_idx, *args, **kwargs):
@@ -261,7 +281,7 @@ class KVCache:
             return k[r0:r1, :, :self.width], v[r0:r1, :, :self.width]
         k.index_copy_(2, self.slot, key)                           # decode: one slot for all rows
         v.index_copy_(2, self.slot, value)
-        return k[:, :, :self.span], v[:, :, :self.span]
+        return k, v                                                # gqa_attention cuts the span
 
     def reset(self) -> None:
         """Zero every slot in place (masked slots are never read, but 0 * garbage can be NaN)."""
@@ -289,6 +309,48 @@ def bucket(width: int, prompt_width: int) -> int:
         if width <= b:
             return b
     return math.ceil(width / 256) * 256
+
+
+DECODE_ATTENTION = "uniapl_gqa"   # the copy's attention implementation (registered below)
+
+
+def gqa_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention that reads each key/value head once for all the query heads that share it.
+
+    Qwen3 has fewer key/value heads than query heads (grouped-query attention: 0.6B has 16 query
+    heads on 8 KV heads, g = 2 per group). transformers' sdpa path, given a mask on CUDA, copies K
+    and V to every query head (`repeat_kv`) -- at decode time, for every token, the whole cache
+    span g times over. Instead, fold each group's query heads into the query axis:
+
+        q [R, kv*g, q, d] -> [R, kv, g*q, d]      against      K, V [R, kv, S, d]
+
+    and one SDPA call reads K and V at their own head count; the mask [R, 1, q, S] broadcasts over
+    the KV heads (for q > 1 it is repeated g times along the folded axis). Query head h uses KV
+    head h // g, as `repeat_kv` pairs them. The keys are cut to the mask's width S: the decode
+    step hands over the whole cache and the mask says how much of it is attended (the span).
+    """
+    if attention_mask is None:              # not how the engine calls it: transformers' own path
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    R, H, q, d = query.shape                                              # [R, H, q, d]
+    kv = key.shape[1]
+    g = H // kv
+    S = attention_mask.shape[-1]
+    key, value = key.narrow(2, 0, S), value.narrow(2, 0, S)   # [R, kv, S, d] (size S even if S = length)
+    query = query.reshape(R, kv, g * q, d)                                # [R, kv, g*q, d]
+    if q > 1 and g > 1:                  # row (j, t) of the folded axis is query t: mask row t
+        attention_mask = attention_mask.repeat(1, 1, g, 1)                # [R, 1, g*q, S]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling)  # [R, kv, g*q, d]
+    return out.reshape(R, H, q, d).transpose(1, 2).contiguous(), None     # [R, q, H, d]
+
+
+def register_attention() -> str:
+    """Register `gqa_attention` with transformers under DECODE_ATTENTION (once; idempotent)."""
+    from transformers import AttentionInterface
+    AttentionInterface.register(DECODE_ATTENTION, gqa_attention)
+    return DECODE_ATTENTION
 
 
 def _decode(model, cache_kw: str, cache: KVCache, tokens, positions, mask) -> torch.Tensor:
@@ -343,7 +405,9 @@ class StaticEngine:
         device = next(iter(sources.values())).device
         dtype = self.dtype or next(iter(sources.values())).dtype
         with torch.device("meta"):
-            copy = AutoModelForCausalLM.from_config(policy.config, attn_implementation="sdpa")
+            # its own config: from_config keeps the object it is given, and the policy's must keep sdpa
+            config = copy_module.deepcopy(policy.config)
+            copy = AutoModelForCausalLM.from_config(config, attn_implementation=register_attention())
         copy = copy.to_empty(device=device).eval().requires_grad_(False)
         copy.tie_weights()                                # to_empty unties a tied head
         for p in copy.parameters():                       # a tied head is listed once
@@ -395,33 +459,46 @@ class StaticEngine:
 
     # --- generation -----------------------------------------------------------------------------
 
+    def plan(self, config, tokenizer, rows, num_generations: int, max_new_tokens: int,
+             device) -> tuple[int, int, int]:
+        """(cache length, prompts per call, calls) for answering `rows`.
+
+        The length holds the widest prompt's bucket (an evaluation prompt may be longer than
+        --max-prompt-length) + the answer; the rows per call are sized for that length; the
+        calls are balanced -- 541 prompts at 165 per call are 4 calls of 136, not 3 of 165 and a
+        fourth of 46 padded to 165 -- so at most calls - 1 padded prompts are decoded."""
+        ids, mask = data.encode_prompts(tokenizer, [r["prompt"] for r in rows])   # [B, P]
+        width = bucket(int(mask.sum(1).max()), self.prompt_width)
+        length = max(self.prompt_width, width) + max_new_tokens
+        per_call = self.rows_per_call(config, length, device, len(rows) * num_generations)
+        calls = math.ceil(len(rows) / max(1, per_call // num_generations))
+        return length, math.ceil(len(rows) / calls), calls
+
     @torch.no_grad()
     def generate(self, model, tokenizer, rows, num_generations, *, temperature=1.0,
                  max_new_tokens=64, greedy=False) -> Rollouts:
-        """G completions per row, answered `rows_per_call` rows at a time; a last, shorter chunk
-        is padded with repeats of its last prompt so that every call has the same shape."""
+        """G completions per row, in balanced calls (`plan`); the last call's missing prompts
+        are repeats of its last one, so that every call has the same shape."""
         device = next(model.parameters()).device
         copy = self.refresh(model)
         stops = stop_token_ids(model, tokenizer)
-        length = self.prompt_width + max_new_tokens
         G = num_generations
-        per_call = self.rows_per_call(copy.config, length, device, len(rows) * G)
-        n = max(1, per_call // G)                                      # prompts per call
+        length, n, calls = self.plan(copy.config, tokenizer, rows, G, max_new_tokens, device)
         parts = []
         with torch.autocast(device.type, enabled=False):                # the copy has its dtype
             for i in range(0, len(rows), n):
                 chunk = rows[i:i + n]
-                padded = chunk + [chunk[-1]] * (n - len(chunk)) if len(rows) > n else chunk
+                padded = chunk + [chunk[-1]] * (n - len(chunk)) if calls > 1 else chunk
                 ro = self._sample(copy, tokenizer, padded, G, temperature, max_new_tokens, greedy,
-                                  stops, device)
+                                  stops, length, device)
                 parts.append(ro.select(slice(0, len(chunk) * G)))
         return concat_rollouts(parts, tokenizer)
 
-    def _sample(self, copy, tokenizer, rows, G, temperature, max_new, greedy, stops, device) -> Rollouts:
+    def _sample(self, copy, tokenizer, rows, G, temperature, max_new, greedy, stops, length,
+                device) -> Rollouts:
         prompt_ids, prompt_mask = encode_rows(tokenizer, rows, G, device)        # [R, P]
         R, P = prompt_ids.shape
-        width = bucket(P, self.prompt_width)        # the decode step sees width + max_new slots
-        cache = self._cache_for(copy.config, R, max(self.prompt_width, width) + max_new, device)
+        cache = self._cache_for(copy.config, R, length, device)
         cache_kw = "cache" if "cache" in inspect.signature(type(copy).forward).parameters \
             else "past_key_values"                                                 # transformers 5.24
         low = torch.finfo(copy.dtype).min
@@ -443,11 +520,13 @@ class StaticEngine:
                        use_cache=True, logits_to_keep=1, **{cache_kw: cache})
             logits.append(out.logits[:, -1].float())
         logits = torch.cat(logits)                                                 # [R, V]
-        cache.rows, cache.span = None, width + max_new
+        cache.rows = None
 
         # Decode: token t of every row goes to slot P + t, at position n_r + t (n_r: its prompt's
-        # real tokens); each graph replay returns the logits of the next token.
-        mask = torch.full((R, 1, 1, cache.span), low, dtype=copy.dtype, device=device)
+        # real tokens); each graph replay returns the logits of the next token. The mask covers
+        # the attended span: slots [0, P + t] rounded up to SPAN_STEP, so the reads grow with the
+        # answer (each span is one more CUDA graph of the same compiled step).
+        mask = torch.full((R, 1, 1, length), low, dtype=copy.dtype, device=device)
         mask[:, 0, 0, :P].masked_fill_(prompt_mask.bool(), 0.0)                    # [R, 1, 1, S]
         position = prompt_mask.sum(1, keepdim=True)                                # [R, 1]
         unfinished = torch.ones(R, dtype=torch.bool, device=device)
@@ -469,12 +548,28 @@ class StaticEngine:
                 break
             cache.slot.fill_(P + t)
             mask[:, 0, 0, P + t] = 0.0                                             # it sees itself
+            span = min(length, math.ceil((P + t + 1) / SPAN_STEP) * SPAN_STEP)
+            # [R, 1], [R, 1], [R, 1, 1, span]
+            inputs = dynamic(token[:, None], position + t, mask[..., :span].contiguous())
             torch.compiler.cudagraph_mark_step_begin()
-            logits = step(copy, cache_kw, cache, token[:, None], position + t, mask)   # [R, V]
+            logits = step(copy, cache_kw, cache, *inputs)                          # [R, V]
         completion = torch.stack(tokens, 1)                                        # [R, L]
         sampler_logp = torch.cat(logps, 1) if logps else None
         return _trim(make_rollouts(tokenizer, rows, G, prompt_ids, prompt_mask, completion, stops,
                                    sampler_logp))
+
+
+SPAN_STEP = 256   # the decode step attends over a multiple of this many slots
+
+
+def dynamic(tokens, positions, mask):
+    """The decode step's inputs, their rows and the mask's span marked dynamic: one compile
+    serves training calls, evaluation chunks and every span (a dimension of size 1 stays static:
+    dynamo specialises it, and such a call compiles once more)."""
+    for t in (tokens, positions, mask):
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    torch._dynamo.maybe_mark_dynamic(mask, 3)
+    return tokens, positions, mask
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
