@@ -96,7 +96,10 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU that was visible when it was saved; a resume may see fewer (another
+        # node, CUDA_VISIBLE_DEVICES): set_rng_state_all would raise, so restore those that exist
+        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,10 +11,9 @@ overwrite the weights we push (the bug of TRL issue #5312) -- and each call then
 
     free the training step's cached blocks (torch.cuda.empty_cache: vLLM allocates outside
     torch's cache, and TRL reports out-of-memory without it) -> wake the weights -> push every
-    parameter and buffer of the policy from memory -> reset the prefix cache (its KV blocks came
-    from the old weights) -> wake the KV cache -> generate -> sleep (level 2: weights and KV
-    cache freed for training; level 2 also drops GPU tensors that are neither parameters nor
-    buffers, vLLM issue 29341, so every call pushes everything again)
+    parameter of the policy from memory (buffers stay vLLM's own) -> reset the prefix cache (its
+    KV blocks came from the old weights) -> wake the KV cache -> generate -> sleep (level 2:
+    weights and KV cache freed for training, so every call pushes every parameter again)
 
 Sampling maps onto SamplingParams as the plain distribution (temperature only; top-k 0, top-p 1,
 min-p 0, no penalties; every stop id; max_tokens = the completion length). No per-request seed:
@@ -51,15 +50,18 @@ class VLLMEngine:
         self.llm.sleep(level=2)
 
     def push_weights(self, model) -> list[str]:
-        """Every parameter and buffer of the policy, by its HF name, into vLLM's model (which
-        casts to its dtype and ties a tied head to the embedding it was given). Returns the names."""
+        """Every parameter of the policy, by its HF name, into vLLM's model (which casts to its
+        dtype and ties a tied head to the embedding it was given). Returns the names. No buffers:
+        vLLM keeps its own (rotary frequencies) across sleep, and its loader raises KeyError for
+        a name its model lacks, such as HF's `rotary_emb.original_inv_freq` (as TRL, parameters
+        only)."""
         try:
             target = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
         except AttributeError:
             raise SystemExit("--rollout-engine vllm: this vLLM version does not expose its model "
                              "in-process (llm_engine.model_executor.driver_worker.model_runner); "
                              "README lists the versions this adapter was written for") from None
-        tensors = [*model.named_parameters(), *model.named_buffers()]
+        tensors = list(model.named_parameters())
         target.load_weights((name, t.detach()) for name, t in tensors)
         return [name for name, _ in tensors]
 

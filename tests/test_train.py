@@ -283,3 +283,28 @@ def test_the_meter_reports_a_true_peak_per_phase_and_per_step(monkeypatch):
     with meter.phase("generate"):
         use(5)
     assert meter.read()["mem/step"] == 5
+
+
+def test_random_states_resume_where_fewer_gpus_are_visible(monkeypatch):
+    """A checkpoint holds one CUDA random state per GPU visible when it was written; a resume on
+    a node that sees fewer restores those that exist (set_rng_state_all raised there). Fake
+    states on a CPU machine: two saved, one GPU visible now."""
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append((device, s)))
+
+    def all_states(states):            # torch's: one state per state given, each on its device
+        if len(states) > torch.cuda.device_count():
+            raise RuntimeError("invalid device ordinal")
+        for i, s in enumerate(states):
+            torch.cuda.set_rng_state(s, i)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", all_states)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([7]), torch.tensor([8])])
+    state = checkpoint.rng_state()
+    checkpoint.set_rng_state(state)
+    assert [(d, int(s)) for d, s in restored] == [(0, 7)]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)   # more visible: the saved ones
+    restored.clear()
+    checkpoint.set_rng_state(state)
+    assert [(d, int(s)) for d, s in restored] == [(0, 7), (1, 8)]

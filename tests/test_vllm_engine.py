@@ -12,14 +12,33 @@ import torch
 import vllm_engine
 from tests.test_rollouts import ROWS
 
+# What vLLM's Qwen2/Qwen3 `load_weights` skips without a word (vllm/model_executor/models/qwen2.py):
+# every other name its model lacks raises KeyError -- HF's `model.rotary_emb.original_inv_freq`
+# buffer among them, which is why the adapter pushes parameters only.
+VLLM_SKIPS = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached",
+              "rotary_pos_emb.inv_freq")
+
 
 class FakeLLM:
-    """vLLM's LLM as the adapter uses it: records calls; answers from a script."""
+    """vLLM's LLM as the adapter uses it: records calls; answers from a script. Its model's
+    `load_weights` follows vLLM's rule: the names of `policy`'s parameters load (vLLM maps HF's
+    names onto its fused layers), the skip list and a tied `lm_head.` are skipped, any other
+    name is a KeyError."""
 
-    def __init__(self, script):
+    def __init__(self, script, policy=None):
         self.calls, self.script, self.pushed, self.generate_calls = [], script, [], 0
-        model = SimpleNamespace(load_weights=lambda weights: self.pushed.extend(
-            (name, t.clone()) for name, t in weights) or self.calls.append("load_weights"))
+        known = set() if policy is None else {n for n, _ in policy.named_parameters()}
+        tied = policy is not None and policy.config.tie_word_embeddings
+
+        def load_weights(weights):
+            for name, t in weights:
+                if any(s in name for s in VLLM_SKIPS) or (tied and name.startswith("lm_head.")):
+                    continue
+                if name not in known:
+                    raise KeyError(name)
+                self.pushed.append((name, t.clone()))
+            self.calls.append("load_weights")
+        model = SimpleNamespace(load_weights=load_weights)
         self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
             model_runner=SimpleNamespace(model=model))))
 
@@ -42,9 +61,9 @@ class FakeLLM:
 
 
 @pytest.fixture
-def fake(monkeypatch):
+def fake(monkeypatch, model):
     def make(script):
-        llm = FakeLLM(script)
+        llm = FakeLLM(script, model)
         monkeypatch.setattr(torch.cuda, "empty_cache", lambda: llm.calls.append("empty_cache"))
         return llm, vllm_engine.VLLMEngine(llm, SimpleNamespace)
     return make
@@ -84,12 +103,18 @@ def test_call_order_sampling_and_rollouts(model, tok, fake):
     assert ro.prompt_ids.shape[0] == 4 and (ro.prompt_mask[:, -1] == 1).all()   # left-padded
 
 
-def test_push_covers_every_parameter_and_buffer_tied_head_included(model, tok, fake):
-    """Level-2 sleep drops vLLM's weights; every call must push all of them again."""
+def test_push_sends_every_parameter_and_no_buffer(model, tok, fake):
+    """Level-2 sleep drops vLLM's weights; every call pushes all of them again -- parameters
+    only: vLLM keeps its own buffers across sleep, and a buffer name its model lacks (HF's
+    `rotary_emb.original_inv_freq`) makes its loader raise KeyError on the first call."""
+    assert any("original_inv_freq" in n for n, _ in model.named_buffers())   # the crash, had we sent it
+    with pytest.raises(KeyError, match="original_inv_freq"):
+        FakeLLM([], model).llm_engine.model_executor.driver_worker.model_runner.model.load_weights(
+            model.named_buffers())
     llm, engine = fake([[[tok.eos_token_id]]])
     engine.generate(model, tok, ROWS, 1, greedy=True, max_new_tokens=2)
     pushed = dict(llm.pushed)
-    wanted = dict(model.named_parameters()) | dict(model.named_buffers())
+    wanted = dict(model.named_parameters())
     assert set(pushed) == set(wanted) and all(torch.equal(pushed[k], wanted[k]) for k in wanted)
     # Qwen3 ties its head to the embedding: the embedding carries it (vLLM ties what it loads)
     assert model.lm_head.weight is model.model.embed_tokens.weight
