@@ -34,15 +34,16 @@ import parallel
 import toy
 
 
-def load_policy(name: str, device: torch.device, seed: int = 0):
-    """(model, tokenizer): a fresh toy model, a saved directory, or a hub id (clear offline error)."""
+def load_policy(name: str, device: torch.device, seed: int = 0, dtype=torch.float32):
+    """(model, tokenizer): a fresh toy model, a saved directory, or a hub id (clear offline error).
+    dtype: the weights' (fp32 for training: the master weights; bf16 where nothing trains)."""
     if name == "toy":
         tokenizer = toy.build_tokenizer()
-        return toy.build_model(tokenizer, seed=seed).to(device), tokenizer
+        return toy.build_model(tokenizer, seed=seed).to(device, dtype), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left")
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
     except OSError as e:
         where = "directory" if os.path.isdir(name) else "hub id"
         raise SystemExit(

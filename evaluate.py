@@ -38,6 +38,7 @@ import torch
 
 import checkpoint
 import data
+import engines
 import ifeval
 import parallel
 import rollouts
@@ -148,7 +149,8 @@ def mean_token_logprobs(model, tokenizer, prompts: list[str], responses: list[st
 
 
 def behaviour(model, tokenizer, rows: list[dict], *, max_new_tokens: int, temperature: float = 1.0,
-              batch_size: int = 32, seed: int = 0) -> dict:
+              batch_size: int = 32, seed: int = 0, autocast=contextlib.nullcontext,
+              engine=None) -> dict:
     """Length and log-prob distributions of student samples vs teacher responses, with distances."""
     rows = [r for r in rows if r.get("response")]
     if not rows:
@@ -156,10 +158,12 @@ def behaviour(model, tokenizer, rows: list[dict], *, max_new_tokens: int, temper
     prompts, teacher = [r["prompt"] for r in rows], [r["response"] for r in rows]
     torch.manual_seed(seed)
     samples, student_len = generate_responses(model, tokenizer, rows, greedy=False,
-                                              temperature=temperature, max_new_tokens=max_new_tokens)
+                                              temperature=temperature, max_new_tokens=max_new_tokens,
+                                              autocast=autocast, engine=engine)
     teacher_len = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in teacher]
-    lp_student = mean_token_logprobs(model, tokenizer, prompts, samples, temperature, batch_size)
-    lp_teacher = mean_token_logprobs(model, tokenizer, prompts, teacher, temperature, batch_size)
+    with autocast():
+        lp_student = mean_token_logprobs(model, tokenizer, prompts, samples, temperature, batch_size)
+        lp_teacher = mean_token_logprobs(model, tokenizer, prompts, teacher, temperature, batch_size)
 
     def compare(student, teach):
         return {"student": student, "teacher": teach, "w1": wasserstein1(student, teach),
@@ -197,12 +201,15 @@ def main(argv=None):
     args = p.parse_args(argv)
     defaults = settings.Settings.for_world(settings.world_of(args.model))
     device = parallel.pick_device("auto")
-    model, tokenizer = checkpoint.load_policy(args.model, device, seed=args.seed)
+    # nothing here trains: on CUDA the weights load in bf16 (half the memory of fp32 masters)
+    # and answers come from the rollout engine in bf16, as in training's evaluations
+    model, tokenizer = checkpoint.load_policy(args.model, device, seed=args.seed,
+                                              dtype=parallel.autocast_dtype(device) or torch.float32)
     spec = args.dataset or defaults.eval_dataset
     split = args.split or data.evaluation_split(spec)
     rows = data.load_rows(spec, split, toy_seed=args.seed)[:args.limit]
     max_new = args.max_new_tokens or defaults.eval_max_new_tokens
-    engine = rollouts.make_engine(args.engine, device, dtype=parallel.autocast_dtype(device),
+    engine = engines.make_engine(args.engine, device, dtype=parallel.autocast_dtype(device),
                                   prompt_width=defaults.max_prompt_length)
     result = evaluate_model(model, tokenizer, rows, max_new_tokens=max_new,
                             autocast=parallel.autocast_for(device), engine=engine)
@@ -217,7 +224,8 @@ def main(argv=None):
               f"the instruction checks: {stats['failed_checks']}) -> {args.write_verified}")
     if args.behaviour:
         b = behaviour(model, tokenizer, rows, max_new_tokens=max_new, temperature=args.temperature,
-                      batch_size=args.batch_size, seed=args.seed)
+                      batch_size=args.batch_size, seed=args.seed,
+                      autocast=parallel.autocast_for(device), engine=engine)
         result["behaviour"] = b
         print(f"length W1 {b['length']['w1']:.3f}  logprob W1 {b['logprob']['w1']:.3f}  (histograms: "
               f"python -m tools.plots --behaviour {out})")

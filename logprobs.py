@@ -117,6 +117,25 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.to(acc) @ b.to(acc)
 
 
+_ADDMM_OUT_DTYPE = True   # torch.addmm(..., out_dtype=fp32, out=acc) works here (CUDA, torch >= 2.8)
+
+
+def _addmm_f32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc += a @ b in place, acc fp32 (or float64): one pass over acc, no temporary product.
+    bf16/fp16 operands accumulate in fp32 (cuBLAS reads and writes acc as C with beta = 1)."""
+    global _ADDMM_OUT_DTYPE
+    if a.dtype == acc.dtype and b.dtype == acc.dtype:
+        acc.addmm_(a, b)
+        return
+    if a.is_cuda and a.dtype == b.dtype and _ADDMM_OUT_DTYPE:
+        try:
+            torch.addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+            return
+        except (TypeError, RuntimeError):
+            _ADDMM_OUT_DTYPE = False          # older torch: the product, then the sum
+    acc += _mm_f32(a, b)
+
+
 def _target_logits(hidden, weight, targets, inv_t, token_chunk):
     """z_{i,t_i} = (h_i . W_{t_i}) / T in fp32, chunked so the upcast copies stay small."""
     out = torch.empty(hidden.shape[0], dtype=_acc(hidden), device=hidden.device)
@@ -183,6 +202,31 @@ def _configs():
             for n, v, h, st, w in tiles]
 
 
+def _prune_tiles(configs, named_args, **kwargs):
+    """fp32 operands: no 128 x 256 tile (its fp32 accumulator spills registers: ~37 KB per
+    thread when compiled for sm_90); bf16/fp16 keep every tile."""
+    if named_args["h_ptr"].dtype != torch.float32:
+        return configs
+    kept = [c for c in configs if c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_V"] < 128 * 256]
+    return kept or configs
+
+
+def n_bucket(n: int) -> int:
+    """The autotuner's key for N: the next power of two, so that a call of another size class
+    (a demonstration batch vs 64 rollouts) picks its own tiles, without one tuning per N."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def check_offsets(**extents: int) -> None:
+    """The kernels index with 32-bit offsets: each extent (rows x row stride, ...) must stay
+    below 2**31. Qwen3's head at N = 32,768 tokens: 32,768 x 1,024 and 151,936 x 1,024 (1.6e8)."""
+    for name, size in extents.items():
+        if size >= 2**31:
+            raise ValueError(f"logprobs: {name} = {size:,} elements overflows the Triton kernels' "
+                             "32-bit offsets; pass fewer tokens per call (micro-batches) or use "
+                             "backend='torch'")
+
+
 if triton is not None:
     @triton.jit
     def _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
@@ -203,10 +247,11 @@ if triton is not None:
                 acc = tl.dot(a, b, acc)
         return acc
 
-    @triton.autotune(configs=_configs(), key=["H", "IEEE"])
+    @triton.autotune(configs=_configs(), key=["H", "IEEE", "N_BUCKET"],
+                     prune_configs_by={"early_config_prune": _prune_tiles})
     @triton.jit
     def _partial_lse_kernel(h_ptr, w_ptr, inv_t_ptr, max_ptr, sum_ptr, N, V, H,
-                            stride_h, stride_w, vocab_per_program,
+                            stride_h, stride_w, vocab_per_program, N_BUCKET,
                             BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                             IEEE: tl.constexpr):
         # Program (pid_n, pid_v) reduces rows [pid_n*BLOCK_N, +BLOCK_N) over the vocabulary slice
@@ -220,9 +265,10 @@ if triton is not None:
         m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
         s = tl.zeros((BLOCK_N,), tl.float32)
         v_start = pid_v * vocab_per_program
-        for v0 in range(v_start, v_start + vocab_per_program, BLOCK_V):
+        v_end = tl.minimum(v_start + vocab_per_program, V)     # the last slice stops at V
+        for v0 in range(v_start, v_end, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
-            col_ok = (cols < V) & (cols < v_start + vocab_per_program)
+            col_ok = cols < v_end
             acc = _logits_tile(h_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_h, stride_w,
                                BLOCK_N, BLOCK_V, BLOCK_H, IEEE)                  # [BN, BV]
             # Masked columns must be -inf, not 0: a 0 would enter the sum as exp(0 - m).
@@ -239,10 +285,11 @@ if triton is not None:
 
 
 if triton is not None:
-    @triton.autotune(configs=_configs(), key=["H", "IEEE"])
+    @triton.autotune(configs=_configs(), key=["H", "IEEE", "N_BUCKET"],
+                     prune_configs_by={"early_config_prune": _prune_tiles})
     @triton.jit
     def _ds_kernel(h_ptr, w_ptr, t_ptr, g_ptr, lse_ptr, inv_t_ptr, ds_ptr, N, V, H,
-                   stride_h, stride_w, stride_ds,
+                   stride_h, stride_w, stride_ds, N_BUCKET,
                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
                    IEEE: tl.constexpr):
         # dS_ij = g_i (1[j = t_i] - exp(z_ij - lse_i)) for one [BLOCK_N, BLOCK_V] tile of a chunk,
@@ -275,11 +322,12 @@ def _lse_triton(hidden, weight, inv_t, vocab_per_program=4096):
     v = weight.shape[0]
     hidden, weight = hidden.contiguous(), weight.contiguous()
     splits = triton.cdiv(v, vocab_per_program)
+    check_offsets(hidden=n * hidden.stride(0), weight=v * weight.stride(0), partials=splits * n)
     pmax = torch.empty(splits, n, dtype=torch.float32, device=hidden.device)  # [S, N]
     psum = torch.empty(splits, n, dtype=torch.float32, device=hidden.device)  # [S, N]
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), splits)  # noqa: E731
     _partial_lse_kernel[grid](hidden, weight, inv_t.contiguous(), pmax, psum, n, v, h,
-                              hidden.stride(0), weight.stride(0), vocab_per_program,
+                              hidden.stride(0), weight.stride(0), vocab_per_program, n_bucket(n),
                               IEEE=hidden.dtype == torch.float32 or _INTERPRETED)
     m = pmax.max(dim=0).values                                         # [N]
     return m + torch.log((psum * torch.exp(pmax - m)).sum(0))          # [N]
@@ -290,9 +338,10 @@ def _ds_triton(h, w, t, g, lse, inv_t, out_dtype) -> torch.Tensor:
     n, v = h.shape[0], w.shape[0]
     ds = torch.empty(n, v, dtype=out_dtype, device=h.device)
     h, w = h.contiguous(), w.contiguous()
+    check_offsets(hidden=n * h.stride(0), weight=v * w.stride(0), ds=n * ds.stride(0))
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(v, meta["BLOCK_V"]))  # noqa: E731
     _ds_kernel[grid](h, w, t.contiguous(), g.contiguous(), lse.contiguous(), inv_t.contiguous(), ds,
-                     n, v, h.shape[1], h.stride(0), w.stride(0), ds.stride(0),
+                     n, v, h.shape[1], h.stride(0), w.stride(0), ds.stride(0), n_bucket(n),
                      IEEE=h.dtype == torch.float32 or _INTERPRETED)
     return ds
 
@@ -362,9 +411,9 @@ class _TokenLogprobs(torch.autograd.Function):
                 # dS = (g / T) (onehot - p), the chosen-token term inside   [n, v]
                 ds = ds_of(h, w, targets[n0:n1] - v0, g[n0:n1], lse[n0:n1], inv_t[n0:n1], op_dtype)
                 if need_h:   # dL/dh_i += sum_j dS_ij W_j
-                    grad_h[n0:n1] += _mm_f32(ds, w_op)                 # [n, H]
+                    _addmm_f32(grad_h[n0:n1], ds, w_op)                # [n, H]
                 if need_w:   # dL/dW_j += sum_i dS_ij h_i
-                    gw += _mm_f32(ds.T, h.to(op_dtype))                # [v, H]
+                    _addmm_f32(gw, ds.T, h.to(op_dtype))               # [v, H]
             if need_w:
                 grad_w[v0:v1] = gw.to(weight.dtype)
         if need_h:

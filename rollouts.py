@@ -61,6 +61,7 @@ from __future__ import annotations
 import copy as copy_module
 import inspect
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -377,6 +378,7 @@ class StaticEngine:
         self.dtype, self.prompt_width, self.compile_args = dtype, prompt_width, compile
         self.max_rows, self.check_every = max_rows, check_every
         self.copy, self.pairs, self.cache, self.step = None, None, None, None
+        self.first_step_s = None     # the first decode step's wall time: the compile, for the GPU suite
 
     # --- the inference copy ------------------------------------------------------------------
 
@@ -552,7 +554,12 @@ class StaticEngine:
             # [R, 1], [R, 1], [R, 1, 1, span]
             inputs = dynamic(token[:, None], position + t, mask[..., :span].contiguous())
             torch.compiler.cudagraph_mark_step_begin()
+            t0 = time.perf_counter() if self.first_step_s is None else None
             logits = step(copy, cache_kw, cache, *inputs)                          # [R, V]
+            if t0 is not None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                self.first_step_s = time.perf_counter() - t0
         completion = torch.stack(tokens, 1)                                        # [R, L]
         sampler_logp = torch.cat(logps, 1) if logps else None
         return _trim(make_rollouts(tokenizer, rows, G, prompt_ids, prompt_mask, completion, stops,
@@ -586,31 +593,3 @@ def _trim(ro: Rollouts) -> Rollouts:
     return Rollouts(ro.rows, ro.prompt_ids, ro.prompt_mask, ro.completion_ids[:, :L],
                     ro.completion_mask[:, :L], ro.truncated, ro.texts, ro.group_size,
                     None if ro.sampler_logp is None else ro.sampler_logp[:, :L])
-
-
-# ----------------------------------------------------------------------------------------------
-# Choosing an engine
-# ----------------------------------------------------------------------------------------------
-
-def make_engine(name: str, device, *, dtype=None, prompt_width: int = 512, distributed: bool = False,
-                **vllm_args):
-    """'auto' | 'hf' | 'static' | 'vllm' -> an engine. 'auto': hf on the CPU; on CUDA vllm if it
-    is installed and this is one process, else static. `dtype`: the sampling dtype of `static`
-    (the autocast dtype of --precision; None: the policy's own)."""
-    device = torch.device(device)
-    if name == "auto":
-        if device.type != "cuda":
-            name = "hf"
-        else:
-            import importlib.util
-            name = "vllm" if importlib.util.find_spec("vllm") and not distributed else "static"
-    if name == "hf":
-        return HFEngine()
-    if name == "static":
-        return StaticEngine(dtype, prompt_width)
-    if name != "vllm":
-        raise ValueError(f"unknown rollout engine {name!r} (auto, hf, static or vllm)")
-    if distributed:
-        raise SystemExit("--rollout-engine vllm runs in one process; under torchrun use static")
-    import vllm_engine
-    return vllm_engine.make(device, **vllm_args)

@@ -6,7 +6,8 @@
 `metrics.jsonl` is always written; a tracker receives the same numbers, step by step, plus the
 evaluations (`eval/prompt_strict`, ...) and, every `--log-completions-every` steps, a small table of
 sampled completions with their prompt, verifier reward and discriminator score -- the first place
-to look when the reward climbs but the answers get worse.
+to look when the reward climbs but the answers get worse. `Meter` (below) measures what every
+step logs under time/ and mem/: wall time and, on CUDA, peak memory per phase.
 
 * tensorboard: event files under OUT/tensorboard (read them with `tensorboard --logdir OUT`);
   samples as one markdown table per logging step.
@@ -19,7 +20,11 @@ line that says what to install. Only rank 0 reports (parallel.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+
+import torch
 
 INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb",
            "trackio": "pip install trackio"}
@@ -102,3 +107,43 @@ def _trackio(out, project, run_name, config):
 
 
 _OPEN = {"tensorboard": _tensorboard, "wandb": _wandb, "trackio": _trackio}
+
+
+class Meter:
+    """Wall time per phase of a step (time/<phase>, s) and, on CUDA, peak memory: per phase
+    (mem/<phase>, GiB) and of the whole step (mem/step). The allocator keeps one high-water mark,
+    so each phase resets it at its start -- after reading it, so that the step's peak also
+    covers whatever ran between its phases. `read` returns the step's figures and starts anew
+    (what runs between steps, an evaluation say, is not counted)."""
+
+    def __init__(self, device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.figures, self.step_peak, self.fresh = {}, 0.0, True
+
+    def _peak(self) -> float:
+        return torch.cuda.max_memory_allocated() / 2**30
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        if self.cuda:
+            torch.cuda.synchronize()
+            if not self.fresh:        # the first phase of a step starts the step's peak
+                self.step_peak = max(self.step_peak, self._peak())
+            torch.cuda.reset_peak_memory_stats()
+        self.fresh = False
+        t0 = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+            peak = self._peak()
+            self.step_peak = max(self.step_peak, peak)
+            self.figures[f"mem/{name}"] = max(self.figures.get(f"mem/{name}", 0.0), peak)
+        self.figures[f"time/{name}"] = self.figures.get(f"time/{name}", 0.0) + time.perf_counter() - t0
+
+    def read(self) -> dict:
+        out = dict(self.figures)
+        if self.cuda:
+            torch.cuda.synchronize()
+            out["mem/step"] = max(self.step_peak, self._peak())
+        self.figures, self.step_peak, self.fresh = {}, 0.0, True
+        return out

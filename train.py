@@ -10,8 +10,8 @@ This file is the method, top to bottom: `unified_step` is one optimizer step wri
 of the equation (rollouts -> reward -> discriminator and coefficient -> one block per loss term
 -> one backward pass -> update), and `train` is the loop around it (load -> evaluate -> steps ->
 evaluate -> save). Settings live in settings.py; loading and checkpoints in checkpoint.py; the
-device, precision and torchrun processes in parallel.py; rollout engines in rollouts.py; trackers in
-trackers.py.
+device, precision and torchrun processes in parallel.py; rollout engines in rollouts.py (chosen in
+engines.py); trackers and the per-phase time and memory meter in trackers.py.
 
 A run directory holds config.json, metrics.jsonl (one line per step), eval_start.json /
 eval_final.json, checkpoints/step-N (atomic; --resume continues exactly) and final/
@@ -23,7 +23,6 @@ steps_per_generation = 1); AdamW with a linear warm-up, then a constant learning
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -31,7 +30,6 @@ import math
 import os
 import random
 import sys
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +37,7 @@ import torch
 
 import checkpoint
 import data
+import engines
 import evaluate
 import grpo
 import parallel
@@ -47,7 +46,7 @@ import settings
 import sft
 import uniapl
 from discriminator import load_discriminator
-from trackers import Trackers
+from trackers import Meter, Trackers
 
 
 @dataclass
@@ -61,7 +60,7 @@ class Run:
     discriminator: object = None           # D(x, y_E, y); only for adversarial methods
     reference: object = None               # the frozen reference policy; only when beta > 0
     ctx: parallel.Context | None = None    # this rank's place in a torchrun run (None: one process)
-    meter: Meter | None = None             # time and peak memory per phase (None: a new one)
+    meter: Meter | None = None             # time and peak memory per phase (trackers.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,10 +290,10 @@ def train(s: settings.Settings) -> dict:
     disc = load_discriminator(s.discriminator, s.discriminator_model, device,
                               parallel.autocast_dtype(device, s.precision) or torch.float32) \
         if objective.uses_discriminator else None
-    engine = rollouts.make_engine(
+    engine = engines.make_engine(
         s.rollout_engine, device, dtype=parallel.autocast_dtype(device, s.precision),
         prompt_width=s.max_prompt_length, distributed=ctx.distributed,
-        model_path=engine_model_dir(policy, tokenizer, s), seed=s.seed,
+        model_path=engines.engine_model_dir(policy, tokenizer, s), seed=s.seed,
         max_model_len=s.max_prompt_length + max(s.max_completion_length, s.eval_max_new_tokens),
         gpu_memory_utilization=s.vllm_gpu_memory_utilization)
     say(f"[{s.method}] {s.world} world, {ctx.world_size} process(es) on {device.type}"
@@ -400,7 +399,7 @@ def seed_everything(seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Plumbing: timing, finiteness, JSON
+# Plumbing: finiteness, JSON
 # ----------------------------------------------------------------------------------------------
 
 class NonFiniteError(RuntimeError):
@@ -414,61 +413,6 @@ def check_finite(step: int, **terms) -> None:
     if bad:
         raise NonFiniteError(f"step {step}: non-finite {', '.join(f'{k} = {v}' for k, v in bad.items())}"
                              "; the optimizer step was not taken and the last checkpoint is intact")
-
-
-class Meter:
-    """Wall time per phase of a step (time/<phase>, s) and, on CUDA, peak memory: per phase
-    (mem/<phase>, GiB) and of the whole step (mem/step). The allocator keeps one high-water mark,
-    so each phase resets it at its start -- after reading it, so that the step's peak also
-    covers whatever ran between its phases. `read` returns the step's figures and starts anew
-    (what runs between steps, an evaluation say, is not counted)."""
-
-    def __init__(self, device):
-        self.cuda = torch.device(device).type == "cuda"
-        self.figures, self.step_peak, self.fresh = {}, 0.0, True
-
-    def _peak(self) -> float:
-        return torch.cuda.max_memory_allocated() / 2**30
-
-    @contextlib.contextmanager
-    def phase(self, name: str):
-        if self.cuda:
-            torch.cuda.synchronize()
-            if not self.fresh:        # the first phase of a step starts the step's peak
-                self.step_peak = max(self.step_peak, self._peak())
-            torch.cuda.reset_peak_memory_stats()
-        self.fresh = False
-        t0 = time.perf_counter()
-        yield
-        if self.cuda:
-            torch.cuda.synchronize()
-            peak = self._peak()
-            self.step_peak = max(self.step_peak, peak)
-            self.figures[f"mem/{name}"] = max(self.figures.get(f"mem/{name}", 0.0), peak)
-        self.figures[f"time/{name}"] = self.figures.get(f"time/{name}", 0.0) + time.perf_counter() - t0
-
-    def read(self) -> dict:
-        out = dict(self.figures)
-        if self.cuda:
-            torch.cuda.synchronize()
-            out["mem/step"] = max(self.step_peak, self._peak())
-        self.figures, self.step_peak, self.fresh = {}, 0.0, True
-        return out
-
-
-def engine_model_dir(policy, tokenizer, s: settings.Settings) -> str | None:
-    """vLLM reads a model's config and tokenizer from a directory; its weights come from the
-    policy's memory (load_format 'dummy'), so only those small files are written."""
-    import importlib.util
-    vllm = s.rollout_engine == "vllm" or (s.rollout_engine == "auto" and importlib.util.find_spec("vllm"))
-    if not vllm or parallel.pick_device(s.device).type != "cuda":
-        return None
-    path = os.path.join(s.out, "rollout_engine_model")
-    os.makedirs(path, exist_ok=True)
-    policy.config.save_pretrained(path)
-    policy.generation_config.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def write_json(path: str, obj) -> None:

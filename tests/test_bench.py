@@ -20,27 +20,34 @@ def test_gpu_suite_rehearsed_on_the_cpu_with_one_part_failing(tmp_path):
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text('raise ImportError("trl made unimportable for this test")')
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "broken"))
+    cache = tmp_path / "inductor"
     res = subprocess.run([sys.executable, "-m", "tools.gpu_suite", "--device", "cpu", "--model-shape",
-                          "toy", "--out", str(tmp_path), "--budget-s", "900", "--set", "rl_batch_size=2",
-                          "num_generations=2", "sft_batch_size=2", "max_completion_length=8",
-                          "eval_max_new_tokens=8"], cwd=ROOT, env=env, capture_output=True, text=True)
+                          "toy", "--out", str(tmp_path), "--budget-s", "900", "--compile-cache", str(cache),
+                          "--set", "rl_batch_size=2", "num_generations=2", "sft_batch_size=2",
+                          "max_completion_length=8", "eval_max_new_tokens=8", "rollout_engine=static"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.load(open(tmp_path / "gpu_suite_cpu.json"))
-    assert list(r)[2:9] == ["environment", "logprobs_correctness", "steps", "trl", "train_cli", "eval",
-                            "logprobs_speed"]
-    assert r["environment"]["versions"]["torch"].startswith("2.")
+    # the default engine's figures first, the yardsticks measured before last
+    assert list(r)[2:9] == ["environment", "steps", "eval", "logprobs_correctness", "train_cli",
+                            "logprobs_speed", "reference"]
+    assert r["environment"]["versions"]["torch"].startswith("2.") and r["compile_cache"] == str(cache)
     rows = r["logprobs_correctness"]["rows"]
     assert {(x["backend"], x["dtype"], x["temperature"]) for x in rows} >= {("torch", "bfloat16", 0.7)}
     assert all(x["logp_max_abs_error"] < 1e-5 for x in rows if x["backend"] == "torch")
-    for engine in ("static", "hf"):
-        step = r["steps"][engine]
+    for step in (r["steps"]["static"], r["reference"]["hf"]):
         assert len(step["warmup"]) == 1 and step["steps"] and step["median_step_s"] > 0
         assert {"generate", "forward", "backward", "optimizer"} <= set(step["phase_s"])
-    assert r["trl"]["grpo"]["method"] == "grpo" and r["trl"]["grpo"]["median_step_s"] > 0
-    assert "trl made unimportable" in r["trl"]["trl_hf"]["error"]
+    assert r["steps"]["static"]["first_decode_step_s"] > 0     # the compile, a figure of its own
+    assert r["reference"]["grpo"]["method"] == "grpo" and r["reference"]["grpo"]["median_step_s"] > 0
+    assert "trl made unimportable" in r["reference"]["trl_hf"]["error"]
     assert [x["returncode"] for x in r["train_cli"]["runs"]] == [0, 0]
     assert [m["step"] for m in r["train_cli"]["metrics"]] == [1, 2, 3]
-    assert r["eval"]["tokens_per_s"] > 0 and r["eval"]["max_new_tokens"] == 8
+    ev = r["eval"]        # on the CPU: one call of all 541 planned, four prompts measured
+    assert ev["tokens_per_s"] > 0 and ev["max_new_tokens"] == 8 and ev["engine"] == "static"
+    assert (ev["calls"], ev["prompts_per_call"], ev["measured_prompts"]) == (1, 541, 4)
+    assert ev["ifeval_estimate_s"] == pytest.approx(ev["wall_s"] * 541 / 4)
+    assert ev["compiles"] == 0 and ev["first_decode_step_s"] > 0      # on the CPU: eager
     assert {x["variant"] for x in r["logprobs_speed"]["rows"]} == {"naive", "torch"}
     md = (tmp_path / "gpu_suite_cpu.md").read_text()
     assert "| generate |" in md and "trl made unimportable" in md
@@ -104,3 +111,17 @@ def test_memory_measure_sees_checkpointing(tmp_path):
     off = [r for r in m["rows"] if not r["checkpointing"]]
     assert all(r["per_token_per_layer"] == 4 * 1024 for r in on)
     assert all(r["per_token_per_layer"] > 20 * 4 * 1024 for r in off)
+
+
+def test_the_environment_always_runs_and_a_part_runs_alone(tmp_path, monkeypatch):
+    """The environment has a floor of its own (at a small budget its share used to be under the
+    5 s minimum, so it was skipped), and `--only X` runs X with the environment beside it."""
+    from tools import gpu_suite
+    ran = []
+    monkeypatch.setattr(gpu_suite, "run_job", lambda part, job, limit, args: ran.append((part, job, limit))
+                        or {"time_s": 0.0, "figure": 1.0})
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    gpu_suite.main(["--device", "cpu", "--model-shape", "toy", "--out", str(tmp_path), "--budget-s", "60",
+                    "--only", "train_cli"])
+    assert [(p, j) for p, j, _ in ran] == [("environment", "environment"), ("train_cli", "train_cli")]
+    assert ran[0][2] == pytest.approx(gpu_suite.ENVIRONMENT_S, abs=1) and ran[1][2] > 25

@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import evaluate as evaluation
 import rollouts
@@ -85,3 +86,26 @@ def test_cli_writes_verified_demonstrations_with_the_toy_model_as_teacher(tmp_pa
     assert f"kept {len(kept)} of 6 answers" in out
     with pytest.raises(SystemExit, match="cannot load model"):
         evaluation.main(["--model", str(tmp_path / "none"), "--dataset", str(src)])
+
+
+def test_the_cli_answers_in_the_gpu_dtype_through_the_engine(tmp_path, model, tok, toy_rows,
+                                                             monkeypatch):
+    """Where the precision is bf16 (CUDA; here forced on the CPU), evaluate.py loads a teacher or
+    student in bf16 and answers -- --write-verified and --behaviour's samples alike -- through
+    the rollout engine it was given, not HF generate in fp32."""
+    import data
+    import parallel
+    model.save_pretrained(tmp_path / "teacher")
+    tok.save_pretrained(tmp_path / "teacher")
+    src = tmp_path / "rows.jsonl"
+    data.write_jsonl(toy_rows[1][:4], str(src))
+    real_dtype = parallel.autocast_dtype
+    monkeypatch.setattr(parallel, "autocast_dtype", lambda device, p="auto": real_dtype(device, "bf16"))
+    seen = []
+    real_generate = rollouts.StaticEngine.generate
+    monkeypatch.setattr(rollouts.StaticEngine, "generate", lambda self, m, *a, **kw: seen.append(
+        (next(m.parameters()).dtype, kw.get("greedy"))) or real_generate(self, m, *a, **kw))
+    evaluation.main(["--model", str(tmp_path / "teacher"), "--dataset", str(src), "--max-new-tokens",
+                     "6", "--engine", "static", "--behaviour", "--write-verified",
+                     str(tmp_path / "demos.jsonl"), "--out", str(tmp_path / "e.json")])
+    assert seen == [(torch.bfloat16, True), (torch.bfloat16, False)]      # answers, then samples

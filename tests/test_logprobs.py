@@ -259,3 +259,21 @@ def test_some_triton_tile_fits_gpus_with_100_kib_of_shared_memory():
         sizes = [logprobs.triton_shared_memory_bytes(t, element_size) for t in logprobs.TILES]
         assert min(sizes) <= 96 * 1024
         assert element_size == 4 or max(sizes) <= 228 * 1024
+
+
+def test_triton_tiles_are_tuned_per_size_class_pruned_for_fp32_and_offsets_checked():
+    """The autotuner's key holds N rounded up to a power of two (the first call's N no longer
+    picks the tiles for every later size); fp32 operands drop the 128 x 256 tile, whose fp32
+    accumulator spills; a shape whose 32-bit offsets would overflow is refused in one line."""
+    from types import SimpleNamespace
+    for kernel in (logprobs._partial_lse_kernel, logprobs._ds_kernel):
+        assert "N_BUCKET" in kernel.keys and "N_BUCKET" in kernel.arg_names
+    assert [logprobs.n_bucket(n) for n in (1, 2, 3, 64, 65, 4096, 4097)] == [1, 2, 4, 64, 128, 4096, 8192]
+    configs = [SimpleNamespace(kwargs={"BLOCK_N": n, "BLOCK_V": v}) for n, v, *_ in logprobs.TILES]
+    fp32 = logprobs._prune_tiles(configs, {"h_ptr": torch.zeros(1)})
+    bf16 = logprobs._prune_tiles(configs, {"h_ptr": torch.zeros(1, dtype=torch.bfloat16)})
+    assert bf16 == configs and len(fp32) == len(configs) - 1
+    assert all(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_V"] < 128 * 256 for c in fp32)
+    logprobs.check_offsets(hidden=32_768 * 1024, weight=151_936 * 1024)     # the real shape
+    with pytest.raises(ValueError, match="32-bit offsets"):
+        logprobs.check_offsets(hidden=2**21 * 1024)

@@ -4,6 +4,7 @@ once per shape, holds no padding, and runs under bf16 autocast with fp32 master 
 import pytest
 import torch
 
+import engines
 import grpo
 import rollouts
 import toy
@@ -145,7 +146,7 @@ def test_every_engine_under_bf16_autocast_with_fp32_masters(engine, tmp_path):
     sampler's log-probs must stay close to the trainer's."""
     policy, tok = worlds.write_qwen3_policy(tmp_path, hidden=64, layers=2)
     policy.train()
-    eng = rollouts.make_engine(engine, "cpu", dtype=torch.bfloat16, prompt_width=64)
+    eng = engines.make_engine(engine, "cpu", dtype=torch.bfloat16, prompt_width=64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ro = sampled(eng, policy, tok, max_new_tokens=8)
         logp = grpo.completion_logprobs(policy, ro, 0.9)
@@ -160,12 +161,12 @@ def test_auto_picks_static_on_cuda_without_vllm_and_under_torchrun(monkeypatch):
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "vllm" else real(n, *a))
-    assert rollouts.make_engine("auto", "cuda").name == "static"
-    assert rollouts.make_engine("auto", "cpu").name == "hf"
+    assert engines.make_engine("auto", "cuda").name == "static"
+    assert engines.make_engine("auto", "cpu").name == "hf"
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "vllm" else real(n, *a))
-    assert rollouts.make_engine("auto", "cuda", distributed=True).name == "static"
+    assert engines.make_engine("auto", "cuda", distributed=True).name == "static"
     with pytest.raises(SystemExit, match="one process"):
-        rollouts.make_engine("vllm", "cuda", distributed=True)
+        engines.make_engine("vllm", "cuda", distributed=True)
 
 
 def test_evaluation_batches_are_sized_by_the_free_gpu_memory(monkeypatch):

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 import checkpoint
 import parallel
 import toy
+import trackers
 import train
 
 TINY = ["--steps", "3", "--sft-batch-size", "2", "--rl-batch-size", "2", "--num-generations", "2",
@@ -269,7 +270,7 @@ def test_the_meter_reports_a_true_peak_per_phase_and_per_step(monkeypatch):
 
     def use(gib):                       # allocate up to `gib` for a moment, then go back down
         state["peak"] = max(state["peak"], gib)
-    meter = train.Meter("cuda")
+    meter = trackers.Meter("cuda")
     with meter.phase("generate"):
         use(24)
     use(30)                             # between two phases of the step (a rollout's leftovers)

@@ -250,13 +250,13 @@ def shaped_engine(policy, tokenizer, device, s: settings.Settings):
     """The rollout engine of `s`, as train.py builds it (vLLM reads the config from a directory)."""
     import tempfile
 
-    import rollouts
+    import engines
     path = None
     if s.rollout_engine == "vllm":
         path = tempfile.mkdtemp(prefix="bench_engine_")
         policy.config.save_pretrained(path)
         tokenizer.save_pretrained(path)
-    return rollouts.make_engine(s.rollout_engine, device, model_path=path, seed=s.seed,
+    return engines.make_engine(s.rollout_engine, device, model_path=path, seed=s.seed,
                                 dtype=parallel.autocast_dtype(device, s.precision),
                                 prompt_width=s.max_prompt_length,
                                 max_model_len=s.max_prompt_length + max(s.max_completion_length,
@@ -272,7 +272,7 @@ def _peak_bytes(device) -> int:
 def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: int = 1,
                repeats: int = 2, report=None) -> dict:
     """`warmup` steps (reported apart: compilation, the first CUDA graphs, allocator growth), then
-    `repeats` steady ones; per step its phases' times and peaks (train.Meter) and the generated
+    `repeats` steady ones; per step its phases' times and peaks (trackers.Meter) and the generated
     tokens per second of the generate phase. `report(result)` after every step."""
     import data
     import train
@@ -304,6 +304,7 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
         print(f"  {engine.name} {s.method} step {i + 1} ({'warm-up' if i < warmup else 'steady'}): "
               f"{m['time/step']:.2f} s, generate {m.get('time/generate', 0):.2f} s "
               f"({m['generate_tokens_per_s']:.0f} tokens/s)", flush=True)
+        result.update(first_decode_step_s=getattr(engine, "first_step_s", None), compiles=compiles())
         if report:
             report(result)
     del engine, policy, optimizer   # free the GPU for the next measurement
@@ -330,7 +331,10 @@ def step_table(r: dict) -> str:
              f"{r['rollouts']} rollouts of up to {r['max_completion_length']} tokens + {r['demos']} "
              f"demonstrations, discriminator {r['discriminator']}"]
     if r.get("warmup"):
-        lines.append(f"warm-up step: {r['warmup'][0]['time/step']:.2f} s")
+        compile_s = r.get("first_decode_step_s")
+        lines.append(f"warm-up step: {r['warmup'][0]['time/step']:.2f} s" + (
+            f" (its first decode step, the compile: {compile_s:.2f} s; {r.get('compiles')} "
+            "compile(s) in the process)" if compile_s is not None else ""))
     if "median_step_s" not in r:
         return "\n".join(lines + ["(no steady step finished)"])
     peak = f"; peak memory of the step {r['step_peak_GiB']:.2f} GiB" if r["step_peak_GiB"] else ""
@@ -393,27 +397,50 @@ def bench_trl(shape: str, device: torch.device, s: settings.Settings, use_vllm: 
 # eval: greedy evaluation throughput at IFEval's answer length
 # ----------------------------------------------------------------------------------------------
 
-def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: int = 64) -> dict:
-    """Greedy answers of up to eval_max_new_tokens for `prompts` prompts, through the engine
-    evaluation uses (batches as large as memory allows), timed twice: the first call includes
-    the engine's warm-up (copy, cache, compilation)."""
+def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: int = 541,
+               report=None) -> dict:
+    """Greedy answers of up to eval_max_new_tokens, through the engine evaluation uses. For
+    `static`, the engine's own plan for `prompts` prompts (IFEval: 541) says how many calls of
+    how many prompts an evaluation makes: one call of that size is timed twice (the first
+    includes the copy, the cache and the compile; its first decode step is reported apart), and
+    the evaluation's time is the calls x the steady call. Other engines: one call of all
+    `prompts`. On the CPU a call of four prompts stands in, its time scaled to the plan."""
+
     import evaluate
     policy, tokenizer, rows, _ = shaped_world(shape, device, s)
     engine = shaped_engine(policy, tokenizer, device, s)
-    rows = (rows * (prompts // len(rows) + 1))[:prompts]
+    every = (rows * (prompts // len(rows) + 1))[:prompts]
+    per_call, calls = len(every), 1
+    if hasattr(engine, "plan"):
+        engine.refresh(policy)
+        _, per_call, calls = engine.plan(policy.config, tokenizer, every, 1, s.eval_max_new_tokens,
+                                         device)
+    measured = per_call if device.type == "cuda" else min(per_call, 4)
+    result = {"device": parallel.device_name(device), "model_shape": shape, "engine": engine.name,
+              "prompts": prompts, "calls": calls, "prompts_per_call": per_call,
+              "measured_prompts": measured, "max_new_tokens": s.eval_max_new_tokens}
     walls = []
-    for _ in range(2):
+    for i in range(2):
         t0 = time.perf_counter()
         texts, lengths = evaluate.generate_responses(
-            policy, tokenizer, rows, max_new_tokens=s.eval_max_new_tokens, engine=engine,
+            policy, tokenizer, every[:measured], max_new_tokens=s.eval_max_new_tokens, engine=engine,
             autocast=parallel.autocast_for(device, s.precision))
         walls.append(time.perf_counter() - t0)
-    return {"device": parallel.device_name(device), "model_shape": shape, "engine": engine.name,
-            "prompts": prompts, "max_new_tokens": s.eval_max_new_tokens, "first_call_s": walls[0],
-            "wall_s": walls[1], "generated_tokens": sum(lengths),
-            "tokens_per_s": sum(lengths) / walls[1],
-            "rows_per_call": getattr(getattr(engine, "cache", None), "shape", (None,))[0],
-            "ifeval_541_estimate_s": walls[1] * 541 / prompts}
+        print(f"  {engine.name} evaluation call {i + 1} ({measured} prompts): {walls[-1]:.1f} s",
+              flush=True)
+        result.update(first_call_s=walls[0], first_decode_step_s=getattr(engine, "first_step_s", None),
+                      compiles=compiles())
+        if report:
+            report(result)
+    result.update(wall_s=walls[1], generated_tokens=sum(lengths), tokens_per_s=sum(lengths) / walls[1],
+                  ifeval_estimate_s=calls * walls[1] * per_call / measured)
+    return result
+
+
+def compiles() -> int:
+    """How many graphs dynamo has compiled in this process (the decode step's count)."""
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,32 +1,40 @@
 """The GPU suite: every figure of the real path from one command, each part in its own process
 with its own time limit, written down the moment it is known.
 
-    python -m tools.gpu_suite                          # one GPU, ~6 minutes: results/gpu_suite_<gpu>.*
-    python -m tools.gpu_suite --budget-s 600           # more time for the later parts
+    python -m tools.gpu_suite                          # one GPU, 9 minutes: results/gpu_suite_<gpu>.*
+    python -m tools.gpu_suite --only train_cli         # one part (the environment always runs)
     python -m tools.gpu_suite --device cpu --model-shape toy --out /tmp/rehearsal   # the CPU rehearsal
 
 A GPU is lent rarely and for minutes, so the suite is built to give back every figure it can in
-one call: each measurement runs in a process of its own (a crash, an out-of-memory or a hang
-costs that part alone; vLLM's allocator, one per process, is never built twice in one), under a
-time limit cut from `--budget-s` (a part that finishes early leaves its time to the next), prints
-its figures as it goes, and the JSON and markdown are rewritten after every part -- a part that
-failed or had no time left holds {"error": "..."} under its key. In order of importance:
+one call (one 10-minute command: `--budget-s` 540 by default): each measurement runs in a
+process of its own (a crash, an out-of-memory or a hang costs that part alone; vLLM's allocator,
+one per process, is never built twice in one), under a time limit cut from the budget (a part
+that finishes early leaves its time to the next), prints its figures as it goes, and the JSON and
+markdown are rewritten after every part -- a part that failed or had no time left holds
+{"error": "..."} under its key. Every process compiles the static engine's decode step once;
+they share one inductor cache directory (`--compile-cache`), so the first pays for inductor's
+code generation and the later ones load it. In order of importance -- what was never measured
+first, the yardsticks measured before (hf, TRL) last:
 
-    environment           GPU, driver, torch, transformers, triton, vLLM, Liger, TRL versions
+    environment           GPU, driver, torch, transformers, triton, vLLM, Liger, TRL versions (a
+                          floor of ENVIRONMENT_S seconds of its own: it always runs)
+    steps                 one real-shape UniAPL step with the default engine (static; vLLM too
+                          where installed): 8 prompts x G = 8 rollouts of up to 512 tokens + 8
+                          demonstrations, a POLAR-1.8B-shaped scorer; the warm-up step and the
+                          first decode step (the compile) apart from the steady ones, phase times,
+                          generated tokens/s, a peak per phase and per step, compiles counted
+    eval                  IFEval's evaluation (541 prompts, greedy, 1,280 tokens) as the engine
+                          plans it: one call of the plan's size timed, x the plan's calls
     logprobs_correctness  every log-prob path on this device against float64 maths: values and
                           both gradients, fp32 and bf16, temperature 1 and 0.7
-    steps                 one real-shape UniAPL step per rollout engine present (8 prompts x G = 8
-                          rollouts of up to 512 tokens + 8 demonstrations, a POLAR-1.8B-shaped
-                          scorer): the warm-up step apart from the steady one, phase times,
-                          generated tokens/s, a peak per phase and per step
-    trl                   the grpo preset, and TRL's GRPOTrainer at the same settings (HF generate;
-                          vLLM colocated where installed): the yardstick
     train_cli             `python train.py --model <a Qwen3-format directory at 0.6B's width and
                           depth>` at the real defaults: two steps, evaluations, a checkpoint, a
                           resume (the CPU rehearsal's world, tools/worlds.py, written at full size)
-    eval                  greedy evaluation throughput at 1,280-token answers
     logprobs_speed        the log-prob table at N = 8,192 and 32,768: naive, chunked torch,
                           Triton, Liger; fraction of the measured matmul floor
+    reference             the same step with the hf engine, the grpo preset, and TRL's
+                          GRPOTrainer at the same settings (HF generate; vLLM colocated where
+                          installed): the yardsticks
 
 It needs only torch, transformers and triton (the GPU image's own, possibly older: torch 2.11,
 transformers 5.17) and sentencepiece for the POLAR-format files; a part whose optional package is
@@ -49,8 +57,9 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
-PARTS = {"environment": 1, "logprobs_correctness": 3, "steps": 20, "trl": 8, "train_cli": 8,
-         "eval": 5, "logprobs_speed": 3}     # part -> its share of the time budget
+ENVIRONMENT_S = 30                   # the environment's own time, outside the shares
+PARTS = {"environment": 0, "steps": 10, "eval": 7, "logprobs_correctness": 2, "train_cli": 7,
+         "logprobs_speed": 2, "reference": 6}     # part -> its share of the rest of the budget
 JOB_WEIGHTS = {"static": 3, "vllm": 2, "hf": 2, "grpo": 1, "trl_hf": 2, "trl_vllm": 2}   # within a part
 OPTIONAL = ["vllm", "liger_kernel", "trl", "datasets", "sentencepiece"]
 
@@ -63,10 +72,10 @@ def jobs_of(part: str, device: str) -> list[str]:
     """The processes a part runs: one per rollout engine for steps, TRL's with and without vLLM."""
     import importlib.util
     vllm = device == "cuda" and importlib.util.find_spec("vllm") is not None
-    if part == "steps":                       # the default engine first, the reference last
-        return ["static"] + (["vllm"] if vllm else []) + ["hf"]
-    if part == "trl":
-        return ["grpo", "trl_hf"] + (["trl_vllm"] if vllm else [])
+    if part == "steps":                       # the default engines
+        return ["static"] + (["vllm"] if vllm else [])
+    if part == "reference":                   # the yardsticks, measured before
+        return ["hf", "grpo", "trl_hf"] + (["trl_vllm"] if vllm else [])
     return [part]
 
 
@@ -76,16 +85,24 @@ def run_suite(args) -> dict:
     result = {"command": " ".join(["python -m tools.gpu_suite", *args.argv]), "budget_s": args.budget_s,
               **{p: {"error": "not run: the budget was spent first"} for p in PARTS}}
     t0 = time.perf_counter()
-    parts = [p for p in PARTS if not args.only or p in args.only]
+    parts = [p for p in PARTS if not args.only or p in args.only or p == "environment"]
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", args.compile_cache or
+                          tempfile.mkdtemp(prefix="gpu_suite_inductor_"))   # every child's
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+    result["compile_cache"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
     for i, part in enumerate(parts):
         left = args.budget_s - (time.perf_counter() - t0)
-        share = left * PARTS[part] / sum(PARTS[p] for p in parts[i:])
+        if part == "environment":             # a floor, not a share
+            share = ENVIRONMENT_S
+        else:
+            share = left * PARTS[part] / sum(PARTS[p] for p in parts[i:])
         jobs = jobs_of(part, args.device)
         record, part_start = {}, time.perf_counter()
         for j, job in enumerate(jobs):
             weights = [JOB_WEIGHTS.get(x, 1) for x in jobs[j:]]
             limit = (share - (time.perf_counter() - part_start)) * weights[0] / sum(weights)
-            if limit < 5:
+            if limit < 5 and part != "environment":
                 record[job] = {"error": f"not run: {limit:.0f} s of the budget left for it"}
                 continue
             print(f"[gpu_suite] {part}/{job}: up to {limit:.0f} s", flush=True)
@@ -177,10 +194,10 @@ def run_part(spec: dict, report) -> dict:
         time.sleep(3600)
     if part == "logprobs_correctness":
         return bench.logprobs_correctness(device.type, 1024 if device.type == "cuda" else 64, h, v)
-    if part == "steps":
+    if part == "steps" or (part == "reference" and job == "hf"):
         return bench.bench_step(shape, device, dataclasses.replace(s, rollout_engine=job),
                                 warmup=1, repeats=1 if job == "hf" else 2, report=report)
-    if part == "trl":
+    if part == "reference":
         if job == "grpo":
             best = jobs_of("steps", device.type)[0]
             return bench.bench_step(shape, device, dataclasses.replace(s, method="grpo", rollout_engine=best),
@@ -189,7 +206,7 @@ def run_part(spec: dict, report) -> dict:
     if part == "train_cli":
         return train_cli(device, shape, spec["set"], report)
     if part == "eval":
-        return bench.bench_eval(shape, device, s, prompts=64 if device.type == "cuda" else 4)
+        return bench.bench_eval(shape, device, s, prompts=541, report=report)
     if part == "logprobs_speed":
         sizes = spec["n"] or ([8192, 32768] if device.type == "cuda" else [256])
         dtype = "bf16" if device.type == "cuda" else "fp32"
@@ -299,7 +316,9 @@ def markdown(r: dict) -> str:
             for job, step in rec.items():
                 lines += [f"### {job}", "", bench.step_table(step) if "engine" in step else "",
                           f"error: {step['error']}" if "error" in step else "", ""]
-        elif part == "trl":
+        elif part == "reference":
+            if "engine" in rec.get("hf", {}):
+                lines += ["### hf", "", bench.step_table(rec["hf"]), ""]
             lines += ["| run | engine | warm-up step s | median step s | peak GiB (CUDA) | note |",
                       "|---|---|---|---|---|---|"]
             for job, t in rec.items():
@@ -316,10 +335,12 @@ def markdown(r: dict) -> str:
                              f"{rec['checkpoints']}")
         elif part == "eval":
             lines.append(f"{rec['prompts']} prompts x up to {rec['max_new_tokens']} tokens, engine "
-                         f"{rec['engine']} ({rec.get('rows_per_call')} rows per call): first call "
-                         f"{rec['first_call_s']:.1f} s, then {rec['wall_s']:.1f} s = "
-                         f"{rec['tokens_per_s']:.0f} tokens/s (IFEval's 541 prompts: about "
-                         f"{rec['ifeval_541_estimate_s']:.0f} s)")
+                         f"{rec['engine']}: planned as {rec['calls']} call(s) of {rec['prompts_per_call']} "
+                         f"prompts; a call of {rec['measured_prompts']} took {_f(rec.get('first_call_s'))} s "
+                         f"the first time (first decode step {_f(rec.get('first_decode_step_s'))} s, "
+                         f"{rec.get('compiles')} compile(s)), then {_f(rec.get('wall_s'))} s = "
+                         f"{_f(rec.get('tokens_per_s'))} tokens/s; the evaluation: about "
+                         f"{_f(rec.get('ifeval_estimate_s'))} s")
         lines.append("")
     return "\n".join(lines)
 
@@ -335,7 +356,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--model-shape", choices=["qwen3-0.6b", "toy"], default="qwen3-0.6b")
-    p.add_argument("--budget-s", type=float, default=360, help="seconds for the whole suite")
+    p.add_argument("--budget-s", type=float, default=540,
+                   help="seconds for the whole suite (540: one 10-minute call with room to start)")
+    p.add_argument("--compile-cache", default=None, help="inductor's cache directory, shared by "
+                   "every part (default: a new temporary one; pass one kept between calls)")
     p.add_argument("--out", default="results")
     p.add_argument("--name", default=None, help="file name suffix (default: the GPU's name, or cpu)")
     p.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="setting overrides")

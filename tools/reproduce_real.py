@@ -56,12 +56,12 @@ def gpu_figures() -> tuple[dict, str]:
     if found:
         r = json.load(open(found[-1]))
         steps = [s for s in r.get("steps", {}).values() if isinstance(s, dict) and "median_step_s" in s]
-        if steps and "ifeval_541_estimate_s" in r.get("eval", {}):
+        if steps and "ifeval_estimate_s" in r.get("eval", {}):
             best = min(steps, key=lambda s: s["median_step_s"])
             phases = best["phase_s"]
             sft = sum(phases.get(p, 0) for p in ("forward", "backward", "optimizer"))
             return ({"step_s": best["median_step_s"], "sft_step_s": sft,
-                     "eval_s": r["eval"]["ifeval_541_estimate_s"]},
+                     "eval_s": r["eval"]["ifeval_estimate_s"]},
                     f"measured: {os.path.relpath(found[-1], ROOT)} (engine {best['engine']})")
     return dict(ASSUMED), ("ASSUMED, no GPU suite result in results/: a step of 6 s (the static "
                            "engine's goal), an SFT step of 1.5 s, an evaluation of 120 s")

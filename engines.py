@@ -1,0 +1,65 @@
+"""Choosing the rollout engine: `--rollout-engine auto | hf | static | vllm`.
+
+Every engine has one method, `generate(model, tokenizer, rows, G, *, temperature, max_new_tokens,
+greedy) -> rollouts.Rollouts`, and samples the same distribution (rollouts.py says how):
+
+    hf      transformers' generate (rollouts.HFEngine): the reference; auto's choice on the CPU
+    static  rollouts.StaticEngine: a bf16 copy, a static KV cache, CUDA graphs; auto's choice on
+            CUDA without vLLM, and under torchrun
+    vllm    vllm_engine.VLLMEngine: in-process vLLM beside the policy; auto's choice on one GPU
+            where vLLM is installed
+
+This file sits above both engine files, so that imports flow one way: the vLLM adapter uses
+rollouts.py's helpers, and rollouts.py knows nothing of vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+import parallel
+import rollouts
+
+if TYPE_CHECKING:
+    import settings
+
+
+def make_engine(name: str, device, *, dtype=None, prompt_width: int = 512, distributed: bool = False,
+                **vllm_args):
+    """'auto' | 'hf' | 'static' | 'vllm' -> an engine. 'auto': hf on the CPU; on CUDA vllm if it
+    is installed and this is one process, else static. `dtype`: the sampling dtype of `static`
+    (the autocast dtype of --precision; None: the policy's own)."""
+    device = torch.device(device)
+    if name == "auto":
+        if device.type != "cuda":
+            name = "hf"
+        else:
+            name = "vllm" if importlib.util.find_spec("vllm") and not distributed else "static"
+    if name == "hf":
+        return rollouts.HFEngine()
+    if name == "static":
+        return rollouts.StaticEngine(dtype, prompt_width)
+    if name != "vllm":
+        raise ValueError(f"unknown rollout engine {name!r} (auto, hf, static or vllm)")
+    if distributed:
+        raise SystemExit("--rollout-engine vllm runs in one process; under torchrun use static")
+    import vllm_engine
+    return vllm_engine.make(device, **vllm_args)
+
+
+def engine_model_dir(policy, tokenizer, s: settings.Settings) -> str | None:
+    """vLLM reads a model's config and tokenizer from a directory; its weights come from the
+    policy's memory (load_format 'dummy'), so only those small files are written."""
+    vllm = s.rollout_engine == "vllm" or (s.rollout_engine == "auto" and importlib.util.find_spec("vllm"))
+    if not vllm or parallel.pick_device(s.device).type != "cuda":
+        return None
+    path = os.path.join(s.out, "rollout_engine_model")
+    os.makedirs(path, exist_ok=True)
+    policy.config.save_pretrained(path)
+    policy.generation_config.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
