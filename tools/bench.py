@@ -333,8 +333,9 @@ def step_table(r: dict) -> str:
     if r.get("warmup"):
         compile_s = r.get("first_decode_step_s")
         lines.append(f"warm-up step: {r['warmup'][0]['time/step']:.2f} s" + (
-            f" (its first decode step, the compile: {compile_s:.2f} s; {r.get('compiles')} "
-            "compile(s) in the process)" if compile_s is not None else ""))
+            f" (its first decode step{', which compiles,' if r.get('compiles') else ''} "
+            f"{compile_s:.2f} s; {r.get('compiles')} compile(s) in the process)"
+            if compile_s is not None else ""))
     if "median_step_s" not in r:
         return "\n".join(lines + ["(no steady step finished)"])
     peak = f"; peak memory of the step {r['step_peak_GiB']:.2f} GiB" if r["step_peak_GiB"] else ""
