@@ -101,9 +101,12 @@ def test_one_compile_per_process_with_the_production_compiler(tok):
     rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:5]
     engine.max_rows = 2                       # 5 prompts: calls of 2, 2 and 1 padded to 2
     for batch in (rows, rows + [wide]):                                # two evaluations
-        engine.generate(model, tok, batch, 1, greedy=True, max_new_tokens=rollouts.SPAN_STEP + 9)
+        answers = engine.generate(model, tok, batch, 1, greedy=True, max_new_tokens=rollouts.SPAN_STEP + 9)
     assert engine.cache.shape[1] > 32 + rollouts.SPAN_STEP + 9        # the wide prompt's bucket
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    eager = rollouts.StaticEngine(prompt_width=32, max_rows=2).generate(
+        model, tok, rows + [wide], 1, greedy=True, max_new_tokens=rollouts.SPAN_STEP + 9)
+    assert answers.texts == eager.texts                     # the compiled step answers the same
 
 
 def test_the_attended_span_grows_with_the_answer(model, tok, monkeypatch):
