@@ -19,7 +19,9 @@ def test_gpu_suite_rehearsed_on_the_cpu_with_one_part_failing(tmp_path):
     broken = tmp_path / "broken" / "trl"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text('raise ImportError("trl made unimportable for this test")')
-    env = dict(os.environ, PYTHONPATH=str(tmp_path / "broken"))
+    # an inherited inductor cache directory (inductor sets one in os.environ once it has compiled
+    # in this pytest process) must not override --compile-cache
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "broken"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "other"))
     cache = tmp_path / "inductor"
     res = subprocess.run([sys.executable, "-m", "tools.gpu_suite", "--device", "cpu", "--model-shape",
                           "toy", "--out", str(tmp_path), "--budget-s", "900", "--compile-cache", str(cache),

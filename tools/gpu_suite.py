@@ -86,8 +86,11 @@ def run_suite(args) -> dict:
               **{p: {"error": "not run: the budget was spent first"} for p in PARTS}}
     t0 = time.perf_counter()
     parts = [p for p in PARTS if not args.only or p in args.only or p == "environment"]
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", args.compile_cache or
-                          tempfile.mkdtemp(prefix="gpu_suite_inductor_"))   # every child's
+    # every child's inductor cache: --compile-cache wins over the environment, since inductor writes
+    # its default directory into os.environ of any process that has compiled (and so of its children)
+    if args.compile_cache:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.compile_cache
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="gpu_suite_inductor_"))
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
     result["compile_cache"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
