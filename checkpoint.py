@@ -8,8 +8,14 @@ Plumbing, kept out of train.py's way.
   `trainer_state.pt`: the step, the optimizer, the scheduler, the data sampler's position and
   every random state (Python, NumPy, torch, CUDA). Resuming from it continues with exactly the
   batches and random draws the run would have had (bit-identical on the CPU; a test checks it).
-* Writes are atomic: everything goes into a temporary directory that is renamed at the end, so a
-  crash or a full disk never leaves a half-written checkpoint, and the previous one stays intact.
+* Writes are atomic and durable: everything goes into a temporary directory, each file and the
+  directory are flushed to disk (fsync), a manifest of every file's size and checksum is written
+  last, and only then is the directory renamed (and its parent flushed). A crash, a SIGKILL, a
+  power loss or a full disk never leaves a half-written checkpoint, and the previous one stays
+  intact. `--resume auto` takes the newest checkpoint whose manifest matches its files, saying
+  which ones it skipped and why.
+* Preemption (`StopSignals`): SIGTERM, SIGINT and SIGUSR1 ask the loop to finish its step, write a
+  checkpoint and exit 0; the same command then continues the run (README, "Preemptible clusters").
 * `trainer_state.pt` holds tensors and plain lists only, so it loads with `weights_only=True`
   (a pickle that cannot run code).
 * With several processes (parallel.py) rank 0 writes and the others wait; every rank's random state
@@ -20,10 +26,13 @@ Plumbing, kept out of train.py's way.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
 import shutil
+import signal
 import warnings
 
 import numpy as np
@@ -75,6 +84,71 @@ def prepare_out(out: str, resuming: bool) -> None:
                          "another --out")
 
 
+def same_run(out: str, settings: dict) -> str | None:
+    """Why `out` holds another run, or None: its config.json must agree with `settings` in every
+    setting that changes the run (the line names the first that differs). How it is run -- where
+    it is written, trackers, checkpoint frequency, the number of steps, the device -- may change."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        saved = json.load(f)
+    for key, value in settings.items():
+        if key in RUN_ONLY or key not in saved or saved[key] == value:
+            continue
+        return (f"{out} holds another run: its --{key.replace('_', '-')} was {saved[key]!r}, now "
+                f"{value!r}; use another --out, or that run's settings to continue it")
+    return None
+
+
+RUN_ONLY = {"resume", "out", "steps", "save_every", "save_every_minutes", "save_total_limit",
+            "report_to", "tracker_project", "log_completions_every", "no_progress", "eval_every",
+            "eval_start", "device", "world_size"}    # a checkpoint's world size: load_checkpoint checks
+
+
+def clear_unfinished(out: str) -> bool:
+    """Remove what a run that never wrote a checkpoint left (metrics, evaluations); True if any."""
+    left = [os.path.join(out, n) for n in os.listdir(out)
+            if n == "metrics.jsonl" or (n.startswith("eval_") and n.endswith(".json"))]
+    for name in left:
+        os.remove(name)
+    return bool(left)
+
+
+class StopSignals:
+    """SIGTERM, SIGINT and SIGUSR1 (a scheduler's warning, e.g. SLURM's --signal=USR1@120) ask the
+    run to stop: the handler only records which came, and the loop stops at the end of the step in
+    flight, writes a checkpoint and exits 0. A second SIGINT (Ctrl-C twice) stops at once.
+    `install` replaces the handlers (main thread only), `restore` puts the old ones back."""
+
+    SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    @property
+    def number(self) -> int:
+        """The received signal's number, 0 for none (summed into the step's metrics as a max)."""
+        return int(getattr(signal, self.received)) if self.received else 0
+
+    def install(self) -> StopSignals:
+        for name in self.SIGNALS:
+            number = getattr(signal, name, None)
+            if number is not None:
+                self.previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def _handle(self, number, frame) -> None:
+        if number == signal.SIGINT and self.received is not None:
+            raise KeyboardInterrupt           # the second Ctrl-C: now
+        self.received = self.received or signal.Signals(number).name
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+
 # ----------------------------------------------------------------------------------------------
 # Random states
 # ----------------------------------------------------------------------------------------------
@@ -117,11 +191,16 @@ def full_state(model, optimizer, ctx: parallel.Context) -> tuple[dict, dict | No
     return dcp.get_model_state_dict(model, options=options), optim
 
 
+MANIFEST = "manifest.json"
+
+
 def save_pretrained_atomic(model, tokenizer, path: str, extra: dict | None = None,
-                           state_dict: dict | None = None) -> None:
-    """save_pretrained into a temporary directory, then rename: a crash leaves no half directory.
+                           state_dict: dict | None = None, needs_bytes: int = 0) -> None:
+    """save_pretrained into a temporary directory, flushed to disk, a manifest written last, then
+    renamed: a crash at any moment leaves no half directory under `path`.
 
     `extra` maps file names to objects: `*.json` is written as JSON, anything else with torch.save.
+    `needs_bytes`: the expected size, for the message when the disk is full.
     """
     tmp = f"{path}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -142,6 +221,7 @@ def save_pretrained_atomic(model, tokenizer, path: str, extra: dict | None = Non
                     json.dump(obj, f, indent=1)
             else:
                 torch.save(obj, os.path.join(tmp, name))
+        write_manifest(tmp)                     # every file flushed, then the manifest, last
         if os.path.exists(path):
             old = f"{path}.old-{os.getpid()}"
             os.replace(path, old)
@@ -149,12 +229,97 @@ def save_pretrained_atomic(model, tokenizer, path: str, extra: dict | None = Non
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        _fsync(os.path.dirname(os.path.abspath(path)))   # the rename itself, on disk
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
-            raise SystemExit(f"could not write {path} ({type(e).__name__}: {e}); any earlier "
-                             "checkpoint is intact") from None
+            raise SystemExit(f"could not write {path} ({type(e).__name__}: {e}){space_note(path, e, needs_bytes)}"
+                             "; any earlier checkpoint is intact") from None
         raise
+
+
+def _fsync(path: str) -> None:
+    """Flush a file's (or a directory's entries') data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(path: str) -> str:
+    """sha256 of a file; of a .safetensors file, of its header (its tensors' names, dtypes,
+    shapes and offsets) only, so that a multi-GB checkpoint is not read back whole. Its size is
+    checked beside it, so truncated tensor data is still caught."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if path.endswith(".safetensors"):
+            head = f.read(8)
+            h.update(head + f.read(int.from_bytes(head, "little")) if len(head) == 8 else head)
+        else:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: str) -> None:
+    """Flush every file of `directory`, then write MANIFEST (each file's size and checksum) and
+    flush it and the directory. A directory without a manifest that matches is not a checkpoint."""
+    files = {}
+    for name in sorted(os.listdir(directory)):
+        full = os.path.join(directory, name)
+        if os.path.isfile(full):
+            _fsync(full)
+            files[name] = {"bytes": os.path.getsize(full), "sha256": _digest(full)}
+    with open(os.path.join(directory, MANIFEST), "w") as f:
+        json.dump({"files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync(directory)
+
+
+def check_manifest(directory: str) -> str | None:
+    """Why `directory` is not a whole checkpoint (a missing manifest, a missing, truncated or
+    changed file), or None when every file matches its manifest."""
+    try:
+        with open(os.path.join(directory, MANIFEST)) as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (its write never finished)"
+    except (OSError, ValueError, KeyError) as e:
+        return f"unreadable {MANIFEST} ({e})"
+    for name, want in files.items():
+        full = os.path.join(directory, name)
+        if not os.path.isfile(full):
+            return f"{name} is missing"
+        if os.path.getsize(full) != want["bytes"]:
+            return f"{name} has {os.path.getsize(full):,} bytes, the manifest says {want['bytes']:,}"
+        if _digest(full) != want["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def space_note(path: str, error: OSError, needs_bytes: int) -> str:
+    """For a full disk: how much a checkpoint needs and how much is free where it goes."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT) or not needs_bytes:
+        return ""
+    where = os.path.dirname(os.path.abspath(path))
+    free = shutil.disk_usage(where).free if os.path.isdir(where) else 0
+    return (f"; a checkpoint needs about {needs_bytes / 2**30:.2f} GiB and {free / 2**30:.2f} GiB "
+            f"are free in {where}")
+
+
+def state_bytes(*states) -> int:
+    """The bytes of every tensor in nested dicts and lists (a state dict, an optimizer's)."""
+    total = 0
+    for s in states:
+        if torch.is_tensor(s):
+            total += s.numel() * s.element_size()
+        elif isinstance(s, dict):
+            total += state_bytes(*s.values())
+        elif isinstance(s, (list, tuple)):
+            total += state_bytes(*s)
+    return total
 
 
 def list_checkpoints(out: str) -> list[str]:
@@ -174,16 +339,24 @@ def save_checkpoint(out: str, step: int, model, tokenizer, optimizer, scheduler,
     path = os.path.join(out, "checkpoints", f"step-{step:07d}")
     rngs = ctx.gather_objects(rng_state())
     weights, optim = full_state(model, optimizer, ctx)
+    problem = None
     if ctx.is_main:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         state = {"step": step, "optimizer": optim, "scheduler": scheduler.state_dict(),
                  "sampler": sampler.state_dict(), "world_size": ctx.world_size,
                  "rng": rngs[0] if ctx.world_size == 1 else rngs}
-        save_pretrained_atomic(model, tokenizer, path, {"trainer_state.pt": state},
-                               state_dict=weights if ctx.fsdp else None)
-        for old in list_checkpoints(out)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    ctx.barrier()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            save_pretrained_atomic(model, tokenizer, path, {"trainer_state.pt": state},
+                                   state_dict=weights if ctx.fsdp else None,
+                                   needs_bytes=state_bytes(weights, optim))
+        except (SystemExit, OSError) as e:      # a full disk: every rank stops with rank 0's line
+            problem = str(e)
+        else:
+            for old in list_checkpoints(out)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    problem = ctx.broadcast_object(problem)          # (also the barrier: the write is done)
+    if problem:
+        raise SystemExit(problem)
     return path
 
 
@@ -191,14 +364,37 @@ def save_checkpoint(out: str, step: int, model, tokenizer, optimizer, scheduler,
 # Resuming
 # ----------------------------------------------------------------------------------------------
 
-def find_checkpoint(resume: str, out: str) -> str:
-    """--resume PATH as given; --resume auto: the latest finished checkpoint in OUT."""
+def tidy_checkpoints(out: str) -> None:
+    """Clear what a process killed while saving left in OUT/checkpoints: a directory set aside to
+    be replaced (`*.old-PID`) goes back where it was if its replacement never arrived; any other
+    `*.tmp-PID` / `*.old-PID` directory is removed (rank 0, before anything is written)."""
+    ckpt_dir = os.path.join(out, "checkpoints")
+    if not os.path.isdir(ckpt_dir):
+        return
+    for name in sorted(os.listdir(ckpt_dir)):
+        full = os.path.join(ckpt_dir, name)
+        base = name.split(".old-")[0]
+        if ".old-" in name and not os.path.exists(os.path.join(ckpt_dir, base)):
+            os.replace(full, os.path.join(ckpt_dir, base))
+        elif ".tmp-" in name or ".old-" in name:
+            shutil.rmtree(full, ignore_errors=True)
+
+
+def find_checkpoint(resume: str, out: str, say=print) -> str | None:
+    """--resume PATH as given (refused if its manifest does not match); --resume auto: the newest
+    checkpoint in OUT whose files match their manifest (each one skipped is named, with why), or
+    None when there is none: the run starts from the beginning."""
     if resume != "auto":
+        why = check_manifest(resume) if os.path.isdir(resume) else None
+        if why and os.path.exists(os.path.join(resume, MANIFEST)):
+            raise SystemExit(f"--resume: {resume} is damaged: {why}")
         return resume
-    found = list_checkpoints(out)
-    if not found:
-        raise SystemExit(f"--resume auto: no checkpoint in {os.path.join(out, 'checkpoints')}")
-    return found[-1]
+    for path in reversed(list_checkpoints(out)):
+        why = check_manifest(path)
+        if why is None:
+            return path
+        say(f"--resume auto: skipping {path}: {why}")
+    return None
 
 
 def load_weights(path: str) -> dict:

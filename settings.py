@@ -156,9 +156,15 @@ class Settings:
     eval_limit: int | None = RUN(None, "evaluate on the first N prompts only")
     eval_max_new_tokens: int = RUN(64, "evaluation answer length (lm-eval's IFEval uses 1,280; the "
                                    "toy's answers fit in the rollout length)", real=1280)
-    save_every: int = RUN(100, "checkpoint every N steps and at the end (0: never)")
+    save_every: int = RUN(100, "checkpoint every N steps and at the end (0: only when a signal "
+                          "stops the run or --save-every-minutes says)")
+    save_every_minutes: float = RUN(0.0, "also checkpoint when M minutes have passed since the last "
+                                    "one (0: never), so a preemption without warning loses at most M "
+                                    "minutes", real=30.0)
     save_total_limit: int = RUN(2, "checkpoints kept")
-    resume: str | None = RUN(None, "a checkpoint directory, or 'auto' (the latest in --out)")
+    resume: str | None = RUN(None, "a checkpoint directory, or 'auto': continue from the newest "
+                             "whole checkpoint in --out if there is one, else start the run (one "
+                             "command for every start of a preemptible job)")
     out: str | None = RUN(None, "run directory (default runs/<method>-<timestamp>)")
     device: str = RUN("auto", "auto | cpu | cuda | cuda:N (under torchrun: each rank's own GPU)")
     fsdp: bool = RUN(False, "under torchrun: shard parameters, gradients and optimizer state "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import time
 
 import torch
@@ -34,7 +35,10 @@ class Trackers:
     """The trackers named in `names`; `log`, `log_samples`, `close` go to every one of them."""
 
     def __init__(self, names: list[str] | str, out: str = "", project: str = "uniapl",
-                 run_name: str = "", config: dict | None = None):
+                 run_name: str = "", config: dict | None = None, resume_step: int | None = None):
+        """resume_step: the step a resumed run continues after (None: a new run). TensorBoard
+        drops its events after that step (they are logged again); wandb continues the run whose
+        id the run directory keeps (its steps already logged are kept, as wandb keeps them)."""
         self.sinks = {}
         for name in [names] if isinstance(names, str) else names:
             if name == "none":
@@ -43,7 +47,7 @@ class Trackers:
                 raise SystemExit(f"--report-to: unknown tracker {name!r} (none, tensorboard, wandb, "
                                  "trackio)")
             try:
-                self.sinks[name] = _OPEN[name](out, project, run_name, config or {})
+                self.sinks[name] = _OPEN[name](out, project, run_name, config or {}, resume_step)
             except ImportError:
                 raise SystemExit(f"--report-to {name} needs the {name} package: {INSTALL[name]}") from None
 
@@ -78,6 +82,13 @@ class Trackers:
                                                    data=[[s[c] for c in columns] for s in samples])},
                          step=step)
 
+    def flush(self) -> None:
+        """Everything logged so far onto disk (at each checkpoint: a resumed run drops the steps
+        after its checkpoint, so the ones before it must not be lost with a killed process)."""
+        for name, sink in self.sinks.items():
+            if name == "tensorboard":
+                sink.flush()          # wandb and trackio send as they go
+
     def close(self) -> None:
         for name, sink in self.sinks.items():
             sink.close() if name == "tensorboard" else sink.finish()
@@ -88,19 +99,31 @@ def _cell(v) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _tensorboard(out, project, run_name, config):
+def _tensorboard(out, project, run_name, config, resume_step):
     from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(os.path.join(out, "tensorboard"))
+    # purge_step: events at or after it, left by the interrupted process, are dropped on resume
+    # (a run started again from step 0 drops everything, its evaluation before training too)
+    purge = None if resume_step is None else resume_step + 1 if resume_step else 0
+    writer = SummaryWriter(os.path.join(out, "tensorboard"), purge_step=purge)
     writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()), 0)
     return writer
 
 
-def _wandb(out, project, run_name, config):
+def _wandb(out, project, run_name, config, resume_step):
     import wandb
-    return wandb.init(project=project, name=run_name, config=config, dir=out, reinit="finish_previous")
+    id_file = os.path.join(out, "wandb_run_id")     # one wandb run for every start of this run
+    if resume_step and os.path.exists(id_file):        # (a restart from step 0 is a new wandb run)
+        with open(id_file) as f:
+            run_id = f.read().strip()
+    else:
+        run_id = secrets.token_hex(4)            # wandb's ids: short, lowercase letters and digits
+        with open(id_file, "w") as f:
+            f.write(run_id)
+    return wandb.init(project=project, name=run_name, config=config, dir=out, id=run_id,
+                      resume="allow", reinit="finish_previous")
 
 
-def _trackio(out, project, run_name, config):
+def _trackio(out, project, run_name, config, resume_step):
     import trackio
     trackio.init(project=project, name=run_name, config=config)
     return trackio               # the module logs to the run init opened

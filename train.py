@@ -14,8 +14,10 @@ device, precision and torchrun processes in parallel.py; rollout engines in roll
 engines.py); trackers and the per-phase time and memory meter in trackers.py.
 
 A run directory holds config.json, metrics.jsonl (one line per step), eval_start.json /
-eval_final.json, checkpoints/step-N (atomic; --resume continues exactly) and final/
-(save_pretrained, loadable with from_pretrained).
+eval_final.json, checkpoints/step-N (durable, with a manifest; --resume continues exactly) and
+final/ (save_pretrained, loadable with from_pretrained). `--resume auto` continues the run if it
+has a whole checkpoint and starts it otherwise, and SIGTERM/SIGINT/SIGUSR1 end it after the step in
+flight with a checkpoint, so one command survives any preemption (README, "Preemptible clusters").
 
 Simplifications, deliberately: no sequence packing; one batch of rollouts per step (TRL's
 steps_per_generation = 1); AdamW with a linear warm-up, then a constant learning rate.
@@ -29,7 +31,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +66,8 @@ class Run:
     reference: object = None               # the frozen reference policy; only when beta > 0
     ctx: parallel.Context | None = None    # this rank's place in a torchrun run (None: one process)
     meter: Meter | None = None             # time and peak memory per phase (trackers.py)
+    flags: object = None                   # () -> {"stop": signal number or 0, "save": 0/1}: reduced
+                                           # (max) with the step's metrics
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +233,10 @@ def step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, coef, adv, ref_
                     "lr": run.scheduler.get_last_lr()[0]} | run.meter.read())
     if o.chord == "mu":
         metrics["alpha"] = a
-    return run.ctx.reduce_metrics(metrics, maxes=("sampler_gap_max",),
+    # the loop's decisions (stop after this step, checkpoint now) ride on this one all-reduce, so
+    # that every rank takes them after the same step without a collective of their own
+    metrics.update({f"flag/{k}": v for k, v in (run.flags() if run.flags else {}).items()})
+    return run.ctx.reduce_metrics(metrics, maxes=("sampler_gap_max", "flag/stop", "flag/save"),
                                   sums=("loss", "sft/nll", "sft/truncated", "grpo/loss", "adv/loss"))
 
 
@@ -254,6 +264,17 @@ def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: i
 def train(s: settings.Settings) -> dict:
     """Load -> evaluate -> unified steps (metrics, checkpoints) -> evaluate -> save; a summary.
     Under torchrun every rank runs this; rank 0 alone writes (parallel.py)."""
+    signals = checkpoint.StopSignals()
+    if threading.current_thread() is threading.main_thread():
+        signals.install()           # from here on, SIGTERM & co. stop the run at a step boundary
+    try:
+        return _train(s, signals)
+    finally:
+        signals.restore()
+
+
+def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
+    """`train`, with `signals` recording a stop request from the moment the run starts."""
     objective = uniapl.objective(s)
     if objective.rollouts_on != "none" and s.num_generations < 2:
         raise SystemExit("--num-generations must be at least 2 (advantages are relative to the group)")
@@ -303,21 +324,29 @@ def train(s: settings.Settings) -> dict:
         optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)))
     run = Run(tokenizer, objective, optimizer, scheduler, engine, disc, reference, ctx)
 
-    # --- The run directory: resume, config. ---
+    # --- The run directory: resume (--resume auto: if there is a whole checkpoint), config. ---
     if ctx.is_main:
         checkpoint.prepare_out(s.out, resuming=s.resume is not None)
-    ctx.barrier()
+        if s.resume:
+            checkpoint.tidy_checkpoints(s.out)     # what a process killed while saving left
+    config = dataclasses.asdict(s) | {"alpha": objective.alpha, "lambda_adv": objective.lambda_adv,
+                                      "world_size": ctx.world_size}      # what config.json holds
+    problem = ctx.broadcast_object(checkpoint.same_run(s.out, config)
+                                   if ctx.is_main and s.resume else None)
+    if problem:
+        raise SystemExit(problem)
+    path = ctx.broadcast_object(checkpoint.find_checkpoint(s.resume, s.out, say)
+                                if ctx.is_main and s.resume else None)
     start = 0
-    if s.resume:
-        path = ctx.broadcast_object(checkpoint.find_checkpoint(s.resume, s.out) if ctx.is_main else None)
+    if path:
         start = checkpoint.load_checkpoint(path, policy, optimizer, scheduler, sampler, ctx)
-        if ctx.is_main:
-            checkpoint.truncate_metrics(s.out, start)
         say(f"resumed from {path} at step {start}")
+    elif s.resume and ctx.is_main and checkpoint.clear_unfinished(s.out):
+        say(f"{s.out}: no whole checkpoint; the run starts again from step 0 (its partial metrics "
+            "and evaluations are replaced)")
     if ctx.is_main:
-        write_json(os.path.join(s.out, "config.json"), dataclasses.asdict(s) | {
-            "alpha": objective.alpha, "lambda_adv": objective.lambda_adv,
-            "world_size": ctx.world_size})
+        checkpoint.truncate_metrics(s.out, start)
+        write_json(os.path.join(s.out, "config.json"), config)
     amp = parallel.autocast_for(device, s.precision)
 
     def run_eval(tag: str) -> dict:
@@ -346,20 +375,29 @@ def train(s: settings.Settings) -> dict:
             f"{before['prompt_strict']:.3f}, inst-strict {before['inst_strict']:.3f} "
             f"({before['n_prompts']} prompts)")
 
-    # --- Train. ---
+    # --- Train. A stop signal (SIGTERM, SIGINT, SIGUSR1) ends the run after the step in flight,
+    #     with a checkpoint of that step: the same command continues it. ---
     from tqdm import tqdm
     trackers = Trackers(s.report_to if ctx.is_main else [], s.out, s.tracker_project,
-                        os.path.basename(os.path.normpath(s.out)), dataclasses.asdict(s))
+                        os.path.basename(os.path.normpath(s.out)), dataclasses.asdict(s),
+                        resume_step=start if s.resume else None)
     if before and start == 0:
         trackers.log({f"eval/{k}": before[k] for k in evaluate.METRICS}, 0)
     bar = tqdm(range(start, s.steps), initial=start, total=s.steps, desc=s.method,
                disable=s.no_progress or not ctx.is_main, dynamic_ncols=True)
+    last_save = time.monotonic()
+    run.flags = lambda: {"stop": float(signals.number), "save": float(
+        bool(s.save_every_minutes) and time.monotonic() - last_save >= 60 * s.save_every_minutes)}
     for step in bar:
         batch = sampler.next().shard(ctx.rank, ctx.world_size)
         metrics, samples = unified_step(policy, batch, s, run, step)
+        # every rank's flags, reduced with the metrics: all ranks stop (or save) after this step;
+        # stop is the signal's number (the highest, if several; one process also sees a late one)
+        stop = int(metrics.pop("flag/stop")) or (0 if ctx.distributed else signals.number)
+        save = metrics.pop("flag/save") > 0 or stop
         if s.log_completions_every and (step + 1) % s.log_completions_every == 0:
             trackers.log_samples(samples[:8], step + 1)
-        if s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < s.steps:
+        if s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < s.steps and not stop:
             res = run_eval(f"step{step + 1}")
             metrics.update({f"eval/{k}": res[k] for k in evaluate.METRICS})
         if ctx.is_main:
@@ -367,9 +405,19 @@ def train(s: settings.Settings) -> dict:
                 f.write(json.dumps(metrics) + "\n")
         trackers.log(metrics, step + 1)
         bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reward", "sft/nll") if k in metrics})
-        if s.save_every and ((step + 1) % s.save_every == 0 or step + 1 == s.steps):
-            checkpoint.save_checkpoint(s.out, step + 1, policy, tokenizer, optimizer, scheduler,
-                                       sampler, s.save_total_limit, ctx)
+        if save or (s.save_every and ((step + 1) % s.save_every == 0 or step + 1 == s.steps)):
+            saved = checkpoint.save_checkpoint(s.out, step + 1, policy, tokenizer, optimizer,
+                                               scheduler, sampler, s.save_total_limit, ctx)
+            trackers.flush()
+            last_save = time.monotonic()
+        if stop:
+            bar.close()
+            trackers.close()
+            skipped = (f" (the evaluation due after step {step + 1} is skipped)" if s.eval_every and
+                       (step + 1) % s.eval_every == 0 and step + 1 < s.steps else "")
+            say(f"stopped by {signal.Signals(stop).name} after step {step + 1}; checkpoint {saved}; "
+                f"run the same command to continue{skipped}")
+            return {"stopped_after": step + 1, "checkpoint": saved, "out": s.out}
 
     # --- Evaluate after training, save. ---
     after = run_eval("final")
@@ -435,4 +483,7 @@ if __name__ == "__main__":
     except (data.DataError, NonFiniteError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:           # a second Ctrl-C: at once, without a checkpoint
+        print("interrupted at once (a second SIGINT); the last checkpoint is intact", file=sys.stderr)
+        sys.exit(130)
     parallel.shutdown()

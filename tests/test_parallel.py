@@ -81,7 +81,7 @@ def test_two_rank_uniapl_run_and_resume(tmp_path, fsdp):
     assert json.load(open(os.path.join(out, "final", "config.json")))["architectures"] == \
         ["Qwen3ForCausalLM"] and final.num_parameters() > 0
     with pytest.raises(SystemExit, match="written by 2 process.*torchrun --nproc_per_node 2"):
-        train.main([*TINY, "--method", "uniapl", "--out", out, "--steps", "5", "--resume", "auto"])
+        train.main([*TINY, "--method", "uniapl", "--out", out, "--steps", "5", "--resume", "auto", *fsdp])
 
 
 def test_a_failing_rank_stops_the_other(tmp_path):

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+import trackers
 import train
 from tests.test_train import TINY
 
@@ -64,3 +65,43 @@ def test_missing_tracker_package_is_one_clear_line(tmp_path, monkeypatch):
         train.main(TINY + ["--out", str(tmp_path), "--report-to", "wandb"])
     with pytest.raises(SystemExit, match="unknown tracker 'mlflow'"):
         train.main(TINY + ["--out", str(tmp_path / "b"), "--report-to", "mlflow"])
+
+
+def test_tensorboard_resumed_run_drops_the_steps_after_its_checkpoint(tmp_path):
+    """A run killed after logging step 4 resumes from step 2's checkpoint: steps 3 and 4 are logged
+    again, and TensorBoard shows each step once, with the resumed run's values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    first = trackers.Trackers(["tensorboard"], str(tmp_path))
+    for step in (1, 2, 3, 4):
+        first.log({"loss": float(step)}, step)
+    first.close()
+    again = trackers.Trackers(["tensorboard"], str(tmp_path), resume_step=2)
+    for step in (3, 4, 5):
+        again.log({"loss": 10.0 * step}, step)
+    again.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0),
+                                                                (4, 40.0), (5, 50.0)]
+
+
+def test_wandb_resumes_the_run_whose_id_the_run_directory_keeps(tmp_path, monkeypatch):
+    """A fake wandb module records wandb.init's arguments (wandb.init(id=..., resume="allow")
+    continues the run with that id, or creates it)."""
+    import types
+    inits = []
+
+    class FakeRun:
+        def log(self, *a, **k):
+            pass
+
+        def finish(self):
+            pass
+
+    fake = types.SimpleNamespace(init=lambda **k: inits.append(k) or FakeRun())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    for resume_step in (None, 2, 4, 0):       # a new run, two resumes, a restart from step 0
+        trackers.Trackers(["wandb"], str(tmp_path), resume_step=resume_step).close()
+    ids = [k["id"] for k in inits]
+    assert ids[0] == ids[1] == ids[2] != ids[3] and all(k["resume"] == "allow" for k in inits)
+    assert open(tmp_path / "wandb_run_id").read() == ids[3]

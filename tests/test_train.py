@@ -144,8 +144,10 @@ def test_operational_errors_are_one_clear_line(tmp_path):
     run(tmp_path / "done", "--method", "sft")
     with pytest.raises(SystemExit, match="already holds a run; use --resume auto"):
         run(tmp_path / "done", "--method", "sft")
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        run(tmp_path / "empty", "--resume", "auto")
+    # --resume auto in a directory without a checkpoint starts the run (tests/test_preemption.py);
+    # a directory holding another run's settings is refused with one line naming the difference
+    with pytest.raises(SystemExit, match="holds another run: its --method was 'sft', now 'grpo'"):
+        run(tmp_path / "done", "--method", "grpo", "--resume", "auto")
 
 
 def test_missing_optional_packages_say_what_to_install(monkeypatch, tmp_path):
