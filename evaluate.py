@@ -3,7 +3,8 @@
     python evaluate.py --model runs/uniapl-.../final                 # toy or any HF model directory
     python evaluate.py --model Qwen/Qwen3-0.6B --dataset google/IFEval
     python evaluate.py --model DIR --behaviour                       # + distributions vs the teacher
-    python evaluate.py --model TEACHER --dataset DATA --write-verified demos.jsonl   # your own teacher
+    python evaluate.py --model TEACHER --dataset DATA --write-demos demos.jsonl      # the paper's setting
+    python evaluate.py --model TEACHER --dataset DATA --write-verified demos.jsonl   # only passing answers
 
 The idea
 --------
@@ -11,9 +12,12 @@ The idea
   training (every stop token, no top-k/top-p), up to `--max-new-tokens` (1,280 in the real world,
   as lm-evaluation-harness's IFEval task; the rollout length in the toy), then ifeval.evaluate's
   four numbers: prompt- and instruction-level accuracy, strict and loose.
-* **Your own teacher** (`--write-verified`): the same greedy answers of any model on any rows,
-  keeping only those that pass every instruction (reward 1), written as training rows -- the
-  paper's setting (a large teacher's offline responses, verified) for any teacher you have.
+* **Your own teacher.** The same greedy answers of any model on any rows, written as training
+  rows. `--write-demos` keeps every answer, right or wrong: **the paper's setting**, whose teacher
+  responses "are not guaranteed to pass the verification function" (inheriting the teacher's
+  errors is one of its open questions). `--write-verified` keeps only answers that pass every
+  instruction (reward 1): a filter the paper does not apply, and the kind of data the real
+  default is (`argilla/ifeval-like-data`, config `filtered`), which removes exactly those errors.
 * **Behaviour against the teacher** (the paper's claim that UniAPL's outputs match the expert's
   length and log-probability distributions). For an evaluation set with teacher responses:
     - length (tokens) of the student's own samples vs the teacher's responses;
@@ -87,6 +91,16 @@ def teacher_accuracy(rows: list[dict]) -> dict:
         return {}
     m = ifeval.evaluate(with_resp, [r["response"] for r in with_resp])
     return {k: m[k] for k in METRICS}
+
+
+def teacher_demonstrations(rows: list[dict], responses: list[str]) -> tuple[list[dict], dict]:
+    """Rows with `response` set to the given answer, right or wrong (the paper's setting); only
+    empty answers are left out (a demonstration must have a response), and counted."""
+    kept = [dict(row, response=text) for row, text in zip(rows, responses) if text.strip()]
+    failed = sum(ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"], r["prompt"]) < 1
+                 for r in kept)
+    return kept, {"total": len(rows), "kept": len(kept), "empty": len(rows) - len(kept),
+                  "failed_checks": failed}
 
 
 def verified_responses(rows: list[dict], responses: list[str]) -> tuple[list[dict], dict]:
@@ -194,9 +208,12 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N prompts only")
     p.add_argument("--behaviour", action="store_true", help="also compare with the teacher")
     p.add_argument("--temperature", type=float, default=1.0, help="for --behaviour samples")
+    p.add_argument("--write-demos", metavar="JSONL", default=None,
+                   help="write every row with the model's answer as 'response', passing or not: "
+                   "teacher demonstrations in the paper's setting")
     p.add_argument("--write-verified", metavar="JSONL", default=None,
-                   help="write the rows whose answer passes every check, with that answer as "
-                   "'response' (teacher demonstrations)")
+                   help="write only the rows whose answer passes every check (a filter the paper "
+                   "does not apply)")
     p.add_argument("--out", default=None, help="JSON path (default: next to the model)")
     args = p.parse_args(argv)
     defaults = settings.Settings.for_world(settings.world_of(args.model))
@@ -217,8 +234,15 @@ def main(argv=None):
     print(json.dumps({k: result[k] for k in (*METRICS, "n_prompts", "truncated_frac")}, indent=1))
     out = args.out or (os.path.join(args.model, "eval.json") if os.path.isdir(args.model)
                        else "eval.json")
+    answers = [r["response"] for r in result["responses"]]
+    if args.write_demos:
+        kept, stats = teacher_demonstrations(rows, answers)
+        data.write_jsonl(kept, args.write_demos)
+        print(f"wrote {stats['kept']} of {stats['total']} answers, {stats['failed_checks']} of them "
+              f"failing their checks (the paper's setting; empty, left out: {stats['empty']}) -> "
+              f"{args.write_demos}")
     if args.write_verified:
-        kept, stats = verified_responses(rows, [r["response"] for r in result["responses"]])
+        kept, stats = verified_responses(rows, answers)
         data.write_jsonl(kept, args.write_verified)
         print(f"kept {stats['kept']} of {stats['total']} answers (empty: {stats['empty']}, failed "
               f"the instruction checks: {stats['failed_checks']}) -> {args.write_verified}")

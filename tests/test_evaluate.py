@@ -69,6 +69,18 @@ def test_verified_responses_keep_exactly_the_answers_that_pass(toy_rows):
                      "failed_checks": 11 - len(correct)}
 
 
+def test_teacher_demonstrations_keep_every_answer_right_or_wrong(toy_rows):
+    """The paper's setting: teacher answers are kept whether or not they pass (only empty ones
+    are left out, counted); the failing ones are counted too."""
+    rows = toy_rows[0][:12]
+    answers = [r["response"] for r in rows[:-1]] + ["   "]
+    kept, stats = evaluation.teacher_demonstrations(rows, answers)
+    _, verified = evaluation.verified_responses(rows, answers)
+    assert [r["response"] for r in kept] == answers[:-1]
+    assert stats == {"total": 12, "kept": 11, "empty": 1, "failed_checks": verified["failed_checks"]}
+    assert stats["failed_checks"] > 0          # the scripted teacher errs: those answers stay
+
+
 def test_cli_writes_verified_demonstrations_with_the_toy_model_as_teacher(tmp_path, model, tok,
                                                                            toy_rows, capsys):
     import data
@@ -79,11 +91,14 @@ def test_cli_writes_verified_demonstrations_with_the_toy_model_as_teacher(tmp_pa
     data.write_jsonl([dict(r, response=None) for r in toy_rows[1][:6]], str(src))
     evaluation.main(["--model", str(tmp_path / "teacher"), "--dataset", str(src), "--max-new-tokens",
                      "8", "--batch-size", "4", "--write-verified", str(tmp_path / "demos.jsonl"),
-                     "--out", str(tmp_path / "e.json")])
+                     "--write-demos", str(tmp_path / "all.jsonl"), "--out", str(tmp_path / "e.json")])
     out = capsys.readouterr().out
     kept = [json.loads(line) for line in open(tmp_path / "demos.jsonl")]
     assert all(ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"]) == 1 for r in kept)
     assert f"kept {len(kept)} of 6 answers" in out
+    every = [json.loads(line) for line in open(tmp_path / "all.jsonl")]   # the paper's setting
+    assert {r["key"] for r in kept} <= {r["key"] for r in every} and "(the paper's setting" in out
+    assert f"wrote {len(every)} of 6 answers" in out and all(r["response"].strip() for r in every)
     with pytest.raises(SystemExit, match="cannot load model"):
         evaluation.main(["--model", str(tmp_path / "none"), "--dataset", str(src)])
 
