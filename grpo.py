@@ -24,7 +24,10 @@ Choices where the paper is silent (ours, following TRL's GRPOTrainer conventions
   bf16 autocast the sampler reads bf16-rounded logits), so the step logs their gap
   (`sampler_gap`) instead of letting it bias the ratio. With --num-iterations > 1 the same
   rollouts serve several updates and the clip matters.
-* beta = 0 by default (no KL, no reference model loaded), as in TRL and DAPO.
+* The KL to a frozen reference is not inside L_GRPO here: it is the unified objective's fourth
+  term, `+ beta * KL` with its own weight (train.py; `kl_penalty` below). TRL and the GRPO paper
+  put it inside the GRPO loss, where a mix with SFT would weigh it by (1 - alpha). beta = 0 by
+  default (no KL, no reference model loaded), as in TRL and DAPO.
 * Truncated completions (no stop token within the length limit) keep their reward unless
   --mask-truncated removes them from the loss (DAPO's overlong filtering).
 * The reward gives partial credit (the share of satisfied instructions) by default; the paper's
@@ -33,11 +36,14 @@ Choices where the paper is silent (ours, following TRL's GRPOTrainer conventions
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-import ifeval
 from logprobs import sequence_logprobs
-from rollouts import Rollouts
+
+if TYPE_CHECKING:          # copied with sft.py, uniapl.py and logprobs.py, this file needs torch alone
+    from rollouts import Rollouts
 
 # r_i = (instructions of x that y_i satisfies) / (instructions of x)      (strict; 0 if y_i is empty)
 # --reward all (the paper's binary reward): r_i = 1 if y_i satisfies every instruction, else 0
@@ -45,6 +51,7 @@ from rollouts import Rollouts
 
 def rewards(rollouts: Rollouts, kind: str = "fraction") -> torch.Tensor:
     """ifeval.reward of every completion against its own row's instructions: fp32 [R]."""
+    import ifeval  # here, not at the top: the loss functions below need torch alone
     r = torch.tensor([ifeval.reward(text, row["instruction_id_list"], row["kwargs"], row["prompt"])
                       for text, row in zip(rollouts.texts, rollouts.rows)], dtype=torch.float32)
     return (r == 1).float() if kind == "all" else r
@@ -76,22 +83,28 @@ def completion_logprobs(model, rollouts: Rollouts, temperature: float,
 # s_t   = min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A)
 
 
-def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, coef: torch.Tensor,
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
                       eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token surrogate and where the clip is active; logp [R, L], coef [R] -> [R, L] x 2."""
+    """Per-token surrogate and where the ratio clip binds; logp [R, L], advantages [R] ->
+    [R, L] x 2. (L_ADV passes the adversarial coefficient c as the advantages.)"""
     ratio = torch.exp(logp - old_logp)                                          # [R, L]
-    unclipped = ratio * coef[:, None]
-    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * coef[:, None]
+    unclipped = ratio * advantages[:, None]
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * advantages[:, None]
     return torch.minimum(unclipped, clipped), clipped < unclipped
 
 
 # k3_t = exp(log pi_ref - log pi_theta) - (log pi_ref - log pi_theta) - 1     (Schulman's k3)
+# Its VALUE, on tokens sampled from pi_theta, estimates KL(pi_theta || pi_ref). Its GRADIENT as a
+# loss (samples held fixed) is (1 - pi_ref / pi_theta) grad log pi_theta, whose expectation under
+# pi_theta is sum_y (pi_theta - pi_ref) grad log pi_theta = -E_{pi_ref}[grad log pi_theta]: the
+# gradient of KL(pi_ref || pi_theta), the reverse direction. Both are zero at pi_theta = pi_ref.
 # TRL's KL equals this only with use_bias_correction_kl=False; its default (True) reweights it by
 # the ratio pi_theta / pi_old, which differs once the policy has moved within a batch.
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """An unbiased, always non-negative per-token estimate of KL(pi_theta || pi_ref)."""
+    """An unbiased, always non-negative per-token estimate of KL(pi_theta || pi_ref) (its value;
+    its gradient is that of KL(pi_ref || pi_theta), see above)."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1
 
@@ -120,27 +133,28 @@ def loss_units(mask: torch.Tensor, loss_type: str) -> torch.Tensor:
         torch.tensor(float(mask.shape[0]), device=mask.device)
 
 
-# L_GRPO = aggregate(-(s_t - beta k3_t))
+# L_GRPO = aggregate(-s_t)                 (L_ADV: the same with c_i in place of A_i; uniapl.py)
 
 
-def policy_loss(logp, old_logp, coef, mask, *, eps_low, eps_high, beta=0.0, ref_logp=None,
-                loss_type="token", total=None) -> torch.Tensor:
-    """-(aggregated clipped surrogate) + beta * KL; used by GRPO (coef = A) and ADV (coef = c)."""
-    surrogate, _ = clipped_surrogate(logp, old_logp, coef, eps_low, eps_high)
-    per_token = -surrogate                                                      # [R, L]
-    if beta:
-        per_token = per_token + beta * kl_k3(logp, ref_logp)
-    return aggregate(per_token, mask, loss_type, total)
+def policy_loss(logp, old_logp, advantages, mask, *, eps_low, eps_high, loss_type="token",
+                total=None) -> torch.Tensor:
+    """-(aggregated clipped surrogate); used by GRPO (advantages A) and ADV (the coefficient c)."""
+    surrogate, _ = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    return aggregate(-surrogate, mask, loss_type, total)                        # [R, L] -> []
 
 
-def policy_stats(logp, old_logp, coef, mask, *, eps_low, eps_high, beta=0.0, ref_logp=None,
-                 loss_type="token") -> dict:
-    """What to log of a policy loss: the fraction of tokens where the clip binds, and the KL."""
-    _, is_clipped = clipped_surrogate(logp, old_logp, coef, eps_low, eps_high)
-    stats = {"clip_frac": float((is_clipped & mask.bool()).sum() / mask.sum().clamp(min=1))}
-    if beta:
-        stats["kl"] = float(aggregate(kl_k3(logp, ref_logp), mask, loss_type))
-    return stats
+# KL = aggregate(k3_t)       the unified objective's fourth term, weighted by beta (train.py)
+
+
+def kl_penalty(logp, ref_logp, mask, *, loss_type="token", total=None) -> torch.Tensor:
+    """The k3 KL to the frozen reference, aggregated like the policy losses; [R, L] -> []."""
+    return aggregate(kl_k3(logp, ref_logp), mask, loss_type, total)
+
+
+def ratio_clip_frac(logp, old_logp, advantages, mask, *, eps_low, eps_high, **_) -> float:
+    """The fraction of tokens where the ratio clip binds (0 at --num-iterations 1: rho = 1)."""
+    _, is_clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    return float((is_clipped & mask.bool()).sum() / mask.sum().clamp(min=1))
 
 
 def sampler_gap(rollouts: Rollouts, logp: torch.Tensor) -> dict:

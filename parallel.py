@@ -115,6 +115,17 @@ class Context:
         td.all_reduce(x)
         return x
 
+    def mean_std(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean and unbiased std of `x` [n] over every rank's values: one all-reduce of
+        (sum, sum of squares, count), in float64 so the subtraction below loses nothing."""
+        xd = x.detach().double()
+        moments = torch.stack([xd.sum(), (xd * xd).sum(), xd.new_tensor(float(x.numel()))])
+        total, squares, n = self.all_reduce_sum(moments).tolist()
+        mean = total / n
+        std = max(squares - n * mean * mean, 0.0) / max(n - 1, 1)
+        return (torch.tensor(mean, dtype=x.dtype, device=x.device),
+                torch.tensor(std ** 0.5, dtype=x.dtype, device=x.device))
+
     def all_reduce_grads(self, model, bucket_bytes: int = 64 * 2**20) -> None:
         """Sum every gradient across ranks (data parallel), in flat buckets of one dtype. FSDP2
         reduce-scatters its own, so nothing is done under --fsdp."""

@@ -25,6 +25,17 @@ from dataclasses import dataclass
 
 METHODS = ["sft", "grpo", "a-sft", "a-grpo", "uniapl",   # uniapl.PRESETS (a test checks)
            "chord-mu", "chord-phi", "a-chord-mu", "a-chord-phi"]
+ADVERSARIAL = {"a-sft", "a-grpo", "uniapl", "a-chord-mu", "a-chord-phi"}   # the same (a test checks)
+
+# Options a preset ignores: set away from the world's default they are refused with one line, as
+# a setting that silently does nothing would mislead. Shapes every method shares (batch sizes,
+# lengths, the discriminator's model) are not listed: tools pass them to every method alike.
+IGNORED = [  # (options, the methods that ignore them, why)
+    (("beta",), lambda m: m == "sft", "it has no rollouts, so there is no KL to a reference to weigh"),
+    (("adv_coef_clip", "adv_coef_norm"), lambda m: m not in ADVERSARIAL, "it has no adversarial term"),
+    (("chord_mu_peak", "chord_mu_valley", "chord_mu_warmup_steps", "chord_mu_decay_steps"),
+     lambda m: not m.endswith("chord-mu"), "only chord-mu and a-chord-mu schedule alpha"),
+]
 SAME = object()                                           # the real world uses the toy value
 
 
@@ -54,12 +65,13 @@ class Settings:
                          choices=METHODS)
     alpha: float | None = METHOD(None, "weight of L_SFT; only uniapl may set it (preset 0.5, ours)")
     lambda_adv: float | None = METHOD(None, "weight of the adversarial term (preset 0.1 for a-sft, "
-                                      "a-grpo and uniapl; ours: the coefficient has unit scale)")
+                                      "a-grpo and uniapl; ours: the coefficient has unit scale; the "
+                                      "paper's suggested sweep, 1e-4 to 1e-2, is for its own L_ADV)")
     adv_mode: str = METHOD("loss", "loss: L_ADV is its own term (the paper's choice); reward: "
                            "lambda_adv * d is added to the GRPO reward (the ablation)",
                            choices=["loss", "reward"])
-    adv_coef_clip: float = METHOD(2.0, "c in Algorithm 1: coefficients are clipped to [-c, c] "
-                                  "(ours: one odd score cannot dominate its group)")
+    adv_coef_clip: float = METHOD(2.0, "c in Algorithm 1 (our reconstruction): coefficients are "
+                                  "clipped to [-c, c] (ours: one odd score cannot dominate its group)")
     adv_coef_norm: str = METHOD("group", "what a discriminator score is compared with: its group "
                                 "(Algorithm 1 as we read it), every rollout of the step, or "
                                 "nothing (the raw, clipped score)", choices=["group", "batch", "none"])
@@ -117,7 +129,8 @@ class Settings:
     steps: int = OPTIM(300, "optimizer steps (the paper states none; ours)", real=500)
     learning_rate: float = OPTIM(1e-3, "AdamW learning rate (ours: a tiny random-init model needs "
                                  "a large one; 1e-6 is usual for RL on a 0.6B model)", real=1e-6)
-    warmup_steps: int = OPTIM(10, "linear warm-up, then constant (ours)")
+    warmup_steps: int = OPTIM(10, "linear warm-up, then constant (ours); counts optimizer updates, "
+                              "so with --num-iterations N each step counts N")
     weight_decay: float = OPTIM(0.0, "AdamW weight decay")
     max_grad_norm: float = OPTIM(1.0, "gradient-norm clip")
     micro_batch_size: int | None = OPTIM(None, "rollouts and demonstrations per forward/backward: "
@@ -125,8 +138,9 @@ class Settings:
                                          "divided by the whole step's count (default: all at once)")
     num_iterations: int = OPTIM(1, "optimizer updates per batch of rollouts (1: on-policy, the "
                                 "ratio is 1 and the clip never binds)")
-    beta: float = OPTIM(0.0, "KL weight to a frozen reference (0: no reference model is loaded; "
-                        "TRL's and DAPO's default)")
+    beta: float = OPTIM(0.0, "weight of the KL to a frozen reference, a fourth term + beta * KL "
+                        "beside the other three (0: no reference model is loaded; TRL's and "
+                        "DAPO's default)")
     epsilon: float = OPTIM(0.2, "PPO clip: the ratio is kept within [1 - epsilon, 1 + epsilon_high]")
     epsilon_high: float | None = OPTIM(None, "upper clip (default: --epsilon; DAPO uses 0.28)")
     scale_rewards: str = OPTIM("group", "group: divide advantages by the group's std; none: only "
@@ -192,6 +206,13 @@ class Settings:
             self.epsilon_high = self.epsilon
         if self.steps < 1 or self.save_total_limit < 1 or (self.micro_batch_size or 1) < 1:
             raise SystemExit("--steps, --save-total-limit and --micro-batch-size must be at least 1")
+        for options, ignores, why in IGNORED:
+            for name in options:
+                f = next(f for f in dataclasses.fields(self) if f.name == name)
+                default = f.metadata["real"] if self.world == "real" else f.default
+                if ignores(self.method) and getattr(self, name) != default:
+                    raise SystemExit(f"--{name.replace('_', '-')} {getattr(self, name)} has no effect "
+                                     f"with --method {self.method}: {why}")
         if self.out is None:
             if self.resume == "auto":
                 raise SystemExit("--resume auto needs --out (the run directory to resume)")

@@ -16,6 +16,8 @@ Choices
   aggregation of L_GRPO and L_ADV so that alpha weighs like with like.
 * Demonstrations longer than --max-completion-length are cut (and counted in sft/truncated);
   the cut response then has no EOS to learn.
+* For a model that is not a Hugging Face one, `sft_loss_from_logits` is the same loss from the
+  model's own logits (simpler, but it materialises [B, T, V] logits that the chunked path avoids).
 * CHORD-phi (arXiv 2508.11408) weights each token's NLL by phi = p (1 - p), p = pi_theta(token),
   detached: tokens the policy already predicts well (p -> 1) or finds very unlikely (p -> 0)
   count little, those in between most (at most 0.25). It is still divided by the token count,
@@ -24,10 +26,14 @@ Choices
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from data import DemoBatch
 from logprobs import sequence_logprobs
+
+if TYPE_CHECKING:          # copied with grpo.py, uniapl.py and logprobs.py, this file needs torch alone
+    from data import DemoBatch
 
 
 def sft_loss(model, batch: DemoBatch, backend: str = "auto", total: torch.Tensor | None = None,
@@ -48,3 +54,12 @@ def sft_loss(model, batch: DemoBatch, backend: str = "auto", total: torch.Tensor
     #         w_t = 1 (plain NLL) or phi_t (CHORD-phi); always divided by the token count
     tokens = score[:, 1:].sum().clamp(min=1) if total is None else total
     return -(logp * mask).sum() / tokens
+
+
+def sft_loss_from_logits(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The same L_SFT (plain NLL) from any model's logits [B, T, V]: `labels` [B, T] are the input
+    ids, `mask` [B, T] is 1 on the response tokens to score (each predicted from the position before)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)                       # [B, T-1, V]
+    token_logp = logp.gather(-1, labels[:, 1:, None]).squeeze(-1)                   # [B, T-1]
+    m = mask[:, 1:].to(token_logp.dtype)
+    return -(token_logp * m).sum() / m.sum().clamp(min=1)

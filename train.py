@@ -19,8 +19,21 @@ final/ (save_pretrained, loadable with from_pretrained). `--resume auto` continu
 has a whole checkpoint and starts it otherwise, and SIGTERM/SIGINT/SIGUSR1 end it after the step in
 flight with a checkpoint, so one command survives any preemption (README, "Preemptible clusters").
 
-Simplifications, deliberately: no sequence packing; one batch of rollouts per step (TRL's
-steps_per_generation = 1); AdamW with a linear warm-up, then a constant learning rate.
+What the code really computes, and its simplifications (deliberate):
+* At --num-iterations 1 (the default) the rollouts serve one update, so pi_old = pi_theta, every
+  ratio rho = 1 and no clip binds: the step's policy gradient is
+  -(1/N) sum [(1 - alpha) A_i + lambda_adv c_i] grad log pi, i.e. L_ADV is an extra per-rollout
+  advantage, and "ADV as loss" and "ADV as reward shaping" differ only in where d is normalised
+  (uniapl.py). The clip matters only with --num-iterations > 1.
+* Algorithm 1 -- the adversarial coefficient and L_ADV -- is our reconstruction (uniapl.py); the
+  weighted sum and its single backward pass are the paper's.
+* The KL to a frozen reference (--beta, 0 by default) is a fourth term with its own weight.
+* Each term is a mean over its own tokens, so alpha weighs two means, not two data volumes
+  (PAPER.md discusses the paper's "volume" reading).
+* --warmup-steps and the learning-rate schedule count optimizer updates: with --num-iterations N
+  each step makes N of them.
+* No sequence packing; one batch of rollouts per step (TRL's steps_per_generation = 1); AdamW with
+  a linear warm-up, then a constant learning rate.
 """
 
 from __future__ import annotations
@@ -82,10 +95,10 @@ def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run,
     run.ctx, run.meter = run.ctx or parallel.Context(device=device), run.meter or Meter(device)
     o, G, ctx, phase = run.objective, s.num_generations, run.ctx, run.meter.phase
     amp = parallel.autocast_for(device, s.precision)
-    a, lam = o.alpha_at(step), o.lambda_adv            # the weights of this step's three terms
+    a, lam, beta = o.alpha_at(step), o.lambda_adv, s.beta     # the weights of this step's terms
 
     # 1. Rollouts: y_1..y_G ~ pi_theta(. | x) for each RL prompt (a-sft: each demonstration prompt).
-    ro = r = d = coef = adv = ref_logp = None
+    ro = r = d = adv_coef = advantages = ref_logp = None
     if o.rollouts_on != "none":
         rows = batch.prompts if o.rollouts_on == "rl" else batch.demos
         with phase("generate"), amp(), parallel.gathered(policy, ctx):
@@ -98,29 +111,33 @@ def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run,
             r = grpo.rewards(ro, s.reward)                                       # [R]
 
         # 3. Discriminator d_i = D(x, y_E, y_i), adversarial coefficient
-        #    c_i = clip((d_i - mean d) / (std d + eps), -c, c) within each group (Algorithm 1).
+        #    c_i = clip((d_i - mean d) / (std d + eps), -c, c) within each group (Algorithm 1,
+        #    our reconstruction; --adv-coef-norm batch: mean and std over every rank's rollouts).
         if o.uses_discriminator:
             with phase("discriminator"):
                 d = run.discriminator.score([x["prompt"] for x in ro.rows],
                                             [x["response"] for x in ro.rows], ro.texts).float()  # [R]
-            coef = uniapl.adversarial_coefficient(d, G, o.adv_coef_clip, o.adv_coef_norm)   # [R]
+            stats = ctx.mean_std(d) if o.adv_coef_norm == "batch" and ctx.distributed else None
+            adv_coef = uniapl.adversarial_coefficient(d, G, o.adv_coef_clip, o.adv_coef_norm,
+                                                      batch_mean_std=stats)            # [R]
         if o.shapes_reward:                   # the ablation: r_i <- r_i + lambda_adv d_i
             r = r + lam * d
 
         # 4. Advantage: A_i = (r_i - mean r) / (std r + eps) within each group of G.
-        adv = grpo.group_advantages(r, G, scale=s.scale_rewards == "group")     # [R]
+        advantages = grpo.group_advantages(r, G, scale=s.scale_rewards == "group")   # [R]
         if run.reference is not None:         # only when beta > 0
             with phase("forward"), torch.no_grad(), amp():
                 ref_logp = grpo.completion_logprobs(run.reference, ro, s.temperature)   # [R, L]
     demos = data.demo_batch(run.tokenizer, batch.demos, s.max_completion_length) if a > 0 else None
 
-    # 5. L = a L_SFT + (1 - a) L_GRPO + lam L_ADV: one backward per micro-batch (gradients add
-    #    up, every mean divided by the whole step's count), one update; --num-iterations > 1
-    #    reuses the rollouts for more updates, against the first update's log-probs (pi_old).
-    parts = micro_batches(ro, demos, adv, coef, ref_logp, s, device, ctx)
-    clip = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
+    # 5. L = a L_SFT + (1 - a) L_GRPO + lam L_ADV (+ beta KL): one backward per micro-batch
+    #    (gradients add up, every mean divided by the whole step's count), one update;
+    #    --num-iterations > 1 reuses the rollouts for more updates, against the first update's
+    #    log-probs (pi_old). At 1 (the default) rho = 1 and the clip never binds (uniapl.py).
+    parts = micro_batches(ro, demos, advantages, adv_coef, ref_logp, s, device, ctx)
+    surrogate_kw = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
     for _ in range(s.num_iterations):
-        terms = {"loss": 0.0, "sft": 0.0, "grpo": 0.0, "adv": 0.0}
+        terms = {"loss": 0.0, "sft": 0.0, "grpo": 0.0, "adv": 0.0, "kl": 0.0}
         for mb in parts:
             with phase("forward"), amp():
                 # L_SFT = -(1/|y^E|) sum_t log pi_theta(y^E_t | x, y^E_<t)   (CHORD-phi: weighted by p(1-p))
@@ -133,25 +150,29 @@ def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run,
                 if logp is not None:
                     mb.logp = logp.detach()
                     mb.old_logp = mb.logp if mb.old_logp is None else mb.old_logp
-                # L_GRPO = -mean_t min(rho_t A_i, clip(rho_t) A_i) + beta KL
-                l_grpo = grpo.policy_loss(logp, mb.old_logp, mb.adv, mb.mask, beta=s.beta,
-                                          ref_logp=mb.ref_logp, total=mb.rl_total, **clip) \
+                # L_GRPO = -mean_t min(rho_t A_i, clip(rho_t, 1 - eps, 1 + eps) A_i)
+                l_grpo = grpo.policy_loss(logp, mb.old_logp, mb.advantages, mb.mask,
+                                          total=mb.rl_total, **surrogate_kw) \
                     if o.uses_grpo and mb.ro is not None else 0.0
                 # L_ADV = -mean_t min(rho_t c_i, clip(rho_t) c_i): the same surrogate, driven by c
-                l_adv = uniapl.adv_loss(logp, mb.old_logp, mb.coef, mb.mask, total=mb.rl_total,
-                                        **clip) if o.uses_adv_loss and mb.ro is not None else 0.0
+                l_adv = uniapl.adv_loss(logp, mb.old_logp, mb.adv_coef, mb.mask, total=mb.rl_total,
+                                        **surrogate_kw) if o.uses_adv_loss and mb.ro is not None else 0.0
+                # KL = mean_t k3(pi_theta, pi_ref): the fourth term, with its own weight beta
+                l_kl = grpo.kl_penalty(logp, mb.ref_logp, mb.mask, loss_type=s.loss_type,
+                                       total=mb.rl_total) if beta and mb.ro is not None else 0.0
 
-                loss = a * l_sft + (1 - a) * l_grpo + lam * l_adv
+                loss = a * l_sft + (1 - a) * l_grpo + lam * l_adv + beta * l_kl
 
-            check_finite(step + 1, loss=loss, l_sft=l_sft, l_grpo=l_grpo, l_adv=l_adv)
+            check_finite(step + 1, loss=loss, l_sft=l_sft, l_grpo=l_grpo, l_adv=l_adv, l_kl=l_kl)
             with phase("backward"):
                 loss.backward()
-            for k, v in (("loss", loss), ("sft", l_sft), ("grpo", l_grpo), ("adv", l_adv)):
+            for k, v in (("loss", loss), ("sft", l_sft), ("grpo", l_grpo), ("adv", l_adv),
+                         ("kl", l_kl)):
                 terms[k] += float(v.detach()) if torch.is_tensor(v) else v
         with phase("optimizer"):
             grad_norm = optimizer_update(policy, run.optimizer, run.scheduler, s.max_grad_norm, step, ctx)
 
-    metrics = step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, coef, adv, ref_logp,
+    metrics = step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, adv_coef, advantages,
                            demos, parts)
     samples = [{"prompt": x["prompt"], "completion": t, "reward": float(r[i]),
                 "discriminator": float(d[i]) if d is not None else None}
@@ -165,8 +186,8 @@ class MicroBatch:
     ro: rollouts.Rollouts | None
     demos: data.DemoBatch | None
     mask: torch.Tensor | None = None        # [r, L] completion tokens in the loss
-    adv: torch.Tensor | None = None         # [r]
-    coef: torch.Tensor | None = None        # [r]
+    advantages: torch.Tensor | None = None  # [r] GRPO's A_i
+    adv_coef: torch.Tensor | None = None    # [r] the adversarial coefficient c_i
     ref_logp: torch.Tensor | None = None    # [r, L]
     old_logp: torch.Tensor | None = None    # [r, L] pi_old, from the first update
     logp: torch.Tensor | None = None        # [r, L] the last update's, detached (for the logs)
@@ -174,7 +195,7 @@ class MicroBatch:
     sft_total: torch.Tensor | None = None   # the step's response tokens of all ranks
 
 
-def micro_batches(ro, demos, adv, coef, ref_logp, s, device, ctx) -> list[MicroBatch]:
+def micro_batches(ro, demos, advantages, adv_coef, ref_logp, s, device, ctx) -> list[MicroBatch]:
     """--micro-batch-size rollouts and demonstrations per forward/backward (default: all in one).
     Every mean is divided by the whole step's count over every rank, so that the micro-batches'
     losses (and gradients) add up to the whole batch's: that count is computed here, once."""
@@ -198,13 +219,14 @@ def micro_batches(ro, demos, adv, coef, ref_logp, s, device, ctx) -> list[MicroB
         has_ro, has_demo = rs.start < n_ro, ds.start < n_demo
         parts.append(MicroBatch(ro.select(rs) if has_ro else None,
                                 demos.select(ds) if has_demo else None,
-                                mask[rs] if has_ro else None, to(adv, rs) if has_ro else None,
-                                to(coef, rs) if has_ro else None, to(ref_logp, rs) if has_ro else None,
+                                mask[rs] if has_ro else None, to(advantages, rs) if has_ro else None,
+                                to(adv_coef, rs) if has_ro else None,
+                                to(ref_logp, rs) if has_ro else None,
                                 rl_total=rl_total, sft_total=sft_total))
     return parts
 
 
-def step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, coef, adv, ref_logp, demos,
+def step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, adv_coef, advantages, demos,
                  parts) -> dict:
     """Everything a step logs, in one place: rewards and rollouts (grpo.py), the discriminator
     (uniapl.py), each term's value and clip fraction over the whole batch, time and memory per
@@ -214,21 +236,22 @@ def step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, coef, adv, ref_
     if ro is not None:
         metrics.update(grpo.rollout_stats(r, ro))
         if d is not None:
-            metrics.update({f"adv/{k}": v for k, v in uniapl.discriminator_stats(d, r, coef).items()})
+            metrics.update({f"adv/{k}": v for k, v in uniapl.discriminator_stats(d, r, adv_coef).items()})
     if demos is not None:
         metrics.update({"sft/nll": terms["sft"], "sft/truncated": demos.truncated})
     if ro is not None and o.rollouts_on != "none" and parts[0].logp is not None:
         cat = lambda name: torch.cat([getattr(mb, name) for mb in parts if mb.ro is not None])  # noqa: E731
         old, logp, mask = cat("old_logp"), cat("logp"), cat("mask")           # [R, L] each
         metrics.update(grpo.sampler_gap(ro, old))
-        clip = dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
+        kw = dict(eps_low=s.epsilon, eps_high=s.epsilon_high)
         if o.uses_grpo:
-            stats = grpo.policy_stats(logp, old, adv.to(logp.device), mask, beta=s.beta,
-                                      ref_logp=ref_logp, **clip)
-            metrics.update({f"grpo/{k}": v for k, v in stats.items()} | {"grpo/loss": terms["grpo"]})
+            metrics.update({"grpo/loss": terms["grpo"], "grpo/ratio_clip_frac": grpo.ratio_clip_frac(
+                logp, old, advantages.to(logp.device), mask, **kw)})
         if o.uses_adv_loss:
-            stats = grpo.policy_stats(logp, old, coef.to(logp.device), mask, **clip)
-            metrics.update({"adv/loss": terms["adv"], "adv/clip_frac": stats["clip_frac"]})
+            metrics.update({"adv/loss": terms["adv"], "adv/ratio_clip_frac": grpo.ratio_clip_frac(
+                logp, old, adv_coef.to(logp.device), mask, **kw)})
+        if s.beta:
+            metrics["kl/loss"] = terms["kl"]
     metrics.update({"loss": terms["loss"], "grad_norm": float(grad_norm),
                     "lr": run.scheduler.get_last_lr()[0]} | run.meter.read())
     if o.chord == "mu":
@@ -237,7 +260,8 @@ def step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, coef, adv, ref_
     # that every rank takes them after the same step without a collective of their own
     metrics.update({f"flag/{k}": v for k, v in (run.flags() if run.flags else {}).items()})
     return run.ctx.reduce_metrics(metrics, maxes=("sampler_gap_max", "flag/stop", "flag/save"),
-                                  sums=("loss", "sft/nll", "sft/truncated", "grpo/loss", "adv/loss"))
+                                  sums=("loss", "sft/nll", "sft/truncated", "grpo/loss", "adv/loss",
+                                        "kl/loss"))
 
 
 def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: int,

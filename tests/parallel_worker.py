@@ -46,15 +46,17 @@ def main(out_path: str) -> None:
                                        precision="fp32", max_grad_norm=1e9)
     # (method, aggregation, max grad norm, activation checkpointing, micro-batch size of the
     # N-rank run): the real run uses FSDP2 and checkpointing together, so they are tested together
-    cases = [(m, lt, 1e9, False, None) for m in ("sft", "grpo", "uniapl") for lt in ("token", "sequence")
-             if not (m == "sft" and lt == "sequence")]
-    cases += [("uniapl", "token", 0.5, False, None),       # the clip binds
-              ("uniapl", "token", 1e9, True, None),        # activation checkpointing
-              ("uniapl", "sequence", 1e9, False, 3)]       # 3 rollouts / demonstrations per backward
+    cases = [(m, lt, 1e9, False, None, "group") for m in ("sft", "grpo", "uniapl")
+             for lt in ("token", "sequence") if not (m == "sft" and lt == "sequence")]
+    cases += [("uniapl", "token", 0.5, False, None, "group"),       # the clip binds
+              ("uniapl", "token", 1e9, True, None, "group"),        # activation checkpointing
+              ("uniapl", "sequence", 1e9, False, 3, "group"),       # 3 rollouts / demos per backward
+              ("uniapl", "token", 1e9, False, None, "batch")]       # c over every rank's rollouts
     results = {}
     for fsdp in (False, True):
-        for method, loss_type, max_norm, checkpointing, micro in cases:
-            s = dataclasses.replace(step, method=method, loss_type=loss_type, max_grad_norm=max_norm)
+        for method, loss_type, max_norm, checkpointing, micro, norm in cases:
+            s = dataclasses.replace(step, method=method, loss_type=loss_type, max_grad_norm=max_norm,
+                                    adv_coef_norm=norm)
             objective = uniapl.objective(s)
             single, multi = copy.deepcopy(base), copy.deepcopy(base)
             if checkpointing:
@@ -76,7 +78,7 @@ def main(out_path: str) -> None:
             d1, m1 = out["one"]
             dn, mn = out["many"]
             tag = ("-clipped" if max_norm < 1e9 else "") + ("-checkpointed" if checkpointing else "") \
-                + (f"-micro{micro}" if micro else "")
+                + (f"-micro{micro}" if micro else "") + ("-batchnorm" if norm == "batch" else "")
             results[f"{method}-{loss_type}{tag}-{'fsdp' if fsdp else 'dp'}"] = {
                 "rel_update_diff": float((dn - d1).norm() / d1.norm()),
                 "update_norm": float(d1.norm()),

@@ -57,15 +57,13 @@ def test_policy_loss_value_and_on_policy_gradient():
     assert loss.item() == pytest.approx(-(adv[:, None] * mask).sum().item() / mask.sum().item())
     loss.backward()   # rho = 1: the gradient is -A / N_tokens on every scored token (REINFORCE)
     assert torch.allclose(logp.grad, -adv[:, None] * mask / mask.sum())
-    assert grpo.policy_stats(logp, logp.detach(), adv, mask, **clip)["clip_frac"] == 0.0
-    ref = logp.detach() - 0.3
-    lb = grpo.policy_loss(logp, logp.detach(), adv, mask, beta=0.1, ref_logp=ref, **clip)
+    assert grpo.ratio_clip_frac(logp, logp.detach(), adv, mask, **clip) == 0.0
+    ref = logp.detach() - 0.3           # the KL term, on its own: k3 of a constant gap 0.3
     k3 = math.exp(-0.3) + 0.3 - 1
-    assert lb.item() == pytest.approx(loss.item() + 0.1 * k3, rel=1e-5)
-    stats = grpo.policy_stats(logp.detach(), logp.detach() - 1.0, adv, mask, beta=0.1, ref_logp=ref, **clip)
-    assert stats["kl"] == pytest.approx(k3, rel=1e-5)
-    # rho = e on every token: the clip binds wherever A > 0 (rows 0 and 2: 4 of 11 tokens)
-    assert stats["clip_frac"] == pytest.approx(4 / 11)
+    assert grpo.kl_penalty(logp, ref, mask).item() == pytest.approx(k3, rel=1e-5)
+    # rho = e on every token: the ratio clip binds wherever A > 0 (rows 0 and 2: 4 of 11 tokens)
+    assert grpo.ratio_clip_frac(logp.detach(), logp.detach() - 1.0, adv, mask, **clip) == \
+        pytest.approx(4 / 11)
 
 
 def test_rollouts_masks_truncation_and_rewards(model, tok):

@@ -31,13 +31,15 @@ def torchrun(*args, timeout=300):
 
 def test_two_ranks_compute_the_one_process_gradient(tmp_path):
     """sft, grpo, uniapl (token and sequence aggregation, clipped and not, with activation
-    checkpointing, in micro-batches of 3), data parallel and FSDP2: the 2-rank update equals the
+    checkpointing, in micro-batches of 3, the coefficient normalised over every rank's rollouts),
+    data parallel and FSDP2: the 2-rank update equals the
     one-process update of the same batch to fp32 rounding: measured 1.7e-7 to 4.1e-7, and 1.05e-6
     where FSDP2 reduces the clipping norm over shards (a wrong denominator would give ~1e-1)."""
     res = torchrun("tests/parallel_worker.py", str(tmp_path / "out.json"))
     assert res.returncode == 0, res.stderr[-3000:]
     results = json.load(open(tmp_path / "out.json"))
-    assert len(results) == 16 and {"uniapl-token-checkpointed-fsdp", "uniapl-sequence-micro3-dp"} <= set(results)
+    assert len(results) == 18 and {"uniapl-token-checkpointed-fsdp", "uniapl-sequence-micro3-dp",
+                                   "uniapl-token-batchnorm-dp"} <= set(results)
     for case, r in results.items():
         assert r["update_norm"] > 1e-3, case                    # every case has a gradient
         assert r["rel_update_diff"] <= 2e-6, (case, r)

@@ -84,3 +84,21 @@ def test_every_default_is_written_once():
     assert {f.name for f in added} == {"method", "alpha", "lambda_adv", "adv_mode", "adv_coef_clip",
                                        "adv_coef_norm", "sft_batch_size"}
     assert all(f.default == ours[f.name] for f in added)
+
+
+@pytest.mark.parametrize("method,flag,value,why", [
+    ("sft", "--beta", "0.05", "no rollouts, so there is no KL"),
+    ("grpo", "--adv-coef-clip", "3.0", "no adversarial term"),
+    ("chord-phi", "--adv-coef-norm", "batch", "no adversarial term"),
+    ("uniapl", "--chord-mu-peak", "0.5", "only chord-mu and a-chord-mu"),
+])
+def test_an_option_the_preset_ignores_is_refused_with_one_line(method, flag, value, why):
+    with pytest.raises(SystemExit, match=f"^{flag} {value} has no effect with --method {method}: .*{why}"):
+        settings.parse(["--method", method, flag, value, "--out", "x"])
+
+
+def test_options_that_do_act_are_accepted():
+    for method, flag, value in (("a-sft", "--beta", "0.05"), ("grpo", "--beta", "0.05"),
+                                ("a-grpo", "--adv-coef-clip", "3"), ("a-chord-mu", "--chord-mu-peak", "0.5")):
+        assert settings.parse(["--method", method, flag, value, "--out", "x"]).method == method
+    assert settings.ADVERSARIAL == {m for m, p in uniapl.PRESETS.items() if p[1]}

@@ -51,7 +51,7 @@ def test_every_method_runs_end_to_end(tmp_path, method, extra):
     if method == "chord-mu":   # mu decays from 0.9 over the run (3 steps here)
         assert [m["alpha"] for m in ms] == pytest.approx([0.9, 0.05 + 0.425 * 1.5, 0.05 + 0.425 * 0.5])
     if "--beta" in extra:
-        assert "grpo/kl" in keys
+        assert "kl/loss" in keys
 
 
 def test_staged_pipeline_sft_then_grpo_from_the_saved_model(tmp_path):
@@ -230,7 +230,7 @@ def test_micro_batches_give_the_same_update(tok, toy_rows, method, loss_type):
     parts, mk = one_step(tok, toy_rows[0], method=method, loss_type=loss_type, micro_batch_size=5)
     assert whole.norm() > 1e-3
     assert (parts - whole).norm() / whole.norm() < 1e-5
-    for k in ("loss", "reward", "sft/nll", "grpo/loss", "grpo/clip_frac", "sampler_gap_mean"):
+    for k in ("loss", "reward", "sft/nll", "grpo/loss", "grpo/ratio_clip_frac", "sampler_gap_mean"):
         if k in m1:
             assert mk[k] == pytest.approx(m1[k], rel=1e-5, abs=1e-7), k
 
@@ -311,3 +311,15 @@ def test_random_states_resume_where_fewer_gpus_are_visible(monkeypatch):
     restored.clear()
     checkpoint.set_rng_state(state)
     assert [(d, int(s)) for d, s in restored] == [(0, 7), (1, 8)]
+
+
+def test_the_kl_is_a_fourth_term_with_its_own_weight(tmp_path):
+    """L = a L_SFT + (1 - a) L_GRPO + lam L_ADV + beta KL: the logged terms add up to the loss with
+    beta as the KL's own weight (not (1 - a) beta inside L_GRPO), on the second update, where
+    the policy has moved from the reference."""
+    run(tmp_path, "--method", "uniapl", "--beta", "0.05", "--num-iterations", "2", "--steps", "2",
+        "--eval-limit", "2")
+    for m in metrics(tmp_path):
+        assert m["kl/loss"] > 0
+        assert m["loss"] == pytest.approx(0.5 * m["sft/nll"] + 0.5 * m["grpo/loss"] + 0.1 * m["adv/loss"]
+                                          + 0.05 * m["kl/loss"], rel=1e-5, abs=1e-7)

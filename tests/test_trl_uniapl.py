@@ -81,7 +81,7 @@ def test_loss_and_gradient_equal_the_projects_objective(world, tok, method, off_
     l_grpo = grpo.policy_loss(logp, old, A, ro.completion_mask, **clip)   # token = TRL's dapo
     l_adv = uniapl.adv_loss(logp, old, c, ro.completion_mask, **clip) if objective.uses_adv_loss else 0.0
     if off_policy:     # the clip really binds here
-        assert grpo.policy_stats(logp.detach(), old, A, ro.completion_mask, **clip)["clip_frac"] > 0.2
+        assert grpo.ratio_clip_frac(logp.detach(), old, A, ro.completion_mask, **clip) > 0.2
     l_sft = sft.sft_loss(ours, data.demo_batch(tok, demo_rows, 12)) if objective.uses_sft else 0.0
     a, lam = objective.alpha, objective.lambda_adv
     loss = a * l_sft + (1 - a) * l_grpo + lam * l_adv

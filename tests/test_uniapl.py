@@ -93,3 +93,95 @@ def test_coefficient_normalisations():
     assert batch.tolist() == pytest.approx(((d - mean) / (std + 1e-4)).tolist(), abs=1e-5)
     assert batch[0] < 0                                           # ... but below the batch's mean
     assert uniapl.adversarial_coefficient(d * 30, 4, clip=2.0, norm="none").max() == 2.0
+
+
+@pytest.mark.parametrize("method,extra", [("uniapl", {}), ("a-sft", {}), ("sft", {}),
+                                          ("a-grpo", {"adv_mode": "reward"}), ("chord-phi", {})])
+def test_the_step_at_a_glance_is_unified_step(tok, method, extra):
+    """uniapl.step_at_a_glance (thirty lines) and train.unified_step (micro-batches, ranks, KL,
+    metrics) give the same loss and the same update, on the same replayed rollouts."""
+    import copy
+
+    import data
+    import toy
+    import train
+    from discriminator import Lexical
+    from tests.worlds import Replay, replay_texts
+    rows, _ = toy.train_eval_rows(0, n_train=40, n_eval=1)
+    batch = data.MixedBatch(demos=rows[:4], prompts=rows[4:8])
+    s = settings.Settings.for_world("toy", method=method, num_generations=4, max_completion_length=40,
+                                    logprobs_backend="torch", precision="fp32", max_grad_norm=0.5,
+                                    **extra)
+    o, engine = uniapl.objective(s), Replay(replay_texts(rows))
+    base = toy.build_model(tok, seed=0)
+    updates, losses = [], []
+    for which in ("glance", "unified"):
+        model = copy.deepcopy(base)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = torch.optim.SGD(model.parameters(), lr=1.0)
+        if which == "glance":
+            losses.append(float(uniapl.step_at_a_glance(model, opt, tok, engine, Lexical(), batch, o, s)))
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
+            run = train.Run(tok, o, opt, sched, engine, Lexical())
+            losses.append(train.unified_step(model, batch, s, run)[0]["loss"])
+        updates.append(torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)]))
+    assert updates[0].norm() > 1e-4
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-7)
+    assert float((updates[0] - updates[1]).norm() / updates[1].norm()) < 1e-5
+
+
+def test_the_loss_files_copy_out_and_compute_with_torch_alone(tmp_path):
+    """logprobs.py, sft.py, grpo.py and uniapl.py copied into an empty folder import without the
+    rest of the project (or transformers) and compute each loss."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("logprobs.py", "sft.py", "grpo.py", "uniapl.py"):
+        shutil.copy(os.path.join(root, name), tmp_path / name)
+    script = """
+import sys, torch
+import logprobs, sft, grpo, uniapl
+torch.manual_seed(0)
+R, L, V, H = 4, 5, 11, 8
+logp = torch.randn(R, L).requires_grad_()
+mask = torch.ones(R, L)
+r = torch.tensor([1.0, 0.0, 0.5, 0.5])
+A = grpo.group_advantages(r, 2)
+c = uniapl.adversarial_coefficient(torch.randn(R), 2, 2.0, "group")
+kw = dict(eps_low=0.2, eps_high=0.2)
+old = logp.detach()
+loss = 0.5 * grpo.policy_loss(logp, old, A, mask, **kw) + 0.1 * uniapl.adv_loss(logp, old, c, mask, **kw)
+loss = loss + 0.05 * grpo.kl_penalty(logp, logp.detach() - 0.1, mask)
+logits = torch.randn(2, 6, V, requires_grad=True)
+labels = torch.randint(0, V, (2, 6))
+l_sft = sft.sft_loss_from_logits(logits, labels, torch.tensor([[0, 0, 0, 1, 1, 1]] * 2))
+h, w = torch.randn(3, H), torch.randn(V, H)
+lp = logprobs.token_logprobs(h, w, torch.tensor([1, 2, 3]), backend="torch")
+(loss + 0.5 * l_sft + lp.sum()).backward()
+heavy = [m for m in ("transformers", "data", "rollouts", "ifeval", "settings", "toy") if m in sys.modules]
+print("OK" if not heavy else f"imported {heavy}")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    res = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "OK", res.stdout + res.stderr[-2000:]
+
+
+def test_sft_loss_from_logits_equals_the_chunked_path(model, tok, toy_rows):
+    import data
+    import sft
+    batch = data.demo_batch(tok, toy_rows[0][:3], 24)
+    chunked = sft.sft_loss(model, batch, backend="torch")
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert sft.sft_loss_from_logits(logits, batch.input_ids, batch.score_mask).item() == \
+        pytest.approx(chunked.item(), rel=1e-5)
+
+
+def test_readme_holds_the_preset_table():
+    import os
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "README.md")).read()
+    assert uniapl.preset_table() in readme

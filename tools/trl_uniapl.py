@@ -38,8 +38,10 @@ alone is not this class's job (TRL's SFTTrainer, or `train.py --method sft`).
 It overrides TRL's private methods (`_generate_and_score_completions`, `_compute_loss`,
 `_get_per_token_logps_and_entropies`, `_save_checkpoint`, `_load_optimizer_and_scheduler`), so it
 is pinned to the TRL versions it was tested with (requirements-trl.txt) and stops with one line
-outside them. Not the same as this project's KL: TRL's `use_bias_correction_kl=True` (its
-default) reweights the k3 KL by the ratio; `beta` is 0 by default in both.
+outside them. Not the same as this project's KL: TRL puts `beta * KL` inside its GRPO loss, so
+here it is weighed by (1 - alpha) beta, where train.py makes it a fourth term of weight beta; and
+TRL's `use_bias_correction_kl=True` (its default) reweights the k3 KL by the ratio. `beta` is 0 by
+default in both.
 """
 
 from __future__ import annotations
@@ -192,14 +194,14 @@ class UniAPLTrainer(trl.GRPOTrainer):
             self._entropy_bonus_enabled = False
         try:
             l_adv = super()._compute_loss(model, {**inputs, "advantages": inputs["adversarial_coefficient"]})
-            clip = self._metrics[mode].get("clip_ratio/region_mean", [])
+            ratio_clip_frac = self._metrics[mode].get("clip_ratio/region_mean", [])
         finally:
             self.beta, self._metrics = saved[0], saved[1]
             if hasattr(self, "_entropy_bonus_enabled"):
                 self._entropy_bonus_enabled = saved[2]
         self._metrics[mode]["adv/loss"].append(float(l_adv.detach()))
-        if clip:
-            self._metrics[mode]["adv/clip_ratio"].append(clip[-1])
+        if ratio_clip_frac:
+            self._metrics[mode]["adv/ratio_clip_frac"].append(ratio_clip_frac[-1])
         return l_adv
 
     def _sft_term(self, model):
