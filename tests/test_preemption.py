@@ -3,7 +3,7 @@
 Every start below is its own process (tests/preempt_worker.py: train.py with one fault injected),
 as a cluster would start it: SIGKILL at moments drawn by a seeded random generator, a scheduler's
 SIGTERM in the middle of a step (one process, and one rank of two under torchrun), and the
-checkpoints a killed or full-disk write leaves behind.
+checkpoints a killed write leaves behind (a full disk: tests/test_train.py).
 """
 
 import json
@@ -143,29 +143,6 @@ def test_a_resumed_run_continues_from_the_checkpoint_before_a_damaged_one(tmp_pa
     assert summary["out"] == out
     again = load_file(os.path.join(out, "final", "model.safetensors"))
     assert bit_identical(again, reference)        # step 4's checkpoint, then step 5 once more
-
-
-def test_a_full_disk_leaves_the_previous_checkpoint_loadable_and_says_how_much_is_needed(
-        tmp_path, monkeypatch):
-    out = str(tmp_path)
-    real = torch.save
-    calls = {"n": 0}
-
-    def full_disk(obj, path, *a, **k):
-        if str(path).endswith("trainer_state.pt"):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise OSError(28, "No space left on device")
-        return real(obj, path, *a, **k)
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(SystemExit, match=r"No space left on device.*a checkpoint needs about "
-                                         r"\d+\.\d\d GiB and \d+\.\d\d GiB are free.*intact"):
-        train.main([*ARGS, "--out", out, "--eval-every", "0"])
-    monkeypatch.setattr(torch, "save", real)
-    (only,) = checkpoint.list_checkpoints(out)
-    assert only.endswith("step-0000002") and checkpoint.check_manifest(only) is None
-    assert not [d for d in os.listdir(os.path.join(out, "checkpoints")) if "." in d]
 
 
 def test_resume_auto_starts_an_empty_directory_and_refuses_another_runs(tmp_path, capsys):

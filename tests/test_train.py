@@ -124,9 +124,11 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypa
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(SystemExit, match="No space left on device.*earlier checkpoint is intact"):
+    full = r"No space left on device.*a checkpoint needs about \d+\.\d\d GiB and \d+\.\d\d GiB are free"
+    with pytest.raises(SystemExit, match=full + ".*earlier checkpoint is intact"):
         run(tmp_path, "--method", "sft", "--save-every", "1")
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step-0000001"]   # no half directory
+    assert checkpoint.check_manifest(str(tmp_path / "checkpoints" / "step-0000001")) is None
     monkeypatch.setattr(torch, "save", real_save)
     summary = run(tmp_path, "--method", "sft", "--save-every", "1", "--resume", "auto")
     assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3] and summary["after"] >= 0
