@@ -93,8 +93,12 @@ def same_run(out: str, settings: dict) -> str | None:
         return None
     with open(path) as f:
         saved = json.load(f)
+    # CHORD-mu's decay spans the run unless its length is set: then --steps changes the schedule
+    schedule_follows_steps = str(settings.get("method", "")).endswith("chord-mu") and \
+        settings.get("chord_mu_decay_steps") is None
     for key, value in settings.items():
-        if key in RUN_ONLY or key not in saved or saved[key] == value:
+        if (key in RUN_ONLY and not (key == "steps" and schedule_follows_steps)) or \
+                key not in saved or saved[key] == value:
             continue
         return (f"{out} holds another run: its --{key.replace('_', '-')} was {saved[key]!r}, now "
                 f"{value!r}; use another --out, or that run's settings to continue it")
@@ -103,7 +107,27 @@ def same_run(out: str, settings: dict) -> str | None:
 
 RUN_ONLY = {"resume", "out", "steps", "save_every", "save_every_minutes", "save_total_limit",
             "report_to", "tracker_project", "log_completions_every", "no_progress", "eval_every",
-            "eval_start", "device", "world_size"}    # a checkpoint's world size: load_checkpoint checks
+            "eval_start", "eval_limit", "device", "world_size",  # world size: load_checkpoint checks
+            # memory and speed (a job moved to another GPU): the same run, up to rounding
+            "micro_batch_size", "gradient_checkpointing", "logprobs_backend", "rollout_engine",
+            "vllm_gpu_memory_utilization"}
+
+
+def finished_run(out: str, steps: int) -> dict | None:
+    """The summary of a run in `out` that ended (final/ written after `steps` steps, evaluated),
+    or None: the same command run again after the end has nothing to redo."""
+    marker, final = os.path.join(out, "final", "uniapl.json"), os.path.join(out, "eval_final.json")
+    if not (os.path.exists(marker) and os.path.exists(final)):
+        return None
+    with open(marker) as f:
+        if json.load(f).get("steps") != steps:
+            return None
+    with open(final) as f:
+        after = json.load(f)
+    start = os.path.join(out, "eval_start.json")
+    before = json.load(open(start)).get("prompt_strict") if os.path.exists(start) else None
+    return {"before": before, "after": after.get("prompt_strict"), "teacher": None, "out": out,
+            "finished": True}
 
 
 def clear_unfinished(out: str) -> bool:
@@ -255,7 +279,9 @@ def _digest(path: str) -> str:
     with open(path, "rb") as f:
         if path.endswith(".safetensors"):
             head = f.read(8)
-            h.update(head + f.read(int.from_bytes(head, "little")) if len(head) == 8 else head)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            # a damaged length (beyond the file) must not be read: hash what is there instead
+            h.update(head + f.read(n if n <= os.path.getsize(path) - 8 else 0))
         else:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
@@ -345,6 +371,9 @@ def save_checkpoint(out: str, step: int, model, tokenizer, optimizer, scheduler,
                  "sampler": sampler.state_dict(), "world_size": ctx.world_size,
                  "rng": rngs[0] if ctx.world_size == 1 else rngs}
         try:
+            metrics = os.path.join(out, "metrics.jsonl")   # the lines up to this step, on disk first
+            if os.path.exists(metrics):
+                _fsync(metrics)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             save_pretrained_atomic(model, tokenizer, path, {"trainer_state.pt": state},
                                    state_dict=weights if ctx.fsdp else None,
@@ -393,7 +422,10 @@ def find_checkpoint(resume: str, out: str, say=print) -> str | None:
         why = check_manifest(path)
         if why is None:
             return path
-        say(f"--resume auto: skipping {path}: {why}")
+        # set aside (kept for a person to look at), so that it no longer counts as a checkpoint
+        # and --save-total-limit does not delete new ones to keep it
+        os.replace(path, f"{path}.damaged")
+        say(f"--resume auto: skipping {path} ({why}); set aside as {path}.damaged")
     return None
 
 
@@ -448,11 +480,18 @@ def load_checkpoint(path: str, model, optimizer, scheduler, sampler,
 
 
 def truncate_metrics(out: str, step: int) -> None:
-    """Drop metrics.jsonl lines written after `step` (they will be written again)."""
+    """Drop metrics.jsonl lines written after `step` (they will be written again), and a torn
+    last line (a process killed, or a disk full, in the middle of writing it)."""
     path = os.path.join(out, "metrics.jsonl")
     if os.path.exists(path):
+        kept = []
         with open(path) as f:
-            kept = [line for line in f if json.loads(line)["step"] <= step]
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    break          # a torn line is the last one written: nothing after it counts
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w") as f:
             f.writelines(kept)

@@ -359,11 +359,19 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
                                    if ctx.is_main and s.resume else None)
     if problem:
         raise SystemExit(problem)
+    done = ctx.broadcast_object(checkpoint.finished_run(s.out, s.steps)
+                                if ctx.is_main and s.resume == "auto" else None)
+    if done:           # the same command after the run ended: nothing to redo
+        say(f"{s.out} holds this run, finished after {s.steps} steps (final/): nothing to do")
+        return done
     path = ctx.broadcast_object(checkpoint.find_checkpoint(s.resume, s.out, say)
                                 if ctx.is_main and s.resume else None)
     start = 0
     if path:
         start = checkpoint.load_checkpoint(path, policy, optimizer, scheduler, sampler, ctx)
+        if start > s.steps:
+            raise SystemExit(f"--steps {s.steps} is below the step of {path} ({start}); run it "
+                             f"with --steps {start} or more")
         say(f"resumed from {path} at step {start}")
     elif s.resume and ctx.is_main and checkpoint.clear_unfinished(s.out):
         say(f"{s.out}: no whole checkpoint; the run starts again from step 0 (its partial metrics "
@@ -416,14 +424,17 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         batch = sampler.next().shard(ctx.rank, ctx.world_size)
         metrics, samples = unified_step(policy, batch, s, run, step)
         # every rank's flags, reduced with the metrics: all ranks stop (or save) after this step;
-        # stop is the signal's number (the highest, if several; one process also sees a late one)
-        stop = int(metrics.pop("flag/stop")) or (0 if ctx.distributed else signals.number)
-        save = metrics.pop("flag/save") > 0 or stop
+        # stop is the signal's number (the highest, if several)
+        stop, save = int(metrics.pop("flag/stop")), metrics.pop("flag/save") > 0
         if s.log_completions_every and (step + 1) % s.log_completions_every == 0:
             trackers.log_samples(samples[:8], step + 1)
-        if s.eval_every and (step + 1) % s.eval_every == 0 and step + 1 < s.steps and not stop:
+        due = bool(s.eval_every) and (step + 1) % s.eval_every == 0 and step + 1 < s.steps
+        if due and not stop:
             res = run_eval(f"step{step + 1}")
             metrics.update({f"eval/{k}": res[k] for k in evaluate.METRICS})
+        if not ctx.distributed:       # one process also sees a signal that came in the evaluation
+            stop = stop or signals.number
+        save = save or bool(stop)
         if ctx.is_main:
             with open(os.path.join(s.out, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(metrics) + "\n")
@@ -437,13 +448,23 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         if stop:
             bar.close()
             trackers.close()
-            skipped = (f" (the evaluation due after step {step + 1} is skipped)" if s.eval_every and
-                       (step + 1) % s.eval_every == 0 and step + 1 < s.steps else "")
+            skipped = f" (the evaluation due after step {step + 1} is skipped)" if due and \
+                f"eval/{evaluate.METRICS[0]}" not in metrics else ""
             say(f"stopped by {signal.Signals(stop).name} after step {step + 1}; checkpoint {saved}; "
                 f"run the same command to continue{skipped}")
             return {"stopped_after": step + 1, "checkpoint": saved, "out": s.out}
 
-    # --- Evaluate after training, save. ---
+    # --- Evaluate after training, save. A stop asked for during the last step (or before the
+    #     loop, when there was nothing left to do) leaves the final evaluation -- 541 prompts of
+    #     up to 1,280 tokens in the real run, longer than a scheduler's grace -- to the next start.
+    stop = int(run.ctx.reduce_metrics({"flag/stop": signals.number}, maxes=("flag/stop",))["flag/stop"])
+    if stop:
+        saved = checkpoint.save_checkpoint(s.out, s.steps, policy, tokenizer, optimizer, scheduler,
+                                           sampler, s.save_total_limit, ctx)
+        trackers.close()
+        say(f"stopped by {signal.Signals(stop).name} after step {s.steps}, before the final "
+            f"evaluation; checkpoint {saved}; run the same command to continue")
+        return {"stopped_after": s.steps, "checkpoint": saved, "out": s.out}
     after = run_eval("final")
     trackers.log({f"eval/{k}": after[k] for k in evaluate.METRICS}, s.steps)
     trackers.close()

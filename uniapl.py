@@ -247,12 +247,13 @@ def discriminator_stats(d: torch.Tensor, r: torch.Tensor, adv_coef: torch.Tensor
 # a test checks that both give the same loss and the same gradients)
 # ----------------------------------------------------------------------------------------------
 
-def step_at_a_glance(policy, optimizer, tokenizer, engine, discriminator, batch, o: Objective, s):
+def step_at_a_glance(policy, optimizer, tokenizer, engine, discriminator, batch, o: Objective, s,
+                     step: int = 0):
     """One unified step on a mixed batch (`batch.demos`, `batch.prompts`) -> the loss.
     `o` = objective(s); `s` holds the rollout and surrogate settings (settings.Settings)."""
     import data  # (tokenising demonstrations; the losses need torch alone)
-    G, kw = s.num_generations, dict(eps_low=s.epsilon, eps_high=s.epsilon_high)
-    a, lam, rows = o.alpha, o.lambda_adv, batch.prompts if o.rollouts_on == "rl" else batch.demos
+    G, kw = s.num_generations, dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
+    a, lam, rows = o.alpha_at(step), o.lambda_adv, batch.prompts if o.rollouts_on == "rl" else batch.demos
     loss = 0.0
     if o.rollouts_on != "none":
         with torch.no_grad():                                   # y_i ~ pi_theta(. | x), G per x

@@ -9,6 +9,7 @@ checkpoints a killed write leaves behind (a full disk: tests/test_train.py).
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,10 +127,25 @@ def test_a_damaged_latest_checkpoint_is_skipped_for_the_one_before(tmp_path, cap
         f.truncate(100)
     assert checkpoint.find_checkpoint("auto", out) == older
     assert "skipping" in capsys.readouterr().out
+    # set aside: it no longer counts against --save-total-limit, and stays for a person to see
+    assert checkpoint.list_checkpoints(out) == [older] and os.path.isdir(newest + ".damaged")
     os.remove(os.path.join(older, checkpoint.MANIFEST))                  # its write never finished
-    assert checkpoint.find_checkpoint("auto", out) is None
+    assert checkpoint.find_checkpoint("auto", out) is None and checkpoint.list_checkpoints(out) == []
     with pytest.raises(SystemExit, match="is damaged: trainer_state.pt has 100 bytes"):
-        checkpoint.find_checkpoint(newest, out)
+        checkpoint.find_checkpoint(newest + ".damaged", out)
+
+
+def test_a_torn_metrics_line_and_a_broken_safetensors_header_do_not_stop_a_resume(tmp_path):
+    out = str(tmp_path)
+    train.main([*ARGS, "--out", out, "--steps", "4", "--eval-every", "0"])
+    newest = checkpoint.list_checkpoints(out)[-1]
+    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 5, "loss": 1.2')                          # killed mid-line
+    with open(os.path.join(newest, "model.safetensors"), "r+b") as f:
+        f.write((2**62).to_bytes(8, "little"))                      # a header length past the file
+    assert checkpoint.check_manifest(newest) == "model.safetensors does not match its checksum"
+    train.main([*ARGS, "--out", out, "--steps", "5", "--eval-every", "0"])
+    assert [m["step"] for m in lines(out)] == [1, 2, 3, 4, 5]
 
 
 def test_a_resumed_run_continues_from_the_checkpoint_before_a_damaged_one(tmp_path):
@@ -139,6 +155,7 @@ def test_a_resumed_run_continues_from_the_checkpoint_before_a_damaged_one(tmp_pa
     newest = checkpoint.list_checkpoints(out)[-1]                           # step 5's
     with open(os.path.join(newest, "model.safetensors"), "r+b") as f:
         f.truncate(os.path.getsize(os.path.join(newest, "model.safetensors")) - 8)
+    os.remove(os.path.join(out, "eval_final.json"))     # as if killed in the final evaluation
     summary = train.main([*ARGS, "--out", out, "--eval-every", "0"])
     assert summary["out"] == out
     again = load_file(os.path.join(out, "final", "model.safetensors"))
@@ -149,6 +166,7 @@ def test_resume_auto_starts_an_empty_directory_and_refuses_another_runs(tmp_path
     out = str(tmp_path / "run")
     train.main([*ARGS, "--out", out, "--steps", "1", "--save-every", "0", "--eval-every", "0"])
     assert [m["step"] for m in lines(out)] == [1]         # --resume auto on nothing: the run starts
+    shutil.rmtree(os.path.join(out, "final"))            # as if killed before its end
     train.main([*ARGS, "--out", out, "--steps", "1", "--save-every", "0", "--eval-every", "0"])
     assert "no whole checkpoint; the run starts again from step 0" in capsys.readouterr().out
     assert [m["step"] for m in lines(out)] == [1]         # its partial metrics were replaced
@@ -189,3 +207,43 @@ def test_save_every_minutes_checkpoints_by_the_clock(tmp_path, monkeypatch):
     # 90 s a step: 2.5 minutes have passed after steps 2 and 4 (counted from the last checkpoint)
     assert [os.path.basename(p) for p in checkpoint.list_checkpoints(str(tmp_path))] == \
         ["step-0000002", "step-0000004"]
+
+
+def test_the_same_command_after_the_end_has_nothing_to_redo(tmp_path, capsys):
+    out = str(tmp_path)
+    first = train.main([*ARGS, "--out", out, "--steps", "2", "--save-every", "2", "--eval-every", "0"])
+    weights = os.path.getmtime(os.path.join(out, "final", "model.safetensors"))
+    again = train.main([*ARGS, "--out", out, "--steps", "2", "--save-every", "2", "--eval-every", "0"])
+    assert "finished after 2 steps (final/): nothing to do" in capsys.readouterr().out
+    assert again["after"] == first["after"] and again["finished"]
+    assert os.path.getmtime(os.path.join(out, "final", "model.safetensors")) == weights
+    with pytest.raises(SystemExit, match="--steps 1 is below the step of"):
+        train.main([*ARGS, "--out", out, "--steps", "1", "--save-every", "1", "--eval-every", "0"])
+
+
+def test_a_signal_in_the_last_step_leaves_the_final_evaluation_to_the_next_start(tmp_path, monkeypatch,
+                                                                                capsys):
+    """A stop asked for in the evaluation before training, or while the last step's checkpoint is
+    written, is honoured before the final evaluation (the real run's is long), even with
+    --save-every 0: the last step is checkpointed, and the next start evaluates and saves."""
+    import evaluate
+    out = str(tmp_path)
+    for module, name, extra in ((evaluate, "generate_responses", ["--save-every", "0"]),
+                                (checkpoint, "_fsync", ["--save-every", "1"])):
+        real, calls = getattr(module, name), {"n": 0}
+
+        def signalled(*a, real=real, calls=calls, **k):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(*a, **k)
+
+        monkeypatch.setattr(module, name, signalled)
+        summary = train.main([*ARGS, "--out", out, "--steps", "1", "--eval-every", "0", *extra])
+        assert summary["stopped_after"] == 1 and not os.path.exists(os.path.join(out, "final"))
+        assert checkpoint.list_checkpoints(out)[-1].endswith("step-0000001")
+        monkeypatch.setattr(module, name, real)
+        summary = train.main([*ARGS, "--out", out, "--steps", "1", "--eval-every", "0", *extra])
+        assert os.path.exists(os.path.join(out, "final", "model.safetensors")) and "after" in summary
+        shutil.rmtree(out)
+    assert "before the final evaluation" in capsys.readouterr().out     # the second case's line

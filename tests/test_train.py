@@ -186,7 +186,7 @@ def test_evaluation_has_its_own_answer_length(tmp_path, monkeypatch):
     assert 0 <= res["truncated_frac"] <= 1
 
 
-def test_resume_from_a_sharded_checkpoint(tmp_path):
+def test_resume_from_a_sharded_checkpoint(tmp_path, capsys):
     """Models above transformers' shard size are saved in several files plus an index."""
     from transformers import AutoModelForCausalLM
     for name in ("plain", "sharded"):
@@ -196,8 +196,11 @@ def test_resume_from_a_sharded_checkpoint(tmp_path):
     os.remove(ckpt / "model.safetensors")
     model.save_pretrained(ckpt, max_shard_size="1MB")
     assert (ckpt / "model.safetensors.index.json").exists()
+    os.remove(ckpt / checkpoint.MANIFEST)
+    checkpoint.write_manifest(str(ckpt))           # as save_checkpoint writes it, over the shards
     for name in ("plain", "sharded"):
         run(tmp_path / name, "--method", "sft", "--steps", "3", "--save-every", "2", "--resume", "auto")
+        assert f"resumed from {tmp_path / name}" in capsys.readouterr().out
     a = load_file(str(tmp_path / "plain" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "sharded" / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -96,7 +96,8 @@ def test_coefficient_normalisations():
 
 
 @pytest.mark.parametrize("method,extra", [("uniapl", {}), ("a-sft", {}), ("sft", {}),
-                                          ("a-grpo", {"adv_mode": "reward"}), ("chord-phi", {})])
+                                          ("a-grpo", {"adv_mode": "reward"}), ("chord-phi", {}),
+                                          ("uniapl", {"loss_type": "sequence"}), ("chord-mu", {})])
 def test_the_step_at_a_glance_is_unified_step(tok, method, extra):
     """uniapl.step_at_a_glance (thirty lines) and train.unified_step (micro-batches, ranks, KL,
     metrics) give the same loss and the same update, on the same replayed rollouts."""
@@ -120,11 +121,12 @@ def test_the_step_at_a_glance_is_unified_step(tok, method, extra):
         before = [p.detach().clone() for p in model.parameters()]
         opt = torch.optim.SGD(model.parameters(), lr=1.0)
         if which == "glance":
-            losses.append(float(uniapl.step_at_a_glance(model, opt, tok, engine, Lexical(), batch, o, s)))
+            losses.append(float(uniapl.step_at_a_glance(model, opt, tok, engine, Lexical(), batch, o, s,
+                                                        step=7)))
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
             run = train.Run(tok, o, opt, sched, engine, Lexical())
-            losses.append(train.unified_step(model, batch, s, run)[0]["loss"])
+            losses.append(train.unified_step(model, batch, s, run, step=7)[0]["loss"])
         updates.append(torch.cat([(p.detach() - b).reshape(-1) for p, b in zip(model.parameters(), before)]))
     assert updates[0].norm() > 1e-4
     assert losses[0] == pytest.approx(losses[1], rel=1e-6, abs=1e-7)
