@@ -147,6 +147,18 @@ def polar_input(tokenizer: polar.PolarTokenizer, prompt: str, reference: str, ca
     return p + "\n" + r + "<|reward|>" + p + "\n" + c + polar.REWARD_TOKEN
 
 
+def polar_scores(model, v_head, chunk: list[list[int]], pad_id: int, device) -> torch.Tensor:
+    """POLAR's value head read at each input's last token (the reward token): fp32 [B]. Left
+    padding; differentiable (tools/toy_polar.py trains a toy POLAR through this very function)."""
+    width = max(len(x) for x in chunk)
+    ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in chunk], device=device)   # [B, T]
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=device)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    hidden = model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state  # [B, T, H]
+    last = mask.cumsum(1).argmax(1)                   # the last real token: the reward token
+    return v_head(hidden[torch.arange(len(chunk)), last].float()).squeeze(-1)            # [B]
+
+
 class Polar:
     name = "polar"
 
@@ -160,19 +172,9 @@ class Polar:
     @torch.no_grad()
     def score_ids(self, batch: list[list[int]]) -> torch.Tensor:
         """Scores of already tokenized inputs (each ending in the reward token): fp32 [B]."""
-        out = []
-        for i in range(0, len(batch), self.batch_size):
-            chunk = batch[i:i + self.batch_size]
-            width = max(len(x) for x in chunk)
-            pad = self.tokenizer.pad_id
-            ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=self.device)
-            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk],
-                                device=self.device)                                # left padding
-            pos = (mask.cumsum(1) - 1).clamp(min=0)
-            hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-            last = mask.cumsum(1).argmax(1)            # the last real token: the reward token
-            out.append(self.v_head(hidden[torch.arange(len(chunk)), last].float()).squeeze(-1))
-        return torch.cat(out).cpu()
+        return torch.cat([polar_scores(self.model, self.v_head, batch[i:i + self.batch_size],
+                                       self.tokenizer.pad_id, self.device)
+                          for i in range(0, len(batch), self.batch_size)]).cpu()
 
     def score(self, prompts, references, candidates) -> torch.Tensor:
         texts = [polar_input(self.tokenizer, p, r, c)

@@ -31,6 +31,7 @@ SECTIONS = [
                                                   "toy_discriminators"],
      ["toy_claims.png", "toy_methods.png", "toy_behaviour.png", "toy_curves.png",
       "toy_lambda_sweep.png"]),
+    ("A toy POLAR: the discriminator learned the way the paper's is", "toy_polar", ["toy_polar"], []),
 ]
 
 
