@@ -58,8 +58,8 @@ CFG = {"architectures": ["InternLM2ForRewardModel"], "model_type": "internlm2", 
        "num_key_value_heads": 2, "num_hidden_layers": 2, "rms_norm_eps": 1e-5,
        "rope_theta": 10000.0, "rope_scaling": None, "max_position_embeddings": 32768,
        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
-FULL = dict(n_prompts=240, n_held_out_prompts=40, refine_steps=20, pretrain_pairs=6000,
-            finetune_pairs=1500, epochs=2, batch=32, lr=1e-3, vocab=1000, max_new_tokens=64,
+FULL = dict(n_prompts=1600, n_held_out_prompts=100, refine_steps=20, pretrain_pairs=20000,
+            finetune_pairs=4000, epochs=4, batch=32, lr=1e-3, vocab=1000, max_new_tokens=64,
             student_seeds=(*POP_SEEDS, HELD_OUT_SEED), temperatures=TEMPERATURES, n_check=200)
 QUICK = dict(n_prompts=24, n_held_out_prompts=8, refine_steps=0, pretrain_pairs=64,
              finetune_pairs=16, epochs=1, batch=16, lr=1e-3, vocab=400, max_new_tokens=12,
