@@ -1,6 +1,6 @@
 """POLAR in miniature: the toy's discriminator, learned the way the paper's is, in POLAR's file format.
 
-    python -m tools.toy_polar --out results          # builds results/runs/toy_polar (minutes, 2 cores)
+    python -m tools.toy_polar --out results          # builds results/runs/toy_polar (~25 min, 2 cores)
     python -m tools.toy_polar --out /tmp/tp --quick  # the same pipeline in seconds (a test runs it)
     python train.py --discriminator polar --discriminator-model results/runs/toy_polar
 
@@ -30,9 +30,10 @@ wanted. The toy's default discriminator, lexical n-gram F1, is none of this. So,
 
 The model is the stock Llama that polar.py converts InternLM2 into, at a toy size (64 wide, 2
 layers); training reads scores through discriminator.polar_scores, the scoring path itself.
-Everything is seeded; the build is repeatable on one machine. Validation where the coefficient
-uses it (rank correlation with the reward among sibling rollouts): `python -m tools.reproduce
-discriminators --out results` includes the toy POLAR once it is built.
+Everything is seeded; the build is repeatable on one machine. `validate` measures it where the
+coefficient uses it, as `python -m tools.reproduce discriminators` does for lexical: the rank
+correlation with the reward among sibling rollouts. Measured (RESULTS.md): at this size it does
+not learn enough to use -- policy pairs at chance, preferences below lexical's.
 """
 
 from __future__ import annotations
