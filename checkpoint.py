@@ -148,12 +148,7 @@ class StopSignals:
     SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
     def __init__(self):
-        self.received, self.previous = None, {}
-
-    @property
-    def number(self) -> int:
-        """The received signal's number, 0 for none (summed into the step's metrics as a max)."""
-        return int(getattr(signal, self.received)) if self.received else 0
+        self.number, self.previous = 0, {}      # number: the first signal received (0: none)
 
     def install(self) -> StopSignals:
         for name in self.SIGNALS:
@@ -163,9 +158,9 @@ class StopSignals:
         return self
 
     def _handle(self, number, frame) -> None:
-        if number == signal.SIGINT and self.received is not None:
+        if number == signal.SIGINT and self.number:
             raise KeyboardInterrupt           # the second Ctrl-C: now
-        self.received = self.received or signal.Signals(number).name
+        self.number = self.number or int(number)
 
     def restore(self) -> None:
         for number, handler in self.previous.items():

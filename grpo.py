@@ -151,7 +151,7 @@ def kl_penalty(logp, ref_logp, mask, *, loss_type="token", total=None) -> torch.
     return aggregate(kl_k3(logp, ref_logp), mask, loss_type, total)
 
 
-def ratio_clip_frac(logp, old_logp, advantages, mask, *, eps_low, eps_high, **_) -> float:
+def ratio_clip_frac(logp, old_logp, advantages, mask, *, eps_low, eps_high) -> float:
     """The fraction of tokens where the ratio clip binds (0 at --num-iterations 1: rho = 1)."""
     _, is_clipped = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
     return float((is_clipped & mask.bool()).sum() / mask.sum().clamp(min=1))

@@ -418,6 +418,14 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
     bar = tqdm(range(start, s.steps), initial=start, total=s.steps, desc=s.method,
                disable=s.no_progress or not ctx.is_main, dynamic_ncols=True)
     last_save = time.monotonic()
+
+    def stopped(number: int, step: int, saved: str, note: str = "", after: str = "") -> dict:
+        bar.close()
+        trackers.close()
+        say(f"stopped by {signal.Signals(number).name} after step {step}{note}; checkpoint {saved}; "
+            f"run the same command to continue{after}")
+        return {"stopped_after": step, "checkpoint": saved, "out": s.out}
+
     run.flags = lambda: {"stop": float(signals.number), "save": float(
         bool(s.save_every_minutes) and time.monotonic() - last_save >= 60 * s.save_every_minutes)}
     for step in bar:
@@ -446,25 +454,18 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
             trackers.flush()
             last_save = time.monotonic()
         if stop:
-            bar.close()
-            trackers.close()
             skipped = f" (the evaluation due after step {step + 1} is skipped)" if due and \
                 f"eval/{evaluate.METRICS[0]}" not in metrics else ""
-            say(f"stopped by {signal.Signals(stop).name} after step {step + 1}; checkpoint {saved}; "
-                f"run the same command to continue{skipped}")
-            return {"stopped_after": step + 1, "checkpoint": saved, "out": s.out}
+            return stopped(stop, step + 1, saved, after=skipped)
 
     # --- Evaluate after training, save. A stop asked for during the last step (or before the
     #     loop, when there was nothing left to do) leaves the final evaluation -- 541 prompts of
     #     up to 1,280 tokens in the real run, longer than a scheduler's grace -- to the next start.
-    stop = int(run.ctx.reduce_metrics({"flag/stop": signals.number}, maxes=("flag/stop",))["flag/stop"])
+    stop = int(ctx.reduce_metrics({"flag/stop": signals.number}, maxes=("flag/stop",))["flag/stop"])
     if stop:
         saved = checkpoint.save_checkpoint(s.out, s.steps, policy, tokenizer, optimizer, scheduler,
                                            sampler, s.save_total_limit, ctx)
-        trackers.close()
-        say(f"stopped by {signal.Signals(stop).name} after step {s.steps}, before the final "
-            f"evaluation; checkpoint {saved}; run the same command to continue")
-        return {"stopped_after": s.steps, "checkpoint": saved, "out": s.out}
+        return stopped(stop, s.steps, saved, note=", before the final evaluation")
     after = run_eval("final")
     trackers.log({f"eval/{k}": after[k] for k in evaluate.METRICS}, s.steps)
     trackers.close()

@@ -509,8 +509,7 @@ def cmd_discriminators(args) -> dict:
         for name, disc in discs.items():
             d = disc.score([x["prompt"] for x in ro.rows], [x["response"] for x in ro.rows],
                            ro.texts).numpy().reshape(-1, G)
-            rho = [float(np.corrcoef(_ranks(d[i]), _ranks(r[i]))[0, 1]) for i in range(len(r))
-                   if r[i].std() > 0 and d[i].std() > 0]
+            rho = group_spearman(d, r)
             out[f"{name} / {who}"] = {"groups": len(rho), "spearman_mean": float(np.mean(rho)) if rho else None,
                                       "positive": float(np.mean([x > 0 for x in rho])) if rho else None}
             lines.append(f"| {name} | {who} | {len(rho)} of {len(r)} | "
@@ -538,6 +537,13 @@ def cmd_discriminators(args) -> dict:
     write(args.out, "toy_discriminators", out, md)
     print(md)
     return out
+
+
+def group_spearman(d, r) -> list[float]:
+    """Spearman's correlation of d and r [groups, G] inside each group where both vary."""
+    import numpy as np
+    return [float(np.corrcoef(_ranks(d[i]), _ranks(r[i]))[0, 1]) for i in range(len(r))
+            if r[i].std() > 0 and d[i].std() > 0]
 
 
 def _ranks(x):

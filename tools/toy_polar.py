@@ -397,8 +397,7 @@ def validate(out: str, polar_dir: str, hp: dict, n_rows: int = 100, G: int = 8) 
         for name, disc in discs.items():
             d = disc.score([x["prompt"] for x in grouped_rows], [x["response"] for x in grouped_rows],
                            flat).numpy().reshape(-1, G)
-            rho = [float(np.corrcoef(reproduce._ranks(d[i]), reproduce._ranks(r[i]))[0, 1])
-                   for i in range(len(r)) if r[i].std() > 0 and d[i].std() > 0]
+            rho = reproduce.group_spearman(d, r)
             result[f"{name} / {who}"] = {
                 "groups": len(rho), "of": len(r), "spearman_mean": float(np.mean(rho)) if rho else None,
                 "positive": float(np.mean([x > 0 for x in rho])) if rho else None}
