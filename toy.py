@@ -212,43 +212,83 @@ def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | 
     return rows
 
 
+TEACHER_ACCURACY = 0.65   # the world's own teacher: its draws fix every split's prompts
+
+
 @functools.lru_cache(maxsize=16)
-def _evaluation_prompts(seed: int, teacher_accuracy: float) -> frozenset:
+def _evaluation_prompts(seed: int) -> frozenset:
     """The first HELD_BACK evaluation prompts of the seed, for either evaluation teacher."""
     return frozenset(r["prompt"] for v in ("", "flawed")
-                     for r in make_rows(HELD_BACK, seed + EVAL_SEED, teacher_accuracy, split="eval",
+                     for r in make_rows(HELD_BACK, seed + EVAL_SEED, TEACHER_ACCURACY, split="eval",
                                         variant=v))
 
 
 @functools.lru_cache(maxsize=16)
-def held_back(seed: int, teacher_accuracy: float = 0.65) -> frozenset:
+def held_back(seed: int) -> frozenset:
     """Every prompt an evaluation or validation set of this seed can hold: no training set of
     any variant contains one (a prompt seen in training scores far higher when evaluated)."""
-    validation = validation_rows(seed, HELD_BACK, teacher_accuracy)
-    return _evaluation_prompts(seed, teacher_accuracy) | {r["prompt"] for r in validation}
+    validation = validation_rows(seed, HELD_BACK)
+    return _evaluation_prompts(seed) | {r["prompt"] for r in validation}
 
 
 def train_eval_rows(seed: int = 0, n_train: int = 2000, n_eval: int = 100,
-                    teacher_accuracy: float = 0.65, variant: str = "") -> tuple[list[dict], list[dict]]:
+                    teacher_accuracy: float = TEACHER_ACCURACY,
+                    variant: str = "") -> tuple[list[dict], list[dict]]:
     """Training rows of the variant, and the seed's first n_eval evaluation rows (the flawed
     teacher's for "flawed"; evaluation rows never leave out held-out combinations: that is what
-    they measure). No training prompt is a held-back one (`held_back`)."""
+    they measure). No training prompt is a held-back one (`held_back`). Another teacher accuracy
+    answers the same prompts (`reanswer`)."""
     if n_eval > HELD_BACK:
         raise ValueError(f"toy world: at most {HELD_BACK} evaluation prompts per seed")
-    evals = make_rows(n_eval, seed + EVAL_SEED, teacher_accuracy, split="eval",
+    evals = make_rows(n_eval, seed + EVAL_SEED, TEACHER_ACCURACY, split="eval",
                       variant="flawed" if variant == "flawed" else "")
-    train = make_rows(n_train, seed, teacher_accuracy, exclude=held_back(seed, teacher_accuracy),
-                      split="train", variant=variant)
+    train = make_rows(n_train, seed, TEACHER_ACCURACY, exclude=held_back(seed), split="train",
+                      variant=variant)
+    if teacher_accuracy != TEACHER_ACCURACY and variant != "base":
+        evals = reanswer(evals, f"eval-{seed}", teacher_accuracy, variant)
+        train = reanswer(train, f"train-{seed}", teacher_accuracy, variant)
     return train, evals
 
 
-def validation_rows(seed: int = 0, n: int = 200, teacher_accuracy: float = 0.65) -> list[dict]:
+def validation_rows(seed: int = 0, n: int = 200, teacher_accuracy: float = TEACHER_ACCURACY) -> list[dict]:
     """A third split, disjoint from every training and evaluation prompt of the seed: for
     choosing settings (each method's learning rate) without looking at the evaluation prompts."""
     if n > HELD_BACK:
         raise ValueError(f"toy world: at most {HELD_BACK} validation prompts per seed")
-    return make_rows(n, seed + VALIDATION_SEED, teacher_accuracy, split="validation",
-                     exclude=_evaluation_prompts(seed, teacher_accuracy))
+    rows = make_rows(n, seed + VALIDATION_SEED, TEACHER_ACCURACY, split="validation",
+                     exclude=_evaluation_prompts(seed))
+    if teacher_accuracy != TEACHER_ACCURACY:
+        rows = reanswer(rows, f"validation-{seed}", teacher_accuracy)
+    return rows
+
+
+def reanswer(rows: list[dict], stream: str, teacher_accuracy: float, variant: str = "") -> list[dict]:
+    """The same rows answered by a teacher of another accuracy: only the teacher changes.
+
+    Why not make_rows with that accuracy: make_rows skips a prompt whose violating answer the
+    checker happens to pass, so its prompts depend on the teacher's draws, and a stronger teacher
+    would also change what the student trains and is evaluated on (and the GRPO runs, which
+    never read an answer, would differ). Here each prompt stays; a wrong answer violates the
+    instructions in a random order until one violation sticks (if none does, the answer is right:
+    the measured accuracy is then a little above the setting). The flawed teacher still always
+    breaks FLAW."""
+    rng, out = random.Random(f"reanswer-{stream}-{teacher_accuracy}"), []
+    for row in rows:
+        prompt, ids, kwargs = row["prompt"], row["instruction_id_list"], row["kwargs"]
+        wrong = rng.random() >= teacher_accuracy
+        tries = rng.sample(ids, len(ids)) if wrong else []
+        if variant == "flawed" and FLAW in ids:
+            tries = [FLAW] + [i for i in tries if i != FLAW]
+        response = None
+        for violate in tries:
+            response = teacher_response(rng, prompt, ids, kwargs, violate)
+            if ifeval.reward(response, ids, kwargs, prompt) < 1.0:
+                break
+            response = None
+        if response is None:
+            response = teacher_response(rng, prompt, ids, kwargs)
+        out.append(dict(row, response=response))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

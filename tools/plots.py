@@ -165,6 +165,25 @@ def plot_sweep(results: list[dict], sweep: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_teacher_gaps(gaps: dict, path: str) -> None:
+    """Each comparison's paired gap (mean and 95% interval over seeds) against the teacher's
+    accuracy: where, if anywhere, does the one-step objective pull ahead?"""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for k, (label, pts) in enumerate(gaps.items()):
+        x = [acc + 0.006 * (k - 0.5) for acc, _ in pts]     # side by side, not on top
+        y = [ci["mean"] for _, ci in pts]
+        err = [[ci["mean"] - ci["low"] for _, ci in pts], [ci["high"] - ci["mean"] for _, ci in pts]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("teacher accuracy (its demonstrations' share that pass)")
+    ax.set_ylabel("accuracy gap (95% CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
     python -m tools.reproduce seeds --out results        # 3. how many seeds each claim needs
     python -m tools.reproduce --out results --seeds $(seq 0 19) --configs base grpo sft uniapl ...
     python -m tools.reproduce ablations --out results    # 4. the reconstruction's choices, the paper's reward
-    python -m tools.reproduce discriminators --out results   # 5. D against the verifier, among siblings
+    python -m tools.reproduce teacher --out results --seeds $(seq 0 39)   # 5. a stronger teacher
+    python -m tools.reproduce discriminators --out results   # 6. D against the verifier, among siblings
     python -m tools.reproduce report --out results       # tables, claims and figures again, from the JSON
     python -m tools.reproduce --quick                    # the whole pipeline in a minute (a CI test)
     (the same table on Qwen3-0.6B, on a GPU: python -m tools.reproduce_real)
@@ -70,6 +71,9 @@ ABLATIONS = [
     ("grpo, binary reward", [("grpo", ["--reward", "all"])]),          # the paper's reward
     ("uniapl, binary reward", [("uniapl", ["--reward", "all"])]),
 ] + [(f"{m}, flawed teacher", [(m, [])]) for m in ("sft", "grpo", "uniapl")]
+TEACHER = [(claims.teacher_run(name, acc), [(m, ["--teacher-accuracy", f"{acc:g}"]) for m in stages])
+           for acc in claims.TEACHERS[1:] for name, stages in (("uniapl", ["uniapl"]),
+                                                               ("sft -> grpo", ["sft", "grpo"]))]
 SWEEP = {"uniapl, lambda 1e-2": 1e-2, "uniapl": 0.1, "uniapl, lambda 1": 1.0}
 QUICK = ["--sft-batch-size", "2", "--rl-batch-size", "2", "--num-generations", "2",
          "--max-completion-length", "12"]
@@ -130,7 +134,8 @@ def run_job(spec: dict) -> dict:
     t0 = time.perf_counter()
     model_arg = base_model(spec["seed"], spec["out"], spec["extra"])
     rows = data.load_rows(spec["eval_dataset"], data.evaluation_split(spec["eval_dataset"]),
-                          toy_seed=spec["seed"], toy_eval_n=spec["n_eval"])
+                          toy_seed=spec["seed"], toy_eval_n=spec["n_eval"],
+                          teacher_accuracy=spec.get("teacher_accuracy", 0.65))
     per_stage, kept = spec["steps"] // max(1, len(spec["stages"])), 0
     for i, (method, args, lr) in enumerate(spec["stages"]):
         out = os.path.join(spec["dir"], f"stage{i + 1}")
@@ -184,7 +189,9 @@ def job_spec(name: str, stages: list, seed: int, args, tag: str, lrs: dict, beha
     """What one run needs (a JSON-able dict: it travels to a subprocess). Each stage takes the
     rate its method chose alone (a staged pipeline: one rate per stage)."""
     runs = os.path.join(args.out, "runs")
-    return {"name": name, "seed": seed, "steps": args.steps, "extra": args.extra, "out": runs,
+    teacher = [float(a[a.index("--teacher-accuracy") + 1]) for _, a in stages if "--teacher-accuracy" in a]
+    return {"name": name, "teacher_accuracy": teacher[0] if teacher else 0.65,
+            "seed": seed, "steps": args.steps, "extra": args.extra, "out": runs,
             "stages": [(m, a, lrs.get(name if len(stages) == 1 else m, lrs.get(m, 1e-3)))
                        for m, a in stages],
             "behaviour": behaviour, "n_eval": n_eval or args.n_eval,
@@ -361,7 +368,7 @@ def chosen_lrs(args) -> tuple[dict, str]:
     return {}, "learning rate 1e-3 for every method (no lr_grid.json: run `python -m tools.reproduce lr-grid`)"
 
 
-def run_table(args, name: str, configs: list) -> list[dict]:
+def run_table(args, name: str, configs: list, behaviour: bool = True, report=None) -> list[dict]:
     """Run `configs` (or those named by --configs) at --seeds. Each run is written to
     OUT/<name>.json the moment it finishes, and a (configuration, seed) that the JSON already
     holds at the same steps, evaluation size and rates is not run again: a table grows over
@@ -377,7 +384,8 @@ def run_table(args, name: str, configs: list) -> list[dict]:
     results, wall = saved["results"], saved.get("wall_s", 0)
     done = {(r["name"], r["seed"], tuple(r["lrs"])) for r in results}
     tag = name.removeprefix("toy_").replace("table", "main")
-    specs = [job_spec(cname, stages, seed, args, tag, lrs) for seed in args.seeds for cname, stages in wanted]
+    specs = [job_spec(cname, stages, seed, args, tag, lrs, behaviour) for seed in args.seeds
+             for cname, stages in wanted]
     specs = [x for x in specs if (x["name"], x["seed"], tuple(lr for *_, lr in x["stages"])) not in done]
     t0 = time.perf_counter()
 
@@ -387,7 +395,7 @@ def run_table(args, name: str, configs: list) -> list[dict]:
                                "base_steps": BASE_STEPS, "machine": args.machine,
                                "wall_s": wall + time.perf_counter() - t0, "results": results}, None)
     run_specs(specs, args, keep)
-    cmd_report(args)
+    (report or cmd_report)(args)
     return results
 
 
@@ -466,6 +474,69 @@ def cmd_report(args) -> str:
             f.write(amd)
         plots.plot_sweep(allr, SWEEP, os.path.join(args.out, "toy_lambda_sweep.png"))
         md += "\n" + amd
+    if load(args.out, "toy_teacher"):
+        md += "\n" + teacher_report(args)
+    print(md)
+    return md
+
+
+def cmd_teacher(args) -> list[dict]:
+    """The teacher's strength: UniAPL, and SFT -> GRPO, with a stronger teacher's answers to the
+    same prompts (claims.TEACHERS), from the same base students; GRPO and the world's own teacher
+    are the main table's runs (`main` first). Accuracy only: no behaviour measures."""
+    if not load(args.out, "toy_table"):
+        raise SystemExit(f"no {args.out}/toy_table.json: run `python -m tools.reproduce --out "
+                         f"{args.out} --configs base uniapl grpo 'sft -> grpo'` first (same seeds)")
+    return run_table(args, "toy_teacher", TEACHER, behaviour=False, report=teacher_report)
+
+
+def teacher_report(args) -> str:
+    """The teacher-strength table, its claims (a family of their own) and the plot of the gaps."""
+    from tools import plots
+    main, extra = load(args.out, "toy_table"), load(args.out, "toy_teacher") or {"results": []}
+    results = main["results"] + extra["results"]
+    lines = ["| teacher (setting) | its accuracy on the evaluation prompts | seeds | UniAPL | "
+             "SFT -> GRPO | GRPO | UniAPL - SFT -> GRPO (95% CI) | UniAPL - GRPO (95% CI) |",
+             "|---|---|---|---|---|---|---|---|"]
+    gaps = {"UniAPL - SFT -> GRPO": [], "UniAPL - GRPO": []}
+    for acc in claims.TEACHERS:
+        uni, staged = claims.teacher_run("uniapl", acc), claims.teacher_run("sft -> grpo", acc)
+        rs = lambda n: [r for r in results if r["name"] == n]  # noqa: E731
+        if not rs(uni):
+            continue
+        cis = [claims.paired(results, uni, staged), claims.paired(results, uni, "grpo")]
+        for xs, ci in zip(gaps.values(), cis):
+            if ci:
+                xs.append((acc, ci))
+        cell = lambda ci: f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"  # noqa: E731
+        lines.append(f"| {acc:g} | {mean_std([r['teacher'] for r in rs(uni)])} | {len(rs(uni))} | "
+                     f"{mean_std([r['accuracy'] for r in rs(uni)])} | "
+                     f"{mean_std([r['accuracy'] for r in rs(staged)])} | "
+                     f"{mean_std([r['accuracy'] for r in rs('grpo')])} | {cell(cis[0])} | {cell(cis[1])} |")
+    m = len(claims.TEACHER_CLAIMS)
+    need = ["| claim | seeds so far | sd of the paired difference | seeds for a 0.03 gap |",
+            "|---|---|---|---|"]
+    for row in claims.judge(results, claims.TEACHER_CLAIMS):
+        if row["ci"]:
+            need.append(f"| {row['claim']} | {row['ci']['n']} | {row['ci']['sd']:.3f} | "
+                        f"{claims.seeds_needed(row['ci']['sd'], 0.03, m)} |")
+    ran = [r["wall_s"] for r in extra["results"] if not r.get("kept")]
+    md = (f"The teacher's strength: the same base students (the world's teacher, 0.65), then "
+          f"{main['steps']} optimizer steps of UniAPL or SFT -> GRPO (half each) whose "
+          "demonstrations -- and UniAPL's discriminator reference -- come from a teacher of the "
+          "accuracy in the first column, answering the same prompts (toy.reanswer); GRPO reads no "
+          "answer, so its runs are the main table's. Learning rates: those chosen at 0.65 "
+          f"(lr_grid.md). Held-out prompt-level strict accuracy, {main['n_eval']} prompts per seed. "
+          f"Machine: {extra.get('machine', main['machine'])}; "
+          f"{extra.get('wall_s', 0) / 60:.0f} min of new runs"
+          + (f" ({statistics.mean(ran):.0f} s per run)" if ran else "") + ".\n\n"
+          + "\n".join(lines) + "\n\n" + claims.claims_table(results, claims.TEACHER_CLAIMS)
+          + f"\nSeeds each claim needs (power 0.8, two-sided alpha 0.05 / {m}), from its spread:\n\n"
+          + "\n".join(need) + "\n")
+    with open(os.path.join(args.out, "toy_teacher.md"), "w") as f:
+        f.write(md)
+    if any(gaps.values()):
+        plots.plot_teacher_gaps(gaps, os.path.join(args.out, "toy_teacher.png"))
     print(md)
     return md
 
@@ -577,7 +648,8 @@ def main(argv=None):
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="?", default="main",
-                   choices=["main", "lr-grid", "seeds", "ablations", "discriminators", "report"])
+                   choices=["main", "lr-grid", "seeds", "ablations", "teacher", "discriminators",
+                            "report"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--configs", nargs="+", default=None, help="main/ablations: only these rows")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per run (all stages)")
@@ -599,7 +671,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     result = {"main": lambda a: run_table(a, "toy_table", MAIN), "lr-grid": cmd_lr_grid,
               "seeds": cmd_seeds, "ablations": lambda a: run_table(a, "toy_ablations", ABLATIONS),
-              "discriminators": cmd_discriminators, "report": cmd_report}[args.what](args)
+              "teacher": cmd_teacher, "discriminators": cmd_discriminators,
+              "report": cmd_report}[args.what](args)
     print(f"\n{args.what}: {time.perf_counter() - t0:.0f} s; wrote {args.out}/")
     return result
 
