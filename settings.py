@@ -204,8 +204,10 @@ class Settings:
         """Fill the derived values and check what argparse cannot."""
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon
-        if self.steps < 1 or self.save_total_limit < 1 or (self.micro_batch_size or 1) < 1:
-            raise SystemExit("--steps, --save-total-limit and --micro-batch-size must be at least 1")
+        if self.steps < 1 or self.save_total_limit < 1 or (self.micro_batch_size or 1) < 1 \
+                or (self.eval_limit is not None and self.eval_limit < 1):
+            raise SystemExit("--steps, --save-total-limit, --micro-batch-size and --eval-limit must be "
+                             "at least 1")
         for options, ignores, why in IGNORED:
             for name in options:
                 f = next(f for f in dataclasses.fields(self) if f.name == name)

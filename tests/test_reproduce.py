@@ -64,6 +64,15 @@ def test_quick_pipeline(tmp_path):
     reproduce.main(["--quick", "--out", out, "--seeds", "2", "--configs", "base", "grpo", "--machine", "t"])
     saved = json.load(open(tmp_path / "toy_table.json"))["results"]
     assert {(r["name"], r["seed"]) for r in saved} >= {("grpo", 2), ("uniapl", 1), ("base", 2)}
+    # the teacher's strength: UniAPL and SFT -> GRPO with stronger teachers, GRPO the main table's
+    teacher = reproduce.main(["teacher", "--quick", "--out", out, "--machine", "test"])
+    assert {(r["name"], r["seed"]) for r in teacher} == {(f"{n}, teacher {a:g}", s) for a in (0.8, 0.95)
+                                                         for n in ("uniapl", "sft -> grpo") for s in (0, 1)}
+    cfg = json.load(open(tmp_path / "runs" / "teacher" / "sft->grpo_teacher0.95-s0" / "stage1" / "config.json"))
+    assert cfg["teacher_accuracy"] == 0.95 and cfg["model"].endswith("base/seed0/final")
+    md = (tmp_path / "toy_teacher.md").read_text()
+    assert re.search(r"\| UniAPL beats GRPO \(teacher 0.95\) \| accuracy \(higher is better\) \| [+-]\d", md)
+    assert "| 0.65 |" in md and "| 0.8 |" in md and (tmp_path / "toy_teacher.png").stat().st_size > 1000
     need = reproduce.main(["seeds", "--quick", "--out", out])
     assert all(v["seeds_for_0.03"] >= 2 for v in need.values())
     disc = reproduce.main(["discriminators", "--quick", "--out", out, "--machine", "test"])

@@ -47,7 +47,8 @@ def test_for_world_equals_the_command_line(tmp_path):
     assert built == parsed
     with pytest.raises(TypeError, match="no field"):
         settings.Settings.for_world("toy", stpes=3)
-    for bad in (["--steps", "0"], ["--save-total-limit", "0"], ["--resume", "auto"]):
+    for bad in (["--steps", "0"], ["--save-total-limit", "0"], ["--resume", "auto"],
+                ["--eval-limit", "0"]):     # an empty evaluation: before, a traceback from rollouts
         with pytest.raises(SystemExit):
             settings.parse(bad)
 

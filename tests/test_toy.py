@@ -93,7 +93,30 @@ def test_no_evaluation_prompt_is_ever_trained_on():
             train = {r["prompt"] for r in toy.train_eval_rows(seed, 3000, 1, variant=variant)[0]}
             for name, prompts in held.items():
                 assert not train & prompts, (seed, variant, name, len(train & prompts))
-    # the same prompts in the same order whatever the teacher: a smaller set is a prefix
-    a, b = toy.train_eval_rows(0, 1, 300)[1], toy.train_eval_rows(0, 1, 100, teacher_accuracy=0.3)[1]
+    # a smaller evaluation set is a prefix of a larger one
+    a = toy.train_eval_rows(0, 1, 300)[1]
     assert [r["prompt"] for r in a[:100]] == [r["prompt"] for r in toy.train_eval_rows(0, 1, 100)[1]]
-    assert len({r["prompt"] for r in b} & {r["prompt"] for r in a}) > 60
+
+
+@pytest.mark.parametrize("variant", ["", "holdout", "flawed"])
+def test_another_teacher_answers_the_same_prompts(variant):
+    """--teacher-accuracy changes the teacher's answers and nothing else: the prompts of every
+    split are the world's (0.65) ones, in order (before, make_rows skipped a prompt whose
+    violation the checker passed, which depends on the teacher's draws: with 0.3, only about
+    60 of 100 evaluation prompts were shared), and its measured accuracy is the setting."""
+    world_train, world_eval = toy.train_eval_rows(3, 1500, 300, variant=variant)
+    world_val = toy.validation_rows(3, 300)
+    for acc in (0.0, 0.3, 0.95, 1.0):
+        train, evals = toy.train_eval_rows(3, 1500, 300, teacher_accuracy=acc, variant=variant)
+        val = toy.validation_rows(3, 300, teacher_accuracy=acc)
+        for mine, world in ((train, world_train), (evals, world_eval), (val, world_val)):
+            assert [dict(r, response="") for r in mine] == [dict(r, response="") for r in world]
+        passed = [ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"], r["prompt"]) == 1
+                  for r in train]
+        if variant == "flawed":     # the flawed teacher still always breaks FLAW
+            assert not any(p for p, r in zip(passed, train) if toy.FLAW in r["instruction_id_list"])
+            passed = [p for p, r in zip(passed, train) if toy.FLAW not in r["instruction_id_list"]]
+        assert abs(sum(passed) / len(passed) - acc) < 0.04, (acc, sum(passed) / len(passed))
+    again = toy.train_eval_rows(3, 1500, 300, teacher_accuracy=0.8, variant=variant)
+    assert again == toy.train_eval_rows(3, 1500, 300, teacher_accuracy=0.8, variant=variant)
+    assert again[0] != world_train

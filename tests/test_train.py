@@ -328,3 +328,16 @@ def test_the_kl_is_a_fourth_term_with_its_own_weight(tmp_path):
         assert m["kl/loss"] > 0
         assert m["loss"] == pytest.approx(0.5 * m["sft/nll"] + 0.5 * m["grpo/loss"] + 0.1 * m["adv/loss"]
                                           + 0.05 * m["kl/loss"], rel=1e-5, abs=1e-7)
+
+
+def test_grpo_never_reads_the_teachers_answers(tmp_path):
+    """The teacher-strength experiment (tools/reproduce.py teacher) reuses the main table's GRPO
+    runs at every teacher accuracy: that holds only if GRPO's training is the same whatever the
+    teacher writes. It is, to the bit; UniAPL's is not (the check can fail)."""
+    def final(method, *extra):
+        out = tmp_path / f"{method}{''.join(extra)}"
+        run(out, "--method", method, *extra)
+        return load_file(str(out / "final" / "model.safetensors"))
+    for method, same in (("grpo", True), ("uniapl", False)):
+        a, b = final(method), final(method, "--teacher-accuracy", "0.95")
+        assert all(torch.equal(a[k], b[k]) for k in a) == same, method
