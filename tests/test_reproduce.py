@@ -64,10 +64,11 @@ def test_quick_pipeline(tmp_path):
     reproduce.main(["--quick", "--out", out, "--seeds", "2", "--configs", "base", "grpo", "--machine", "t"])
     saved = json.load(open(tmp_path / "toy_table.json"))["results"]
     assert {(r["name"], r["seed"]) for r in saved} >= {("grpo", 2), ("uniapl", 1), ("base", 2)}
-    # the teacher's strength: UniAPL and SFT -> GRPO with stronger teachers, GRPO the main table's
+    # the teacher's strength: UniAPL and SFT -> GRPO at each teacher, GRPO once
     teacher = reproduce.main(["teacher", "--quick", "--out", out, "--machine", "test"])
-    assert {(r["name"], r["seed"]) for r in teacher} == {(f"{n}, teacher {a:g}", s) for a in (0.8, 0.95)
-                                                         for n in ("uniapl", "sft -> grpo") for s in (0, 1)}
+    assert {(r["name"], r["seed"]) for r in teacher} == {(f"{n}, teacher {a:g}", s) for a in (0.65, 0.8, 0.95)
+                                                         for n in ("uniapl", "sft -> grpo") for s in (0, 1)
+                                                         } | {("grpo (no teacher)", 0), ("grpo (no teacher)", 1)}
     cfg = json.load(open(tmp_path / "runs" / "teacher" / "sft->grpo_teacher0.95-s0" / "stage1" / "config.json"))
     assert cfg["teacher_accuracy"] == 0.95 and cfg["model"].endswith("base/seed0/final")
     md = (tmp_path / "toy_teacher.md").read_text()

@@ -71,9 +71,9 @@ ABLATIONS = [
     ("grpo, binary reward", [("grpo", ["--reward", "all"])]),          # the paper's reward
     ("uniapl, binary reward", [("uniapl", ["--reward", "all"])]),
 ] + [(f"{m}, flawed teacher", [(m, [])]) for m in ("sft", "grpo", "uniapl")]
-TEACHER = [(claims.teacher_run(name, acc), [(m, ["--teacher-accuracy", f"{acc:g}"]) for m in stages])
-           for acc in claims.TEACHERS[1:] for name, stages in (("uniapl", ["uniapl"]),
-                                                               ("sft -> grpo", ["sft", "grpo"]))]
+TEACHER = [(claims.GRPO_ALONE, [("grpo", [])])] + [
+    (claims.teacher_run(name, acc), [(m, ["--teacher-accuracy", f"{acc:g}"]) for m in stages])
+    for acc in claims.TEACHERS for name, stages in (("uniapl", ["uniapl"]), ("sft -> grpo", ["sft", "grpo"]))]
 SWEEP = {"uniapl, lambda 1e-2": 1e-2, "uniapl": 0.1, "uniapl, lambda 1": 1.0}
 QUICK = ["--sft-batch-size", "2", "--rl-batch-size", "2", "--num-generations", "2",
          "--max-completion-length", "12"]
@@ -481,38 +481,36 @@ def cmd_report(args) -> str:
 
 
 def cmd_teacher(args) -> list[dict]:
-    """The teacher's strength: UniAPL, and SFT -> GRPO, with a stronger teacher's answers to the
-    same prompts (claims.TEACHERS), from the same base students; GRPO and the world's own teacher
-    are the main table's runs (`main` first). Accuracy only: no behaviour measures."""
-    if not load(args.out, "toy_table"):
-        raise SystemExit(f"no {args.out}/toy_table.json: run `python -m tools.reproduce --out "
-                         f"{args.out} --configs base uniapl grpo 'sft -> grpo'` first (same seeds)")
+    """The teacher's strength: UniAPL, and SFT -> GRPO, with teachers of the accuracies in
+    claims.TEACHERS answering the same prompts, from the same base students; GRPO once (it
+    reads no answer). Accuracy only: no behaviour measures."""
     return run_table(args, "toy_teacher", TEACHER, behaviour=False, report=teacher_report)
 
 
 def teacher_report(args) -> str:
     """The teacher-strength table, its claims (a family of their own) and the plot of the gaps."""
     from tools import plots
-    main, extra = load(args.out, "toy_table"), load(args.out, "toy_teacher") or {"results": []}
-    results = main["results"] + extra["results"]
+    saved = load(args.out, "toy_teacher")
+    results = saved["results"]
+    rs = lambda n: [r for r in results if r["name"] == n]  # noqa: E731
+    cell = lambda ci: f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"  # noqa: E731
     lines = ["| teacher (setting) | its accuracy on the evaluation prompts | seeds | UniAPL | "
              "SFT -> GRPO | GRPO | UniAPL - SFT -> GRPO (95% CI) | UniAPL - GRPO (95% CI) |",
              "|---|---|---|---|---|---|---|---|"]
     gaps = {"UniAPL - SFT -> GRPO": [], "UniAPL - GRPO": []}
     for acc in claims.TEACHERS:
         uni, staged = claims.teacher_run("uniapl", acc), claims.teacher_run("sft -> grpo", acc)
-        rs = lambda n: [r for r in results if r["name"] == n]  # noqa: E731
         if not rs(uni):
             continue
-        cis = [claims.paired(results, uni, staged), claims.paired(results, uni, "grpo")]
+        cis = [claims.paired(results, uni, staged), claims.paired(results, uni, claims.GRPO_ALONE)]
         for xs, ci in zip(gaps.values(), cis):
             if ci:
                 xs.append((acc, ci))
-        cell = lambda ci: f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"  # noqa: E731
         lines.append(f"| {acc:g} | {mean_std([r['teacher'] for r in rs(uni)])} | {len(rs(uni))} | "
                      f"{mean_std([r['accuracy'] for r in rs(uni)])} | "
                      f"{mean_std([r['accuracy'] for r in rs(staged)])} | "
-                     f"{mean_std([r['accuracy'] for r in rs('grpo')])} | {cell(cis[0])} | {cell(cis[1])} |")
+                     f"{mean_std([r['accuracy'] for r in rs(claims.GRPO_ALONE)])} | {cell(cis[0])} | "
+                     f"{cell(cis[1])} |")
     m = len(claims.TEACHER_CLAIMS)
     need = ["| claim | seeds so far | sd of the paired difference | seeds for a 0.03 gap |",
             "|---|---|---|---|"]
@@ -520,15 +518,14 @@ def teacher_report(args) -> str:
         if row["ci"]:
             need.append(f"| {row['claim']} | {row['ci']['n']} | {row['ci']['sd']:.3f} | "
                         f"{claims.seeds_needed(row['ci']['sd'], 0.03, m)} |")
-    ran = [r["wall_s"] for r in extra["results"] if not r.get("kept")]
-    md = (f"The teacher's strength: the same base students (the world's teacher, 0.65), then "
-          f"{main['steps']} optimizer steps of UniAPL or SFT -> GRPO (half each) whose "
-          "demonstrations -- and UniAPL's discriminator reference -- come from a teacher of the "
-          "accuracy in the first column, answering the same prompts (toy.reanswer); GRPO reads no "
-          "answer, so its runs are the main table's. Learning rates: those chosen at 0.65 "
-          f"(lr_grid.md). Held-out prompt-level strict accuracy, {main['n_eval']} prompts per seed. "
-          f"Machine: {extra.get('machine', main['machine'])}; "
-          f"{extra.get('wall_s', 0) / 60:.0f} min of new runs"
+    ran = [r["wall_s"] for r in results if not r.get("kept")]
+    md = (f"The teacher's strength: the same base students (SFT on the world's teacher, 0.65, "
+          f"{saved['base_steps']} steps), then {saved['steps']} optimizer steps of UniAPL or SFT -> "
+          "GRPO (half each) whose demonstrations -- and UniAPL's discriminator reference -- come "
+          "from a teacher of the accuracy in the first column answering the same prompts "
+          "(toy.reanswer); GRPO reads no answer and runs once. Learning rates: those chosen at "
+          f"0.65 (lr_grid.md). Held-out prompt-level strict accuracy, {saved['n_eval']} prompts per "
+          f"seed. Machine: {saved['machine']}; {saved['wall_s'] / 60:.0f} min of runs"
           + (f" ({statistics.mean(ran):.0f} s per run)" if ran else "") + ".\n\n"
           + "\n".join(lines) + "\n\n" + claims.claims_table(results, claims.TEACHER_CLAIMS)
           + f"\nSeeds each claim needs (power 0.8, two-sided alpha 0.05 / {m}), from its spread:\n\n"
