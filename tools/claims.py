@@ -65,10 +65,11 @@ CLAIMS = [
 # beat GRPO alone, or the staged SFT -> GRPO, once the teacher is far above the student (as the
 # paper's Qwen3-235B is above its 0.6B student)? Every level answers the same prompts
 # (toy.reanswer); GRPO, which never reads an answer, runs once. All of these runs are new, not
-# the main table's: rerun on this code, the main table's GRPO of seed 3 scored 0.457, not its
-# recorded 0.437 (the base student is the same, 0.257 both times), so pairs across the two
-# would mix two versions of the code. (Changed before any level was compared: only seed 0 of
-# 0.8 and 0.95 had run.)
+# the main table's, so that both sides of every pair ran on one machine: rerun on this session's
+# CPU, the main table's GRPO of seed 3 scored 0.457, not its recorded 0.437 -- with today's code
+# and with the table's own commit alike (same weights, bit for bit), from the same base student
+# (0.257 both times): runs repeat exactly on one machine only (results/notes/machines.md).
+# (Changed before any level was compared: only seed 0 of 0.8 and 0.95 had run.)
 TEACHERS = [0.65, 0.8, 0.95]
 GRPO_ALONE = "grpo (no teacher)"
 
