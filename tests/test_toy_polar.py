@@ -50,7 +50,11 @@ def test_the_build_writes_polars_files_that_score_as_the_trained_model(built):
     assert any(".attention.wqkv." in k for k in load_file(os.path.join(path, "model.safetensors")))
     assert res["files_vs_trained_max_abs"] <= 1e-4
     assert res["held_out_policies"] and res["pretrain_pairs"] > 0 and res["finetune_pairs"] > 0
-    assert "same_policy/held_out_policy" in (out / "toy_polar.md").read_text()
+    md = (out / "toy_polar.md").read_text()
+    assert "same_policy/held_out_policy" in md and (out / "toy_polar.png").stat().st_size > 1000
+    (out / "toy_polar.md").unlink()
+    toy_polar.main(["--out", str(out), "--report"])        # the table again, from the JSON alone
+    assert (out / "toy_polar.md").read_text() == md
 
 
 def test_the_toy_trains_with_it_through_the_polar_path(built, tmp_path):

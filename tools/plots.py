@@ -184,6 +184,34 @@ def plot_teacher_gaps(gaps: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_polar_validation(res: dict, path: str) -> None:
+    """tools/toy_polar.py's checks: pairs ordered right (toy POLAR at each stage, lexical), and
+    the rank correlation with the reward among sibling rollouts, per student."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    kinds = list(res["accuracy"])
+    stages = [("untrained", res["accuracy_untrained"]), ("pre-trained", res["accuracy_pretrained"]),
+              ("fine-tuned", res["accuracy"]), ("lexical", res["accuracy_lexical"])]
+    width = 0.8 / len(stages)
+    for i, (label, acc) in enumerate(stages):
+        left.bar(np.arange(len(kinds)) + (i - 1.5) * width, [acc[k] for k in kinds], width, label=label)
+    left.axhline(0.5, color="grey", lw=0.8)
+    left.set_xticks(np.arange(len(kinds)), [k.replace("/", "\n") for k in kinds], fontsize=8)
+    left.set_ylabel("pairs in the right order (held-out prompts)")
+    left.legend(fontsize=8)
+    students = sorted({k.split(" / ")[1] for k in res["siblings"]})
+    for i, disc in enumerate(sorted({k.split(" / ")[0] for k in res["siblings"]})):
+        rho = [res["siblings"].get(f"{disc} / {s}", {}).get("spearman_mean") or 0 for s in students]
+        right.bar(np.arange(len(students)) + (i - 0.5) * 0.4, rho, 0.4, label=disc)
+    right.axhline(0, color="grey", lw=0.8)
+    right.set_xticks(np.arange(len(students)), students, fontsize=8)
+    right.set_ylabel("mean Spearman(d, reward) among siblings")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------

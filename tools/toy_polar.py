@@ -407,13 +407,27 @@ def validate(out: str, polar_dir: str, hp: dict, n_rows: int = 100, G: int = 8) 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results", help="as tools/reproduce.py's --out: the model goes "
-                   "to OUT/runs/toy_polar, its figures to OUT/toy_polar.{json,md}")
+                   "to OUT/runs/toy_polar, its figures to OUT/toy_polar.{json,md,png}")
     p.add_argument("--quick", action="store_true", help="a tiny population and a few steps (tests)")
+    p.add_argument("--report", action="store_true", help="the table and plot again from OUT/toy_polar.json")
     args = p.parse_args(argv)
+    if args.report:
+        from tools import reproduce
+        res = reproduce.load(args.out, "toy_polar")
+        if res is None:
+            raise SystemExit(f"no {args.out}/toy_polar.json: build first (python -m tools.toy_polar)")
+        return report(args.out, res)
     hp = QUICK if args.quick else FULL
     res = build(os.path.join(args.out, "runs"), args.quick)
     n_rows, G = (12, 4) if args.quick else (100, 8)
     res["siblings"] = validate(os.path.join(args.out, "runs"), res["path"], hp, n_rows=n_rows, G=G)
+    return report(args.out, res)
+
+
+def report(out: str, res: dict) -> dict:
+    """OUT/toy_polar.{json,md,png}: the pair accuracies and the sibling correlations, with lexical's."""
+    from tools import plots, reproduce
+    n_rows, G = (12, 4) if res["quick"] else (100, 8)
     sib = ["| discriminator / student | groups with a reward spread | mean Spearman(d, r) in a group "
            "| groups where it is > 0 |", "|---|---|---|---|"]
     for k, v in res["siblings"].items():
@@ -424,7 +438,7 @@ def main(argv=None) -> dict:
     for k in res["accuracy"]:
         md.append(f"| {k} | {res['accuracy_untrained'][k]:.3f} | {res['accuracy_pretrained'][k]:.3f} "
                   f"| {res['accuracy'][k]:.3f} | {res['accuracy_lexical'][k]:.3f} |")
-    text = (f"The toy POLAR (`python -m tools.toy_polar --out {args.out}`{' --quick' if args.quick else ''}): "
+    text = (f"The toy POLAR (`python -m tools.toy_polar --out {out}`{' --quick' if res['quick'] else ''}): "
             f"{res['policies']} policies ({len(res['held_out_policies'])} held out), {res['prompts']} "
             f"training prompts, {res['pretrain_pairs']} pre-training and {res['finetune_pairs']} "
             f"fine-tuning pairs, built in {res['build_s']:.0f} s. Accuracy: the fraction of pairs "
@@ -432,9 +446,10 @@ def main(argv=None) -> dict:
             "another policy's; preference: the higher verifier reward above the lower, against the "
             "teacher's answer).\n\n" + "\n".join(md) + "\n\nWhere the coefficient uses it, among "
             f"sibling rollouts ({G} per prompt, temperature 1, on {n_rows} evaluation prompts of seed 0; "
-            "seed 2's students were never in the toy POLAR's training):\n\n" + "\n".join(sib) + "\n")
-    from tools import reproduce
-    reproduce.write(args.out, "toy_polar", res, text)
+            "seed 2's students were never in the toy POLAR's training):\n\n" + "\n".join(sib) + "\n"
+            "\nBoth on one figure: toy_polar.png.\n")
+    reproduce.write(out, "toy_polar", res, text)
+    plots.plot_polar_validation(res, os.path.join(out, "toy_polar.png"))
     print(text)
     return res
 
