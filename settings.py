@@ -97,7 +97,8 @@ class Settings:
     skip_invalid_rows: bool = DATA(False, "skip (and report) bad rows instead of stopping",
                                    action="store_true")
     teacher_accuracy: float = DATA(0.65, "toy world: how often the scripted teacher is right "
-                                   "(below 1, so that RL has something to fix)")
+                                   "(below 1, so that RL has something to fix); another value "
+                                   "re-answers the same prompts")
     toy_eval_size: int = DATA(100, "toy world: evaluation prompts (toy:validation: its prompts)")
     max_prompt_length: int = DATA(128, "prompts longer than this (tokens, after the chat "
                                   "template) are left out and counted", real=512)

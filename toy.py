@@ -14,7 +14,7 @@ So this file builds, deterministically from a seed:
   `teacher_accuracy` (default 0.65) it satisfies every instruction; otherwise it violates one of
   them, as a real teacher sometimes does. This is what makes the paper's "student beats its
   teacher" observable: imitation alone inherits the teacher's 35% failures, the verifier reward
-  does not.
+  does not. Another accuracy re-answers the world's prompts (`reanswer`): only the teacher changes.
 * **a tokenizer**: byte-level BPE trained on the toy corpus (so toy words are single tokens and any
   text still round-trips losslessly), wrapped as a `PreTrainedTokenizerFast` with a Qwen-style
   chat template and `<|im_end|>` as EOS. Why not bytes: measured while designing this, a 0.8M

@@ -31,7 +31,10 @@ SECTIONS = [
                                                   "toy_discriminators"],
      ["toy_claims.png", "toy_methods.png", "toy_behaviour.png", "toy_curves.png",
       "toy_lambda_sweep.png"]),
-    ("A toy POLAR: the discriminator learned the way the paper's is", "toy_polar", ["toy_polar"], []),
+    ("The teacher's strength: where does one step beat two?", "teacher", ["toy_teacher"],
+     ["toy_teacher.png"]),
+    ("A toy POLAR: the discriminator learned the way the paper's is", "toy_polar", ["toy_polar"],
+     ["toy_polar.png"]),
 ]
 
 
