@@ -484,7 +484,8 @@ def cmd_teacher(args) -> list[dict]:
     """The teacher's strength: UniAPL, and SFT -> GRPO, with teachers of the accuracies in
     claims.TEACHERS answering the same prompts, from the same base students; GRPO once (it
     reads no answer). Accuracy only: no behaviour measures."""
-    return run_table(args, "toy_teacher", TEACHER, behaviour=False, report=teacher_report)
+    return run_table(args, "toy_teacher", TEACHER, behaviour=False,
+                     report=lambda a: print(teacher_report(a)))
 
 
 def teacher_report(args) -> str:
@@ -534,7 +535,6 @@ def teacher_report(args) -> str:
         f.write(md)
     if any(gaps.values()):
         plots.plot_teacher_gaps(gaps, os.path.join(args.out, "toy_teacher.png"))
-    print(md)
     return md
 
 
