@@ -493,7 +493,8 @@ def teacher_report(args) -> str:
     from tools import plots
     saved = load(args.out, "toy_teacher")
     results = saved["results"]
-    rs = lambda n: [r for r in results if r["name"] == n]  # noqa: E731
+    rs = lambda n, seeds=None: [r for r in results if r["name"] == n  # noqa: E731
+                                and (seeds is None or r["seed"] in seeds)]
     cell = lambda ci: f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"  # noqa: E731
     lines = ["| teacher (setting) | its accuracy on the evaluation prompts | seeds | UniAPL | "
              "SFT -> GRPO | GRPO | UniAPL - SFT -> GRPO (95% CI) | UniAPL - GRPO (95% CI) |",
@@ -507,11 +508,12 @@ def teacher_report(args) -> str:
         for xs, ci in zip(gaps.values(), cis):
             if ci:
                 xs.append((acc, ci))
-        lines.append(f"| {acc:g} | {mean_std([r['teacher'] for r in rs(uni)])} | {len(rs(uni))} | "
+        seeds = {r["seed"] for r in rs(uni)}      # each row's means over its own seeds
+        lines.append(f"| {acc:g} | {mean_std([r['teacher'] for r in rs(uni)])} | {len(seeds)} | "
                      f"{mean_std([r['accuracy'] for r in rs(uni)])} | "
-                     f"{mean_std([r['accuracy'] for r in rs(staged)])} | "
-                     f"{mean_std([r['accuracy'] for r in rs(claims.GRPO_ALONE)])} | {cell(cis[0])} | "
-                     f"{cell(cis[1])} |")
+                     f"{mean_std([r['accuracy'] for r in rs(staged, seeds)])} | "
+                     f"{mean_std([r['accuracy'] for r in rs(claims.GRPO_ALONE, seeds)])} | "
+                     f"{cell(cis[0])} | {cell(cis[1])} |")
     m = len(claims.TEACHER_CLAIMS)
     need = ["| claim | seeds so far | sd of the paired difference | seeds for a 0.03 gap |",
             "|---|---|---|---|"]
