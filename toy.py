@@ -177,10 +177,12 @@ def is_held_out(ids) -> bool:
 
 EVAL_SEED, VALIDATION_SEED = 1_000_003, 2_000_006   # the held-out streams: seed + offset
 HELD_BACK = 1000   # per seed: evaluation and validation prompts that no training set may contain
+TEACHER_ACCURACY = 0.65   # the world's own teacher: its draws fix every split's prompts
 
 
-def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | frozenset | None = None,
-              split: str = "train", variant: str = "") -> list[dict]:
+def make_rows(n: int, seed: int, teacher_accuracy: float = TEACHER_ACCURACY,
+              exclude: set | frozenset | None = None, split: str = "train",
+              variant: str = "") -> list[dict]:
     """n normalised rows; deterministic in (n, seed, teacher_accuracy, variant). `exclude`:
     prompts to skip. `variant`: "" (the scripted teacher), "base", "flawed", "holdout" (above).
     Prompts and the teacher draw from two random streams, so that a seed's prompts come in the
@@ -210,9 +212,6 @@ def make_rows(n: int, seed: int, teacher_accuracy: float = 0.65, exclude: set | 
         rows.append({"prompt": prompt, "response": response, "instruction_id_list": ids,
                      "kwargs": kwargs, "key": f"toy-{split}-{seed}-{len(rows)}"})
     return rows
-
-
-TEACHER_ACCURACY = 0.65   # the world's own teacher: its draws fix every split's prompts
 
 
 @functools.lru_cache(maxsize=16)

@@ -404,6 +404,9 @@ def validate(out: str, polar_dir: str, hp: dict, n_rows: int = 100, G: int = 8) 
     return result
 
 
+SIBLINGS = {False: (100, 8), True: (12, 4)}   # --quick or not: (evaluation prompts, samples each)
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="results", help="as tools/reproduce.py's --out: the model goes "
@@ -419,15 +422,14 @@ def main(argv=None) -> dict:
         return report(args.out, res)
     hp = QUICK if args.quick else FULL
     res = build(os.path.join(args.out, "runs"), args.quick)
-    n_rows, G = (12, 4) if args.quick else (100, 8)
-    res["siblings"] = validate(os.path.join(args.out, "runs"), res["path"], hp, n_rows=n_rows, G=G)
+    res["siblings"] = validate(os.path.join(args.out, "runs"), res["path"], hp, *SIBLINGS[args.quick])
     return report(args.out, res)
 
 
 def report(out: str, res: dict) -> dict:
     """OUT/toy_polar.{json,md,png}: the pair accuracies and the sibling correlations, with lexical's."""
     from tools import plots, reproduce
-    n_rows, G = (12, 4) if res["quick"] else (100, 8)
+    n_rows, G = SIBLINGS[res["quick"]]
     sib = ["| discriminator / student | groups with a reward spread | mean Spearman(d, r) in a group "
            "| groups where it is > 0 |", "|---|---|---|---|"]
     for k, v in res["siblings"].items():
