@@ -87,6 +87,41 @@ TEACHER_CLAIMS = [claim for acc in TEACHERS for claim in (
      "the teacher's demonstrations add to RL; GRPO never reads them"))]
 
 
+# The adversarial claims again, with a discriminator of the paper's kind (a third family, fixed
+# before its runs): the main table's adversarial claims used lexical n-gram F1; these use the toy
+# POLAR (tools/toy_polar.py: pre-trained by POLAR's same-policy objective, fine-tuned on the
+# verifier's preferences, in POLAR's files, scored through `--discriminator polar`). Only the arms
+# that read the discriminator are new; GRPO and SFT -> GRPO read none, so their side of each pair
+# is the teacher table's runs of the same seeds (same base students, same rates, 0.65 teacher),
+# which this machine repeats bit for bit (GRPO seed 3: 0.457 again, 2026-12-07). Learning rates:
+# each method's choice on the validation split (lr_grid.md), as for every table.
+TOY_POLAR = "toy polar"
+SFT_GRPO = teacher_run("sft -> grpo", 0.65)
+
+
+def polar_run(name: str) -> str:
+    """The reproduction's name of a run whose discriminator is the toy POLAR."""
+    return f"{name}, {TOY_POLAR}"
+
+
+POLAR_CLAIMS = [
+    ("A-GRPO beats GRPO (toy POLAR)", polar_run("a-grpo"), GRPO_ALONE, "accuracy", 1,
+     "the adversarial term helps RL on its own, with a learned discriminator of POLAR's kind"),
+    ("UniAPL beats GRPO (toy POLAR)", polar_run("uniapl"), GRPO_ALONE, "accuracy", 1,
+     "the unified objective beats RL alone; not which of its terms does it"),
+    ("UniAPL beats SFT -> GRPO (toy POLAR)", polar_run("uniapl"), SFT_GRPO, "accuracy", 1,
+     "one stage beats two at equal steps (the staged side reads no discriminator)"),
+    ("SFT -> A-GRPO beats SFT -> GRPO (toy POLAR)", polar_run("sft -> a-grpo"), SFT_GRPO, "accuracy", 1,
+     "the adversarial term helps the staged pipeline (the paper's best 0.6B configuration)"),
+    ("ADV as a loss beats ADV as reward shaping (toy POLAR)", polar_run("uniapl"),
+     polar_run("uniapl, adv as reward"), "accuracy", 1,
+     "the paper's ablation, with both sides reading the toy POLAR"),
+    ("Too large a lambda_adv hurts (0.1 beats 1) (toy POLAR)", polar_run("uniapl"),
+     polar_run("uniapl, lambda 1"), "accuracy", 1,
+     "the direction of the paper's lambda ablation, at one pair of values"),
+]
+
+
 def t_quantile(q: float, df: int) -> float:
     from scipy import stats
     return float(stats.t.ppf(q, df))
