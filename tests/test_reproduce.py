@@ -74,6 +74,25 @@ def test_quick_pipeline(tmp_path):
     md = (tmp_path / "toy_teacher.md").read_text()
     assert re.search(r"\| UniAPL beats GRPO \(teacher 0.95\) \| accuracy \(higher is better\) \| [+-]\d", md)
     assert "| 0.65 |" in md and "| 0.8 |" in md and (tmp_path / "toy_teacher.png").stat().st_size > 1000
+    # the adversarial claims with a POLAR-format discriminator: none built yet, then one
+    with pytest.raises(SystemExit, match="build it first"):
+        reproduce.main(["polar", "--quick", "--out", out, "--machine", "test"])
+    from tools import worlds
+    worlds.write_polar_checkpoint(tmp_path / "runs" / "toy_polar")
+    polar = reproduce.main(["polar", "--quick", "--out", out, "--machine", "test"])
+    arms = {claims.polar_run(n) for n in ("a-grpo", "uniapl", "sft -> a-grpo", "uniapl, adv as reward",
+                                          "uniapl, lambda 1")}
+    assert {(r["name"], r["seed"]) for r in polar} == {(n, s) for n in arms | {claims.GRPO_ALONE, claims.SFT_GRPO}
+                                                       for s in (0, 1)}
+    same = lambda rs: sorted(json.dumps(r, sort_keys=True) for r in rs if r["name"] == claims.GRPO_ALONE)  # noqa: E731
+    assert same(polar) == same(teacher)          # the baselines are the teacher table's runs, not rerun
+    assert not (tmp_path / "runs" / "polar_claims" / "grpo(noteacher)-s0").exists()
+    for d in ("a-grpo_toypolar-s0/stage1", "sft->a-grpo_toypolar-s1/stage2", "uniapl_lambda1_toypolar-s0/stage1"):
+        cfg = json.load(open(tmp_path / "runs" / "polar_claims" / d / "config.json"))
+        assert cfg["discriminator"] == "polar" and cfg["discriminator_model"].endswith("runs/toy_polar")
+    md = (tmp_path / "toy_polar_claims.md").read_text()
+    assert re.search(r"\| A-GRPO beats GRPO \(toy POLAR\) \| accuracy \(higher is better\) \| [+-]\d", md)
+    assert "| SFT -> A-GRPO beats SFT -> GRPO | " in md and (tmp_path / "toy_polar_claims.png").stat().st_size > 1000
     need = reproduce.main(["seeds", "--quick", "--out", out])
     assert all(v["seeds_for_0.03"] >= 2 for v in need.values())
     disc = reproduce.main(["discriminators", "--quick", "--out", out, "--machine", "test"])

@@ -476,6 +476,8 @@ def cmd_report(args) -> str:
         md += "\n" + amd
     if load(args.out, "toy_teacher"):
         md += "\n" + teacher_report(args)
+    if load(args.out, "toy_polar_claims"):
+        md += "\n" + polar_report(args)
     print(md)
     return md
 
@@ -537,6 +539,90 @@ def teacher_report(args) -> str:
         f.write(md)
     if any(gaps.values()):
         plots.plot_teacher_gaps(gaps, os.path.join(args.out, "toy_teacher.png"))
+    return md
+
+
+def polar_configs(polar_dir: str) -> list:
+    """The toy POLAR family's arms: the teacher table's GRPO and SFT -> GRPO (they read no
+    discriminator) and every arm that reads one, now the toy POLAR at `polar_dir`."""
+    disc = ["--discriminator", "polar", "--discriminator-model", polar_dir]
+    return [c for c in TEACHER if c[0] in POLAR_BASELINES] + [
+        (claims.polar_run("a-grpo"), [("a-grpo", disc)]),
+        (claims.polar_run("uniapl"), [("uniapl", disc)]),
+        (claims.polar_run("sft -> a-grpo"), [("sft", []), ("a-grpo", disc)]),
+        (claims.polar_run("uniapl, adv as reward"), [("uniapl", ["--adv-mode", "reward", *disc])]),
+        (claims.polar_run("uniapl, lambda 1"), [("uniapl", ["--lambda-adv", "1", *disc])])]
+
+
+POLAR_BASELINES = (claims.GRPO_ALONE, claims.SFT_GRPO)
+
+
+def cmd_polar(args) -> list[dict]:
+    """The adversarial claims again with the toy POLAR (claims.POLAR_CLAIMS). The baselines' runs
+    of the teacher table (OUT/toy_teacher.json), made on this machine with these steps and
+    evaluation size, are taken as they are; any other seed of theirs runs here."""
+    polar_dir = os.path.abspath(os.path.join(args.out, "runs", "toy_polar"))
+    if not os.path.exists(os.path.join(polar_dir, "config.json")):
+        raise SystemExit(f"no toy POLAR in {polar_dir}: build it first "
+                         f"(python -m tools.toy_polar --out {args.out})")
+    teacher, saved = load(args.out, "toy_teacher"), load(args.out, "toy_polar_claims")
+    if teacher and (teacher["steps"], teacher["n_eval"], teacher["machine"]) == (args.steps, args.n_eval,
+                                                                              args.machine):
+        saved = saved or {"steps": args.steps, "n_eval": args.n_eval, "lrs": teacher["lrs"],
+                          "base_steps": BASE_STEPS, "machine": args.machine, "wall_s": 0, "results": []}
+        have = {(r["name"], r["seed"]) for r in saved["results"]}
+        taken = [r for r in teacher["results"] if r["name"] in POLAR_BASELINES
+                 and r["seed"] in args.seeds and (r["name"], r["seed"]) not in have]
+        if taken:
+            print(f"{len(taken)} runs of GRPO and SFT -> GRPO taken from {args.out}/toy_teacher.json")
+            write(args.out, "toy_polar_claims", dict(saved, results=saved["results"] + taken), None)
+    return run_table(args, "toy_polar_claims", polar_configs(polar_dir), behaviour=False,
+                     report=lambda a: print(polar_report(a)))
+
+
+def polar_report(args) -> str:
+    """The toy POLAR family: its table, its claims (Holm over the family), the seeds their spread
+    asks for, and beside each claim the main table's verdict with the lexical discriminator."""
+    from tools import plots
+    saved = load(args.out, "toy_polar_claims")
+    results, m = saved["results"], len(claims.POLAR_CLAIMS)
+    lexical = {row["claim"]: row for row in claims.judge(all_results(args))}
+    cell = lambda ci: f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"  # noqa: E731
+    beside = ["| claim | toy POLAR: a - b (95% CI) | seeds | verdict | lexical (main table): a - b "
+              "(95% CI) | seeds | verdict |", "|---|---|---|---|---|---|---|"]
+    need = ["| claim | seeds so far | sd of the paired difference | seeds for a 0.03 gap |",
+            "|---|---|---|---|"]
+    drawn = []
+    for row in claims.judge(results, claims.POLAR_CLAIMS):
+        lex = lexical.get(row["claim"].removesuffix(" (toy POLAR)"), {"ci": None, "verdict": "not run"})
+        beside.append(f"| {row['claim'].removesuffix(' (toy POLAR)')} | {cell(row['ci'])} | "
+                      f"{row['ci']['n'] if row['ci'] else 0} | {row['verdict']} | {cell(lex['ci'])} | "
+                      f"{lex['ci']['n'] if lex['ci'] else 0} | {lex['verdict']} |")
+        if row["ci"]:
+            need.append(f"| {row['claim']} | {row['ci']['n']} | {row['ci']['sd']:.3f} | "
+                        f"{claims.seeds_needed(row['ci']['sd'], 0.03, m)} |")
+        drawn += [(row["claim"], row["ci"]), (row["claim"].replace("toy POLAR", "lexical"), lex["ci"])]
+    ran = [r["wall_s"] for r in results if not r.get("kept")]
+    header = (f"The adversarial claims with the toy POLAR (`python -m tools.toy_polar`, scored through "
+              f"`--discriminator polar`): the same base students, {saved['steps']} optimizer steps "
+              f"(staged: half each), {saved['lrs']}; held-out prompt-level strict accuracy, "
+              f"{saved['n_eval']} prompts per seed. GRPO and SFT -> GRPO read no discriminator: "
+              f"their runs are the teacher table's. Machine: {saved['machine']}; "
+              f"{saved['wall_s'] / 60:.0f} min of runs" + (f" ({statistics.mean(ran):.0f} s per run)"
+                                                           if ran else "") + ".")
+    md = (table(results, polar_configs(""), header) + "\n" + claims.claims_table(results, claims.POLAR_CLAIMS)
+          + f"\nSeeds each claim needs (power 0.8, two-sided alpha 0.05 / {m}), from its spread:\n\n"
+          + "\n".join(need) + "\n\nThe same claims with the lexical discriminator (the main table's "
+          "runs and family, another machine):\n\n" + "\n".join(beside) + "\n")
+    same = claims.paired((load(args.out, "toy_teacher") or {"results": []})["results"] + results,
+                         claims.polar_run("uniapl"), claims.teacher_run("uniapl", 0.65))
+    if same:
+        md += ("\nOutside the family (unadjusted): UniAPL with the toy POLAR minus UniAPL with lexical, "
+               f"both run on this machine (the teacher table's): {cell(same)}, p {same['p']:.2g}, "
+               f"{same['n']} seeds.\n")
+    with open(os.path.join(args.out, "toy_polar_claims.md"), "w") as f:
+        f.write(md)
+    plots.plot_claims(drawn, os.path.join(args.out, "toy_polar_claims.png"))
     return md
 
 
@@ -647,8 +733,8 @@ def main(argv=None):
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="?", default="main",
-                   choices=["main", "lr-grid", "seeds", "ablations", "teacher", "discriminators",
-                            "report"])
+                   choices=["main", "lr-grid", "seeds", "ablations", "teacher", "polar",
+                            "discriminators", "report"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--configs", nargs="+", default=None, help="main/ablations: only these rows")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per run (all stages)")
@@ -670,7 +756,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     result = {"main": lambda a: run_table(a, "toy_table", MAIN), "lr-grid": cmd_lr_grid,
               "seeds": cmd_seeds, "ablations": lambda a: run_table(a, "toy_ablations", ABLATIONS),
-              "teacher": cmd_teacher, "discriminators": cmd_discriminators,
+              "teacher": cmd_teacher, "polar": cmd_polar, "discriminators": cmd_discriminators,
               "report": cmd_report}[args.what](args)
     print(f"\n{args.what}: {time.perf_counter() - t0:.0f} s; wrote {args.out}/")
     return result

@@ -14,12 +14,15 @@ wanted. The toy's default discriminator, lexical n-gram F1, is none of this. So,
 
 1. **A population of toy policies** answers the toy's *training* prompts (none of them an
    evaluation or validation prompt of any experiment seed 0-49: `training_prompts` excludes them,
-   and a test checks it): scripted teachers of several accuracies, the flawed teacher and a
-   topic-only writer, base students of seeds 0 and 1 and their SFT, GRPO and UniAPL refinements,
-   each sampled at two temperatures. The students of seed 2 are held out of training entirely:
-   the policy-discrimination accuracy is measured on them.
+   and a test checks it): scripted teachers of several accuracies, the flawed teacher, a
+   topic-only writer and ten "violators" (each breaks one instruction whenever asked for it),
+   base students of seeds 0 and 1 and their SFT, GRPO and UniAPL refinements, each sampled at two
+   temperatures. The students of seed 2 are held out of training entirely: the
+   policy-discrimination accuracy is measured on them.
 2. **Pre-training, POLAR's objective**: triples (reference from A, a second answer from A, an
-   answer from B to the same prompt); loss -log sigmoid(s(x, ref, A') - s(x, ref, B)).
+   answer from B to the same prompt); loss -log sigmoid(s(x, ref, A') - s(x, ref, B)). Never
+   two students against each other: no short answer tells them apart, and with such pairs in,
+   nothing was learned (measured).
 3. **Fine-tuning**: reference = the row's teacher answer (what training passes as y_E), two
    candidates of one prompt whose verifier rewards differ; the higher reward is preferred.
 4. **POLAR's files**: a sentencepiece tokenizer with POLAR's added tokens, an InternLM2
@@ -47,12 +50,21 @@ import zlib
 
 import torch
 
+import toy
+
 N_EXPERIMENT_SEEDS = 50                    # tools/reproduce.py's seeds 0-49: never their held-out prompts
 PROMPT_SEED = 424_242                      # the population's prompts (the holdout world's training kind)
 POP_SEEDS, HELD_OUT_SEED = (0, 1), 2       # base students in training; seed 2's only in validation
 REFINE = (("sft", 3e-4), ("grpo", 1e-4), ("uniapl", 1e-4))   # the lr grid's choices (RESULTS.md)
+# The scripted policies: (toy.py's variant, accuracy). Besides teachers of several accuracies,
+# one "violator" per instruction (toy.INSTRUCTIONS' ten ids): a teacher that breaks that one
+# instruction whenever a prompt asks for it and follows the rest. POLAR's population is a
+# hundred-odd LLMs that differ in how they answer; the toy's students barely do (20-step
+# refinements of three bases answer alike: measured, RESULTS.md), so these are what makes the
+# population diverse -- policies that differ in *which* instructions they keep.
 SCRIPTED = {"teacher": ("", 0.65), "strong-teacher": ("", 0.95), "weak-teacher": ("", 0.3),
-            "flawed-teacher": ("flawed", 0.65), "topic-only": ("base", 0.0)}
+            "perfect-teacher": ("", 1.0), "flawed-teacher": ("flawed", 0.65), "topic-only": ("base", 0.0),
+            **{f"violates-{iid.split(':')[1]}": (f"violates:{iid}", 1.0) for iid in toy.INSTRUCTIONS}}
 TEMPERATURES = (0.7, 1.0)
 CFG = {"architectures": ["InternLM2ForRewardModel"], "model_type": "internlm2", "bias": False,
        "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
@@ -60,11 +72,11 @@ CFG = {"architectures": ["InternLM2ForRewardModel"], "model_type": "internlm2", 
        "rope_theta": 10000.0, "rope_scaling": None, "max_position_embeddings": 32768,
        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
 FULL = dict(n_prompts=1600, n_held_out_prompts=100, refine_steps=20, pretrain_pairs=20000,
-            finetune_pairs=4000, epochs=4, batch=32, lr=1e-3, vocab=1000, max_new_tokens=64,
+            finetune_pairs=12000, epochs=3, finetune_epochs=2, batch=32, lr=1e-3, vocab=1000, max_new_tokens=64,
             student_seeds=(*POP_SEEDS, HELD_OUT_SEED), temperatures=TEMPERATURES, n_check=200)
 QUICK = dict(n_prompts=24, n_held_out_prompts=8, refine_steps=0, pretrain_pairs=64,
-             finetune_pairs=16, epochs=1, batch=16, lr=1e-3, vocab=400, max_new_tokens=12,
-             student_seeds=(HELD_OUT_SEED,), temperatures=(1.0,), n_check=24)
+             finetune_pairs=16, epochs=1, finetune_epochs=1, batch=16, lr=1e-3, vocab=400, max_new_tokens=12,
+             student_seeds=(0, HELD_OUT_SEED), temperatures=TEMPERATURES, n_check=24)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,6 +102,10 @@ def scripted_answers(rows: list[dict], variant: str, accuracy: float, seed: int)
         for _ in range(2):
             if variant == "base":
                 two.append(toy.teacher_response(rng, x["prompt"], [], []))
+                continue
+            if variant.startswith("violates:"):        # breaks exactly this one, when asked for it
+                iid = variant.split(":", 1)[1]
+                two.append(toy.teacher_response(rng, x["prompt"], ids, kw, iid if iid in ids else None))
                 continue
             violate = None if rng.random() < accuracy else rng.choice(ids)
             if variant == "flawed" and toy.FLAW in ids:
@@ -140,43 +156,55 @@ def student_answers(path: str, rows: list[dict], temperature: float, n: int, hp:
     return [ro.texts[i * n:(i + 1) * n] for i in range(len(rows))]
 
 
+STUDENT_SETTINGS = ("n_prompts", "refine_steps", "student_seeds", "temperatures", "max_new_tokens")
+
+
 def population(out: str, rows: list[dict], hp: dict) -> tuple[dict, set]:
-    """{policy: [[answer, answer] per row]} and the held-out policies' names (kept in
-    OUT/toy_polar_population/answers-*.json: a build run again reuses them)."""
-    cache = os.path.join(out, "toy_polar_population",
-                         f"answers-{zlib.crc32(json.dumps([hp, [x['key'] for x in rows]]).encode())}.json")
+    """{policy: [[answer, answer] per row]} and the held-out policies' names. The students'
+    answers (minutes of sampling) are kept in OUT/toy_polar_population/answers-*.json, named by
+    the settings they depend on: a build run again reuses them; the scripted ones take seconds."""
+    answers = {name: scripted_answers(rows, variant, accuracy, seed=0)
+               for name, (variant, accuracy) in SCRIPTED.items()}
+    key = json.dumps([{k: hp[k] for k in STUDENT_SETTINGS}, [x["key"] for x in rows]])
+    cache = os.path.join(out, "toy_polar_population", f"answers-{zlib.crc32(key.encode())}.json")
     if os.path.exists(cache):
         with open(cache) as f:
             saved = json.load(f)
-        return saved["answers"], set(saved["held_out"])
-    answers, held_out = {}, set()
-    for name, (variant, accuracy) in SCRIPTED.items():
-        answers[name] = scripted_answers(rows, variant, accuracy, seed=0)
+        return answers | saved["answers"], set(saved["held_out"])
+    students, held_out = {}, set()
     for seed in hp["student_seeds"]:
         for name, path in student_dirs(out, [seed], hp).items():
             for t in hp["temperatures"]:
                 key = f"{name}@T{t}"
-                answers[key] = student_answers(path, rows, t, 2, hp, seed=zlib.crc32(key.encode()))
+                students[key] = student_answers(path, rows, t, 2, hp, seed=zlib.crc32(key.encode()))
                 if seed == HELD_OUT_SEED:
                     held_out.add(key)
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     with open(cache, "w") as f:
-        json.dump({"answers": answers, "held_out": sorted(held_out)}, f)
-    return answers, held_out
+        json.dump({"answers": students, "held_out": sorted(held_out)}, f)
+    return answers | students, held_out
 
 
 # ----------------------------------------------------------------------------------------------
 # 2-3. Pairs: POLAR's pre-training triples, then preference pairs
 # ----------------------------------------------------------------------------------------------
 
+def is_student(policy: str) -> bool:
+    return "@T" in policy        # a sampled student ("grpo-s0@T1.0"); the scripted ones have no "@"
+
+
 def same_policy_triples(answers: dict, policies: list[str], prompt_idx: list[int], n: int,
-                        rng: random.Random, against: list[str] | None = None) -> list[tuple]:
+                        rng: random.Random, against: list[str] | None = None,
+                        students_apart: bool = True) -> list[tuple]:
     """(row index, reference, chosen = the same policy's other answer, rejected = another's);
-    `against`: where the other policy comes from (default: `policies` too)."""
+    `against`: where the other policy comes from (default: `policies` too). students_apart=False:
+    never two students against each other (pre-training: see build)."""
     out = []
     while len(out) < n:
         i, a = rng.choice(prompt_idx), rng.choice(policies)
         b = rng.choice([p for p in (against or policies) if p != a])
+        if not students_apart and is_student(a) and is_student(b):
+            continue
         k = rng.randrange(2)
         ref, same, other = answers[a][i][k], answers[a][i][1 - k], answers[b][i][rng.randrange(2)]
         if same != other:
@@ -324,12 +352,20 @@ def build(out: str, quick: bool = False) -> dict:
     n_eval = hp["n_held_out_prompts"]
     train_idx, eval_idx = list(range(n_eval, len(rows))), list(range(n_eval))
     seen = sorted(set(answers) - held_out)
-    pre = encode_pairs(tok, rows, same_policy_triples(answers, seen, train_idx, hp["pretrain_pairs"], rng))
+    # Pre-training triples pit any two policies of the population against each other, except two
+    # students: the students are 20-step refinements of a few bases, and no single short answer
+    # tells them apart (their "same policy" pairs stay at chance, RESULTS.md); with them in, the
+    # loss stayed at log 2 and nothing was learned (measured, 2026-12-06/07). A student still
+    # meets every scripted policy, as reference and as either candidate.
+    pre = encode_pairs(tok, rows, same_policy_triples(answers, seen, train_idx, hp["pretrain_pairs"], rng,
+                                                      students_apart=False))
     ft = encode_pairs(tok, rows, preference_pairs(answers, rows, seen, train_idx, hp["finetune_pairs"], rng))
-    checks = {  # held-out prompts; the held-out policies: pairs of two of them, and one of them vs a seen one
+    students, scripted = [p for p in seen if is_student(p)], [p for p in seen if not is_student(p)]
+    checks = {  # held-out prompts; the held-out policies: one of them against a seen student
         "same_policy/held_out_policy": same_policy_triples(answers, sorted(held_out), eval_idx,
-                                                           hp["n_check"], rng, against=seen),
-        "same_policy/seen_policies": same_policy_triples(answers, seen, eval_idx, hp["n_check"], rng),
+                                                           hp["n_check"], rng, against=students),
+        "same_policy/seen_students": same_policy_triples(answers, students, eval_idx, hp["n_check"], rng),
+        "same_policy/scripted": same_policy_triples(answers, scripted, eval_idx, hp["n_check"], rng),
         "preference/held_out_prompts": preference_pairs(answers, rows, sorted(answers), eval_idx,
                                                         hp["n_check"], rng)}
     lexical = {k: lexical_accuracy(rows, v) for k, v in checks.items()}      # the yardstick
@@ -339,9 +375,13 @@ def build(out: str, quick: bool = False) -> dict:
     model = LlamaModel(polar.llama_config_from_internlm2(cfg))
     v_head = torch.nn.Linear(cfg["hidden_size"], 1, bias=False)
     before = {k: accuracy(model, v_head, v, tok.pad_id) for k, v in checks.items()}
+    say = lambda what: print(f"  [{time.perf_counter() - t0:.0f} s] {what}", flush=True)  # noqa: E731
+    say(f"{len(answers)} policies; pre-training on {len(pre)} same-policy triples, {hp['epochs']} epochs")
     pre_loss = fit(model, v_head, pre, hp, tok.pad_id, seed=1, epochs=hp["epochs"])
     after_pre = {k: accuracy(model, v_head, v, tok.pad_id) for k, v in checks.items()}
-    ft_loss = fit(model, v_head, ft, dict(hp, lr=hp["lr"] / 3), tok.pad_id, seed=2, epochs=1)
+    say(f"loss per epoch {[round(x, 4) for x in pre_loss]}; fine-tuning on {len(ft)} preference pairs")
+    ft_loss = fit(model, v_head, ft, dict(hp, lr=hp["lr"] / 3), tok.pad_id, seed=2,
+                  epochs=hp["finetune_epochs"])
     after = {k: accuracy(model, v_head, v, tok.pad_id) for k, v in checks.items()}
 
     with open(os.path.join(path, "config.json"), "w") as f:
