@@ -63,3 +63,14 @@ def test_the_toy_trains_with_it_through_the_polar_path(built, tmp_path):
                        res["path"], "--out", str(tmp_path)])
     lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
     assert all("adv/d_mean" in m and torch.isfinite(torch.tensor(m["adv/d_mean"])) for m in lines)
+
+
+def test_the_build_is_repeatable(built, tmp_path):
+    """Seeded from the students' sampling to the last optimizer step: a second build, from
+    nothing, writes the same files (and a different model would not)."""
+    res, _ = built
+    again = toy_polar.build(str(tmp_path), quick=True)
+    for name in ("model.safetensors", "tokenizer.model", "config.json"):
+        assert open(os.path.join(again["path"], name), "rb").read() == \
+            open(os.path.join(res["path"], name), "rb").read(), name
+    assert again["accuracy"] == res["accuracy"] and again["pretrain_loss"] == res["pretrain_loss"]
