@@ -35,6 +35,8 @@ SECTIONS = [
      ["toy_teacher.png"]),
     ("A toy POLAR: the discriminator learned the way the paper's is", "toy_polar", ["toy_polar"],
      ["toy_polar.png"]),
+    ("The adversarial claims with the toy POLAR", "polar_claims", ["toy_polar_claims"],
+     ["toy_polar_claims.png"]),
 ]
 
 
