@@ -109,16 +109,18 @@ def plot_curves(run_dirs: list[str], path: str, labels: list[str] | None = None,
 # The reproduction's figures (tools/reproduce.py): one per claim
 # ----------------------------------------------------------------------------------------------
 
-def plot_claims(rows: list, path: str) -> None:
+def plot_claims(rows: list, path: str, colors: list[str] | None = None) -> None:
+    """One paired interval per claim ((claim, ci) rows; a row whose ci is None is left out)."""
     plt = pyplot()
+    colors = [c for c, (_, ci) in zip(colors or ["C0"] * len(rows), rows) if ci]
     rows = [(c, ci) for c, ci in rows if ci]
-    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1))
-    for i, (_claim, ci) in enumerate(rows):
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1))
+    for i, ((_claim, ci), color) in enumerate(zip(rows, colors)):
         ax.errorbar(ci["mean"], i, xerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]],
-                    fmt="o", capsize=3, color="C0")
+                    fmt="o", capsize=3, color=color)
     ax.axvline(0, color="gray", linestyle="--")
     ax.set_yticks(range(len(rows)), [c for c, _ in rows], fontsize=8)
-    ax.set_xlabel("paired difference of held-out IF accuracy (95% CI over seeds)")
+    ax.set_xlabel("paired difference of IF accuracy (95% CI over seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -622,7 +622,7 @@ def polar_report(args) -> str:
                f"{same['n']} seeds.\n")
     with open(os.path.join(args.out, "toy_polar_claims.md"), "w") as f:
         f.write(md)
-    plots.plot_claims(drawn, os.path.join(args.out, "toy_polar_claims.png"))
+    plots.plot_claims(drawn, os.path.join(args.out, "toy_polar_claims.png"), colors=["C1", "C0"] * m)
     return md
 
 
