@@ -613,7 +613,7 @@ def polar_report(args) -> str:
     md = (table(results, polar_configs(""), header) + "\n" + claims.claims_table(results, claims.POLAR_CLAIMS)
           + f"\nSeeds each claim needs (power 0.8, two-sided alpha 0.05 / {m}), from its spread:\n\n"
           + "\n".join(need) + "\n\nThe same claims with the lexical discriminator (the main table's "
-          "runs and family, another machine):\n\n" + "\n".join(beside) + "\n")
+          "runs and family, from earlier sittings):\n\n" + "\n".join(beside) + "\n")
     same = claims.paired((load(args.out, "toy_teacher") or {"results": []})["results"] + results,
                          claims.polar_run("uniapl"), claims.teacher_run("uniapl", 0.65))
     if same:
