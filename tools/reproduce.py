@@ -490,6 +490,21 @@ def cmd_teacher(args) -> list[dict]:
                      report=lambda a: print(teacher_report(a)))
 
 
+def ci_cell(ci: dict | None) -> str:
+    return f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"
+
+
+def seeds_needed_table(judged: list[dict], gap: float = 0.03) -> str:
+    """Seeds each judged claim needs for `gap` (power 0.8, alpha 0.05 / the family's size)."""
+    lines = ["| claim | seeds so far | sd of the paired difference | seeds for a 0.03 gap |",
+             "|---|---|---|---|"]
+    for row in judged:
+        if row["ci"]:
+            lines.append(f"| {row['claim']} | {row['ci']['n']} | {row['ci']['sd']:.3f} | "
+                         f"{claims.seeds_needed(row['ci']['sd'], gap, len(judged))} |")
+    return "\n".join(lines)
+
+
 def teacher_report(args) -> str:
     """The teacher-strength table, its claims (a family of their own) and the plot of the gaps."""
     from tools import plots
@@ -497,7 +512,6 @@ def teacher_report(args) -> str:
     results = saved["results"]
     rs = lambda n, seeds=None: [r for r in results if r["name"] == n  # noqa: E731
                                 and (seeds is None or r["seed"] in seeds)]
-    cell = lambda ci: f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"  # noqa: E731
     lines = ["| teacher (setting) | its accuracy on the evaluation prompts | seeds | UniAPL | "
              "SFT -> GRPO | GRPO | UniAPL - SFT -> GRPO (95% CI) | UniAPL - GRPO (95% CI) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -515,14 +529,9 @@ def teacher_report(args) -> str:
                      f"{mean_std([r['accuracy'] for r in rs(uni)])} | "
                      f"{mean_std([r['accuracy'] for r in rs(staged, seeds)])} | "
                      f"{mean_std([r['accuracy'] for r in rs(claims.GRPO_ALONE, seeds)])} | "
-                     f"{cell(cis[0])} | {cell(cis[1])} |")
+                     f"{ci_cell(cis[0])} | {ci_cell(cis[1])} |")
     m = len(claims.TEACHER_CLAIMS)
-    need = ["| claim | seeds so far | sd of the paired difference | seeds for a 0.03 gap |",
-            "|---|---|---|---|"]
-    for row in claims.judge(results, claims.TEACHER_CLAIMS):
-        if row["ci"]:
-            need.append(f"| {row['claim']} | {row['ci']['n']} | {row['ci']['sd']:.3f} | "
-                        f"{claims.seeds_needed(row['ci']['sd'], 0.03, m)} |")
+    need = seeds_needed_table(claims.judge(results, claims.TEACHER_CLAIMS))
     ran = [r["wall_s"] for r in results if not r.get("kept")]
     md = (f"The teacher's strength: the same base students (SFT on the world's teacher, 0.65, "
           f"{saved['base_steps']} steps), then {saved['steps']} optimizer steps of UniAPL or SFT -> "
@@ -534,12 +543,15 @@ def teacher_report(args) -> str:
           + (f" ({statistics.mean(ran):.0f} s per run)" if ran else "") + ".\n\n"
           + "\n".join(lines) + "\n\n" + claims.claims_table(results, claims.TEACHER_CLAIMS)
           + f"\nSeeds each claim needs (power 0.8, two-sided alpha 0.05 / {m}), from its spread:\n\n"
-          + "\n".join(need) + "\n")
+          + need + "\n")
     with open(os.path.join(args.out, "toy_teacher.md"), "w") as f:
         f.write(md)
     if any(gaps.values()):
         plots.plot_teacher_gaps(gaps, os.path.join(args.out, "toy_teacher.png"))
     return md
+
+
+POLAR_BASELINES = (claims.GRPO_ALONE, claims.SFT_GRPO)   # they read no discriminator
 
 
 def polar_configs(polar_dir: str) -> list:
@@ -553,8 +565,6 @@ def polar_configs(polar_dir: str) -> list:
         (claims.polar_run("uniapl, adv as reward"), [("uniapl", ["--adv-mode", "reward", *disc])]),
         (claims.polar_run("uniapl, lambda 1"), [("uniapl", ["--lambda-adv", "1", *disc])])]
 
-
-POLAR_BASELINES = (claims.GRPO_ALONE, claims.SFT_GRPO)
 
 
 def cmd_polar(args) -> list[dict]:
@@ -587,20 +597,14 @@ def polar_report(args) -> str:
     saved = load(args.out, "toy_polar_claims")
     results, m = saved["results"], len(claims.POLAR_CLAIMS)
     lexical = {row["claim"]: row for row in claims.judge(all_results(args))}
-    cell = lambda ci: f"{ci['mean']:+.3f} [{ci['low']:+.3f}, {ci['high']:+.3f}]" if ci else "-"  # noqa: E731
     beside = ["| claim | toy POLAR: a - b (95% CI) | seeds | verdict | lexical (main table): a - b "
               "(95% CI) | seeds | verdict |", "|---|---|---|---|---|---|---|"]
-    need = ["| claim | seeds so far | sd of the paired difference | seeds for a 0.03 gap |",
-            "|---|---|---|---|"]
-    drawn = []
-    for row in claims.judge(results, claims.POLAR_CLAIMS):
+    family, drawn = claims.judge(results, claims.POLAR_CLAIMS), []
+    for row in family:
         lex = lexical.get(row["claim"].removesuffix(" (toy POLAR)"), {"ci": None, "verdict": "not run"})
-        beside.append(f"| {row['claim'].removesuffix(' (toy POLAR)')} | {cell(row['ci'])} | "
-                      f"{row['ci']['n'] if row['ci'] else 0} | {row['verdict']} | {cell(lex['ci'])} | "
+        beside.append(f"| {row['claim'].removesuffix(' (toy POLAR)')} | {ci_cell(row['ci'])} | "
+                      f"{row['ci']['n'] if row['ci'] else 0} | {row['verdict']} | {ci_cell(lex['ci'])} | "
                       f"{lex['ci']['n'] if lex['ci'] else 0} | {lex['verdict']} |")
-        if row["ci"]:
-            need.append(f"| {row['claim']} | {row['ci']['n']} | {row['ci']['sd']:.3f} | "
-                        f"{claims.seeds_needed(row['ci']['sd'], 0.03, m)} |")
         drawn += [(row["claim"], row["ci"]), (row["claim"].replace("toy POLAR", "lexical"), lex["ci"])]
     ran = [r["wall_s"] for r in results if not r.get("kept")]
     header = (f"The adversarial claims with the toy POLAR (`python -m tools.toy_polar`, scored through "
@@ -612,13 +616,13 @@ def polar_report(args) -> str:
                                                            if ran else "") + ".")
     md = (table(results, polar_configs(""), header) + "\n" + claims.claims_table(results, claims.POLAR_CLAIMS)
           + f"\nSeeds each claim needs (power 0.8, two-sided alpha 0.05 / {m}), from its spread:\n\n"
-          + "\n".join(need) + "\n\nThe same claims with the lexical discriminator (the main table's "
+          + seeds_needed_table(family) + "\n\nThe same claims with the lexical discriminator (the main table's "
           "runs and family, from earlier sittings):\n\n" + "\n".join(beside) + "\n")
     same = claims.paired((load(args.out, "toy_teacher") or {"results": []})["results"] + results,
                          claims.polar_run("uniapl"), claims.teacher_run("uniapl", 0.65))
     if same:
         md += ("\nOutside the family (unadjusted): UniAPL with the toy POLAR minus UniAPL with lexical, "
-               f"both run on this machine (the teacher table's): {cell(same)}, p {same['p']:.2g}, "
+               f"both run on this machine (the teacher table's): {ci_cell(same)}, p {same['p']:.2g}, "
                f"{same['n']} seeds.\n")
     with open(os.path.join(args.out, "toy_polar_claims.md"), "w") as f:
         f.write(md)
