@@ -140,7 +140,7 @@ def require_responses(rows: list[dict], source: str, method: str) -> list[dict]:
     if not demos:
         raise DataError(f"{source}: method {method!r} needs teacher responses (field 'response'), "
                         f"but none of its {len(rows)} rows has one. Generate them with "
-                        f"`python evaluate.py --model TEACHER --dataset {source} --write-verified demos.jsonl`.")
+                        f"`python eval.py --model TEACHER --dataset {source} --write-verified demos.jsonl`.")
     return demos
 
 
@@ -413,7 +413,7 @@ class MixedSampler:
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI: convert a source to JSONL (teacher demonstrations: `python evaluate.py --write-verified`)
+# CLI: convert a source to JSONL (teacher demonstrations: `python eval.py --write-verified`)
 # ----------------------------------------------------------------------------------------------
 
 def main(argv=None):

@@ -10,7 +10,7 @@ by a toy run carries a marker (`uniapl.json`) so that training it further stays 
 Each field is declared with `toy(...)` values first and, where the real run differs, `real=...`.
 Values marked "ours" are our choices where the paper is silent (PAPER.md lists what is known);
 none of the paper's own hyper-parameters are public. `Settings.for_world("real", method="grpo")`
-builds the same object in code, without a command line: tools/bench.py, evaluate.py and tools/reproduce.py
+builds the same object in code, without a command line: tools/bench.py, eval.py and tools/reproduce.py
 read their defaults from here instead of restating them.
 """
 

@@ -56,7 +56,7 @@ import torch
 import checkpoint
 import data
 import engines
-import evaluate
+import eval
 import grpo
 import parallel
 import rollouts
@@ -385,12 +385,12 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         """Each rank answers its share of the prompts; all of them score the gathered answers."""
         mine = eval_rows[ctx.rank::ctx.world_size]
         with parallel.gathered(policy, ctx):
-            answers = evaluate.generate_responses(policy, tokenizer, mine, autocast=amp,
+            answers = eval.generate_responses(policy, tokenizer, mine, autocast=amp,
                                                   max_new_tokens=s.eval_max_new_tokens, engine=engine)
         parts = ctx.gather_objects(answers)       # rank r holds rows r, r + N, r + 2N, ...
         texts = [parts[i % ctx.world_size][0][i // ctx.world_size] for i in range(len(eval_rows))]
         lengths = [parts[i % ctx.world_size][1][i // ctx.world_size] for i in range(len(eval_rows))]
-        res = evaluate.score_responses(eval_rows, texts, lengths, s.eval_max_new_tokens)
+        res = eval.score_responses(eval_rows, texts, lengths, s.eval_max_new_tokens)
         if ctx.is_main:
             write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
         return res
@@ -414,7 +414,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
                         os.path.basename(os.path.normpath(s.out)), dataclasses.asdict(s),
                         resume_step=start if s.resume else None)
     if before and start == 0:
-        trackers.log({f"eval/{k}": before[k] for k in evaluate.METRICS}, 0)
+        trackers.log({f"eval/{k}": before[k] for k in eval.METRICS}, 0)
     bar = tqdm(range(start, s.steps), initial=start, total=s.steps, desc=s.method,
                disable=s.no_progress or not ctx.is_main, dynamic_ncols=True)
     last_save = time.monotonic()
@@ -439,7 +439,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         due = bool(s.eval_every) and (step + 1) % s.eval_every == 0 and step + 1 < s.steps
         if due and not stop:
             res = run_eval(f"step{step + 1}")
-            metrics.update({f"eval/{k}": res[k] for k in evaluate.METRICS})
+            metrics.update({f"eval/{k}": res[k] for k in eval.METRICS})
         if not ctx.distributed:       # one process also sees a signal that came in the evaluation
             stop = stop or signals.number
         save = save or bool(stop)
@@ -455,7 +455,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
             last_save = time.monotonic()
         if stop:
             skipped = f" (the evaluation due after step {step + 1} is skipped)" if due and \
-                f"eval/{evaluate.METRICS[0]}" not in metrics else ""
+                f"eval/{eval.METRICS[0]}" not in metrics else ""
             return stopped(stop, step + 1, saved, after=skipped)
 
     # --- Evaluate after training, save. A stop asked for during the last step (or before the
@@ -467,7 +467,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
                                            sampler, s.save_total_limit, ctx)
         return stopped(stop, s.steps, saved, note=", before the final evaluation")
     after = run_eval("final")
-    trackers.log({f"eval/{k}": after[k] for k in evaluate.METRICS}, s.steps)
+    trackers.log({f"eval/{k}": after[k] for k in eval.METRICS}, s.steps)
     trackers.close()
     weights, _ = checkpoint.full_state(policy, None, ctx)
     if ctx.is_main:
@@ -476,7 +476,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
                                           {"uniapl.json": marker},
                                           state_dict=weights if ctx.fsdp else None)
     ctx.barrier()
-    teacher = evaluate.teacher_accuracy(eval_rows)
+    teacher = eval.teacher_accuracy(eval_rows)
     was = lambda k: f"{before[k]:.3f} -> " if before else ""  # noqa: E731
     say(f"[{s.method}] held-out IF accuracy (prompt-strict): {was('prompt_strict')}"
         f"{after['prompt_strict']:.3f}" + (f"  (teacher: {teacher['prompt_strict']:.3f})"

@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import checkpoint  # noqa: E402
-import evaluate  # noqa: E402
+import eval  # noqa: E402
 import parallel  # noqa: E402
 import train  # noqa: E402
 
@@ -52,7 +52,7 @@ def inject(fault: str) -> None:
     if where == "step":      # the signal lands in the middle of the step: its backward is still to come
         wrap(train, "micro_batches", True)
     elif where == "eval":
-        wrap(evaluate, "generate_responses", True)
+        wrap(eval, "generate_responses", True)
     elif where == "fsync":
         wrap(checkpoint, "_fsync", False)
     else:

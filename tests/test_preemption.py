@@ -226,9 +226,9 @@ def test_a_signal_in_the_last_step_leaves_the_final_evaluation_to_the_next_start
     """A stop asked for in the evaluation before training, or while the last step's checkpoint is
     written, is honoured before the final evaluation (the real run's is long), even with
     --save-every 0: the last step is checkpointed, and the next start evaluates and saves."""
-    import evaluate
+    import eval
     out = str(tmp_path)
-    for module, name, extra in ((evaluate, "generate_responses", ["--save-every", "0"]),
+    for module, name, extra in ((eval, "generate_responses", ["--save-every", "0"]),
                                 (checkpoint, "_fsync", ["--save-every", "1"])):
         real, calls = getattr(module, name), {"n": 0}
 

@@ -123,9 +123,9 @@ def test_push_sends_every_parameter_and_no_buffer(model, tok, fake):
 
 def test_an_evaluation_is_one_engine_call(model, tok, fake):
     """17 wake/push/sleep cycles of 32 prompts used to answer IFEval's 541; vLLM schedules them."""
-    import evaluate
+    import eval
     llm, engine = fake([[[tok.eos_token_id]]])
-    texts, lengths = evaluate.generate_responses(model, tok, ROWS * 45, max_new_tokens=4, engine=engine)
+    texts, lengths = eval.generate_responses(model, tok, ROWS * 45, max_new_tokens=4, engine=engine)
     assert llm.generate_calls == 1 and len(llm.prompts) == 90 and len(texts) == 90
     assert llm.params.temperature == 0.0 and llm.params.n == 1 and lengths == [1] * 90
 

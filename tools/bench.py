@@ -407,7 +407,7 @@ def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: 
     the evaluation's time is the calls x the steady call. Other engines: one call of all
     `prompts`. On the CPU a call of four prompts stands in, its time scaled to the plan."""
 
-    import evaluate
+    import eval
     policy, tokenizer, rows, _ = shaped_world(shape, device, s)
     engine = shaped_engine(policy, tokenizer, device, s)
     every = (rows * (prompts // len(rows) + 1))[:prompts]
@@ -423,7 +423,7 @@ def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: 
     walls = []
     for i in range(2):
         t0 = time.perf_counter()
-        texts, lengths = evaluate.generate_responses(
+        texts, lengths = eval.generate_responses(
             policy, tokenizer, every[:measured], max_new_tokens=s.eval_max_new_tokens, engine=engine,
             autocast=parallel.autocast_for(device, s.precision))
         walls.append(time.perf_counter() - t0)

@@ -1,7 +1,7 @@
-"""Plots: training curves, behaviour histograms (evaluate.py), the reproduction's figures.
+"""Plots: training curves, behaviour histograms (eval.py), the reproduction's figures.
 
     python -m tools.plots RUN_DIR [RUN_DIR ...] --out curves.png   # one line per run, one panel per metric
-    python -m tools.plots --behaviour RUN/final/eval.json         # evaluate.py --behaviour's histograms
+    python -m tools.plots --behaviour RUN/final/eval.json         # eval.py --behaviour's histograms
 
 Per-step RL metrics are noisy, so training curves are drawn as a trailing moving average (the
 window is in the panel title); evaluation points are drawn as they are. Each run keeps one colour
@@ -220,9 +220,9 @@ def plot_polar_validation(res: dict, path: str) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Training curves of runs, or the behaviour histograms of "
-                                "an evaluation (evaluate.py --behaviour).")
+                                "an evaluation (eval.py --behaviour).")
     p.add_argument("runs", nargs="*", metavar="RUN_DIR")
-    p.add_argument("--behaviour", metavar="EVAL_JSON", help="evaluate.py's JSON with a 'behaviour' part")
+    p.add_argument("--behaviour", metavar="EVAL_JSON", help="eval.py's JSON with a 'behaviour' part")
     p.add_argument("--out", default=None, help="PNG path (default: curves.png, or beside EVAL_JSON)")
     p.add_argument("--smooth", type=int, default=10, help="moving-average window (steps)")
     args = p.parse_args(argv)
@@ -230,7 +230,7 @@ def main(argv=None):
         with open(args.behaviour) as f:
             result = json.load(f)
         if "behaviour" not in result:
-            raise SystemExit(f"{args.behaviour} has no 'behaviour' part: run evaluate.py --behaviour")
+            raise SystemExit(f"{args.behaviour} has no 'behaviour' part: run eval.py --behaviour")
         out = args.out or os.path.splitext(args.behaviour)[0] + "_behaviour.png"
         plot_behaviour(result["behaviour"], out, title=args.behaviour)
     elif args.runs:

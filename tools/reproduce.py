@@ -128,7 +128,7 @@ def run_job(spec: dict) -> dict:
 
     import checkpoint
     import data
-    import evaluate
+    import eval
     import train
     torch.set_num_threads(1)   # jobs run side by side, one core each
     t0 = time.perf_counter()
@@ -154,13 +154,13 @@ def run_job(spec: dict) -> dict:
     if spec["stages"]:
         texts = [r["response"] for r in json.load(open(os.path.join(out, "eval_final.json")))["responses"]]
     else:                                 # the base itself: answered here
-        texts = evaluate.generate_responses(model, tok, rows, max_new_tokens=64)[0]
+        texts = eval.generate_responses(model, tok, rows, max_new_tokens=64)[0]
     result = {"name": spec["name"], "seed": spec["seed"], "lrs": [lr for _, _, lr in spec["stages"]],
               "wall_s": time.perf_counter() - t0, "kept": kept,
               "run_dir": out if spec["stages"] else model_arg, "n_eval": len(rows),
-              **scores(texts, rows), "teacher": evaluate.teacher_accuracy(rows)["prompt_strict"]}
+              **scores(texts, rows), "teacher": eval.teacher_accuracy(rows)["prompt_strict"]}
     if spec.get("behaviour"):
-        b = evaluate.behaviour(model, tok, rows[:100], max_new_tokens=64, seed=spec["seed"])
+        b = eval.behaviour(model, tok, rows[:100], max_new_tokens=64, seed=spec["seed"])
         result |= {"length_w1": b["length"]["w1"], "logprob_w1": b["logprob"]["w1"],
                    "length_mean": b["length"]["student_mean"],
                    "teacher_length_mean": b["length"]["teacher_mean"]}

@@ -105,7 +105,7 @@ def run_one(run: dict, args) -> dict:
         out = os.path.join(where, "eval.json")
         if not os.path.exists(out):
             os.makedirs(where, exist_ok=True)
-            subprocess.run([sys.executable, "evaluate.py", "--model", model, "--dataset", args.eval_dataset,
+            subprocess.run([sys.executable, "eval.py", "--model", model, "--dataset", args.eval_dataset,
                             "--out", out, *limits(args, "--limit", "--max-new-tokens")], cwd=ROOT, check=True)
         final = json.load(open(out))
     for i, (method, extra) in enumerate(stages):
@@ -130,7 +130,7 @@ def run_one(run: dict, args) -> dict:
 
 
 def limits(args, limit_flag: str, length_flag: str) -> list[str]:
-    """The evaluation's prompt limit and answer length, in train.py's or evaluate.py's words."""
+    """The evaluation's prompt limit and answer length, in train.py's or eval.py's words."""
     return ([limit_flag, str(args.eval_limit)] if args.eval_limit else []) + \
         ([length_flag, str(args.eval_max_new_tokens)] if args.eval_max_new_tokens else [])
 

@@ -1,4 +1,4 @@
-"""evaluate.py: distances against hand values, accuracy, behaviour, verified demonstrations, CLI."""
+"""eval.py: distances against hand values, accuracy, behaviour, verified demonstrations, CLI."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import evaluate as evaluation
+import eval as evaluation
 import rollouts
 import train
 from tools import plots
@@ -105,7 +105,7 @@ def test_cli_writes_verified_demonstrations_with_the_toy_model_as_teacher(tmp_pa
 
 def test_the_cli_answers_in_the_gpu_dtype_through_the_engine(tmp_path, model, tok, toy_rows,
                                                              monkeypatch):
-    """Where the precision is bf16 (CUDA; here forced on the CPU), evaluate.py loads a teacher or
+    """Where the precision is bf16 (CUDA; here forced on the CPU), eval.py loads a teacher or
     student in bf16 and answers -- --write-verified and --behaviour's samples alike -- through
     the rollout engine it was given, not HF generate in fp32."""
     import data

@@ -1,10 +1,10 @@
 """Evaluation: IFEval-style accuracy of a model, and how its behaviour compares with the teacher's.
 
-    python evaluate.py --model runs/uniapl-.../final                 # toy or any HF model directory
-    python evaluate.py --model Qwen/Qwen3-0.6B --dataset google/IFEval
-    python evaluate.py --model DIR --behaviour                       # + distributions vs the teacher
-    python evaluate.py --model TEACHER --dataset DATA --write-demos demos.jsonl      # the paper's setting
-    python evaluate.py --model TEACHER --dataset DATA --write-verified demos.jsonl   # only passing answers
+    python eval.py --model runs/uniapl-.../final                 # toy or any HF model directory
+    python eval.py --model Qwen/Qwen3-0.6B --dataset google/IFEval
+    python eval.py --model DIR --behaviour                       # + distributions vs the teacher
+    python eval.py --model TEACHER --dataset DATA --write-demos demos.jsonl      # the paper's setting
+    python eval.py --model TEACHER --dataset DATA --write-verified demos.jsonl   # only passing answers
 
 The idea
 --------
