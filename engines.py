@@ -4,13 +4,13 @@ Every engine has one method, `generate(model, tokenizer, rows, G, *, temperature
 greedy) -> rollouts.Rollouts`, and samples the same distribution (rollouts.py says how):
 
     hf      transformers' generate (rollouts.HFEngine): the reference; auto's choice on the CPU
-    static  rollouts.StaticEngine: a bf16 copy, a static KV cache, CUDA graphs; auto's choice on
-            CUDA without vLLM, and under torchrun
+    static  static_engine.StaticEngine: a bf16 copy, a static KV cache, CUDA graphs; auto's
+            choice on CUDA without vLLM, and under torchrun
     vllm    vllm_engine.VLLMEngine: in-process vLLM beside the policy; auto's choice on one GPU
             where vLLM is installed
 
-This file sits above both engine files, so that imports flow one way: the vLLM adapter uses
-rollouts.py's helpers, and rollouts.py knows nothing of vLLM.
+This file sits above the engine files, so that imports flow one way: static_engine.py and the
+vLLM adapter use rollouts.py's record and helpers, and rollouts.py knows neither of them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 
 import parallel
 import rollouts
+import static_engine
 
 if TYPE_CHECKING:
     import settings
@@ -42,7 +43,7 @@ def make_engine(name: str, device, *, dtype=None, prompt_width: int = 512, distr
     if name == "hf":
         return rollouts.HFEngine()
     if name == "static":
-        return rollouts.StaticEngine(dtype, prompt_width)
+        return static_engine.StaticEngine(dtype, prompt_width)
     if name != "vllm":
         raise ValueError(f"unknown rollout engine {name!r} (auto, hf, static or vllm)")
     if distributed:

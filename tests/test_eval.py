@@ -9,6 +9,7 @@ import torch
 
 import eval as evaluation
 import rollouts
+import static_engine
 import train
 from tools import plots
 
@@ -117,8 +118,8 @@ def test_the_cli_answers_in_the_gpu_dtype_through_the_engine(tmp_path, model, to
     real_dtype = parallel.autocast_dtype
     monkeypatch.setattr(parallel, "autocast_dtype", lambda device, p="auto": real_dtype(device, "bf16"))
     seen = []
-    real_generate = rollouts.StaticEngine.generate
-    monkeypatch.setattr(rollouts.StaticEngine, "generate", lambda self, m, *a, **kw: seen.append(
+    real_generate = static_engine.StaticEngine.generate
+    monkeypatch.setattr(static_engine.StaticEngine, "generate", lambda self, m, *a, **kw: seen.append(
         (next(m.parameters()).dtype, kw.get("greedy"))) or real_generate(self, m, *a, **kw))
     evaluation.main(["--model", str(tmp_path / "teacher"), "--dataset", str(src), "--max-new-tokens",
                      "6", "--engine", "static", "--behaviour", "--write-verified",

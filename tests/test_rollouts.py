@@ -1,5 +1,6 @@
-"""rollouts.py: the static engine samples like hf, keeps its copy and cache in place, compiles
-once per shape, holds no padding, and runs under bf16 autocast with fp32 master weights."""
+"""rollouts.py and engines.py: what every engine returns (stops at every stop id, no padding
+beyond the longest prompt), every engine under bf16 autocast with fp32 master weights, and
+which engine `auto` picks. The static engine's own tests: tests/test_static_engine.py."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 import engines
 import grpo
 import rollouts
+import static_engine
 import toy
 from tests import worlds
 
@@ -20,18 +22,6 @@ def sampled(engine, model, tok, rows=ROWS, G=4, **kw):
     return engine.generate(model, tok, rows, G, **{"temperature": 0.9, "max_new_tokens": 12} | kw)
 
 
-def test_static_samples_exactly_like_hf_in_fp32(model, tok):
-    """Same seed, same tokens: the copy, the static cache and the own decode loop change nothing."""
-    a = sampled(rollouts.HFEngine(), model, tok)
-    b = sampled(rollouts.StaticEngine(prompt_width=48), model, tok)
-    assert torch.equal(a.completion_ids, b.completion_ids) and a.texts == b.texts
-    assert torch.equal(a.prompt_ids, b.prompt_ids) and torch.equal(a.truncated, b.truncated)
-    assert torch.allclose(a.sampler_logp, b.sampler_logp, atol=1e-5)
-    greedy = [e.generate(model, tok, ROWS, 1, greedy=True, max_new_tokens=20).texts
-              for e in (rollouts.HFEngine(), rollouts.StaticEngine(prompt_width=48))]
-    assert greedy[0] == greedy[1]
-
-
 def test_stops_at_every_stop_id_and_trims(model, tok):
     """A completion ends at the first of several stop ids; columns after every row's stop are
     dropped, as generate drops them. The second stop id is a token greedy decoding does emit."""
@@ -40,7 +30,7 @@ def test_stops_at_every_stop_id_and_trims(model, tok):
     stop = int(free.completion_ids[0, 2])
     model.generation_config.eos_token_id = [tok.eos_token_id, stop]
     out = [e.generate(model, tok, rows, 1, greedy=True, max_new_tokens=10)
-           for e in (rollouts.HFEngine(), rollouts.StaticEngine(prompt_width=64))]
+           for e in (rollouts.HFEngine(), static_engine.StaticEngine(prompt_width=64))]
     assert torch.equal(out[0].completion_ids, out[1].completion_ids) and out[0].texts == out[1].texts
     for ro in out:
         assert ro.completion_mask[0].sum() <= 3 and not ro.truncated[0]
@@ -52,93 +42,9 @@ def test_no_prompt_padding_beyond_the_longest_prompt(model, tok):
     paid for 512 + L tokens; now the prompt columns end where the longest prompt begins."""
     longest = max(len(tok(__import__("data").chat_prompt(tok, r["prompt"]),
                           add_special_tokens=False)["input_ids"]) for r in ROWS)
-    for engine in (rollouts.HFEngine(), rollouts.StaticEngine(prompt_width=512)):
+    for engine in (rollouts.HFEngine(), static_engine.StaticEngine(prompt_width=512)):
         ro = sampled(engine, model, tok)
         assert ro.prompt_ids.shape[1] == longest and ro.prompt_mask[:, 0].any()
-
-
-def test_the_copy_equals_the_policy_after_a_step_and_keeps_its_addresses(tok):
-    """bf16 copy == policy cast to bf16 exactly, after an optimizer step too; same addresses;
-    the rotary frequencies stay fp32; the tied head stays tied."""
-    policy = toy.build_model(tok, seed=0)
-    engine = rollouts.StaticEngine(dtype=torch.bfloat16, prompt_width=48)
-    copy = engine.refresh(policy)
-    ptrs = [t.data_ptr() for t in [*copy.parameters(), *copy.buffers()]]
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
-    ro = sampled(engine, policy, tok)
-    logp = grpo.completion_logprobs(policy, ro, 0.9)
-    (-(logp * ro.completion_mask).sum()).backward()
-    opt.step()
-    engine.refresh(policy)
-    assert [t.data_ptr() for t in [*copy.parameters(), *copy.buffers()]] == ptrs
-    masters = dict(policy.named_parameters())
-    for name, p in copy.named_parameters():
-        assert p.dtype == torch.bfloat16
-        assert torch.equal(p, masters[name].detach().to(torch.bfloat16)), name
-    assert copy.lm_head.weight is copy.model.embed_tokens.weight
-    assert copy.model.rotary_emb.inv_freq.dtype == torch.float32
-    assert torch.equal(copy.model.rotary_emb.inv_freq, policy.model.rotary_emb.inv_freq)
-
-
-def test_one_compile_per_process_with_the_production_compiler(tok):
-    """inductor (the compiler the GPU runs; CUDA graphs are the GPU's part) compiles the decode
-    step once: over two training calls (prompts of different lengths, the cache reused in
-    place), evaluations of another row count and answer length with a padded last chunk, a
-    prompt wider than --max-prompt-length (a wider cache), and every span the answer grows
-    through. Before, it compiled three times: static shapes, an automatic-dynamic recompile, and
-    again when the span first equalled the cache length."""
-    from torch._dynamo.utils import counters
-    torch._dynamo.reset()
-    counters.clear()
-    model = toy.build_model(tok, seed=0)
-    engine = rollouts.StaticEngine(prompt_width=32, compile={"backend": "inductor"})
-    engine.generate(model, tok, [ROWS[0]], 4, max_new_tokens=6)
-    train_cache = engine.cache
-    ptr = train_cache.keys[0].data_ptr()
-    engine.generate(model, tok, [ROWS[1]], 4, max_new_tokens=6)       # longer prompt, same bucket
-    assert engine.cache is train_cache and train_cache.keys[0].data_ptr() == ptr
-    wide = {**ROWS[0], "prompt": " ".join(["Describe the old cat"] * 12)}   # > 32 prompt tokens
-    rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:5]
-    engine.max_rows = 2                       # 5 prompts: calls of 2, 2 and 1 padded to 2
-    for batch in (rows, rows + [wide]):                                # two evaluations
-        answers = engine.generate(model, tok, batch, 1, greedy=True, max_new_tokens=rollouts.SPAN_STEP + 9)
-    assert engine.cache.shape[1] > 32 + rollouts.SPAN_STEP + 9        # the wide prompt's bucket
-    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
-    eager = rollouts.StaticEngine(prompt_width=32, max_rows=2).generate(
-        model, tok, rows + [wide], 1, greedy=True, max_new_tokens=rollouts.SPAN_STEP + 9)
-    assert answers.texts == eager.texts                     # the compiled step answers the same
-
-
-def test_the_attended_span_grows_with_the_answer(model, tok, monkeypatch):
-    """The decode step reads slots [0, P + t] rounded up to SPAN_STEP, not the whole cache from
-    the first token: at most one step's worth of slots beyond what is written."""
-    spans, real = [], rollouts.gqa_attention
-    monkeypatch.setattr(rollouts, "gqa_attention", lambda m, q, k, v, mask, **kw:
-                        spans.append((q.shape[2], mask.shape[-1])) or real(m, q, k, v, mask, **kw))
-    monkeypatch.setattr(rollouts, "SPAN_STEP", 16)
-    rollouts.register_attention()
-    engine = rollouts.StaticEngine(prompt_width=48)
-    ro = engine.generate(model, tok, ROWS, 1, greedy=True, max_new_tokens=40)
-    rollouts.register_attention()
-    P, length = ro.prompt_ids.shape[1], engine.cache.shape[1]
-    decode = [s for q, s in spans if q == 1][::model.config.num_hidden_layers]   # one per token
-    assert len(decode) == ro.completion_ids.shape[1] - 1 and length == 48 + 40
-    for t, span in enumerate(decode):
-        assert span == min(length, -(-(P + t + 1) // 16) * 16), (t, span)
-    assert decode[0] < length and decode[-1] == min(length, -(-(P + len(decode)) // 16) * 16)
-
-
-def test_evaluation_in_chunks_of_one_shape_gives_the_same_answers(model, tok):
-    rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:7]
-    whole = rollouts.StaticEngine(prompt_width=64).generate(model, tok, rows, 1, greedy=True,
-                                                           max_new_tokens=8)
-    engine = rollouts.StaticEngine(prompt_width=64, max_rows=3)
-    shapes = []
-    real = engine._cache_for
-    engine._cache_for = lambda *a: shapes.append(a[1:3]) or real(*a)
-    chunked = engine.generate(model, tok, rows, 1, greedy=True, max_new_tokens=8)
-    assert chunked.texts == whole.texts and len(chunked.rows) == 7
-    assert set(shapes) == {(3, 72)}                # 3 + 3 + (1 padded to 3) rows, one shape
 
 
 @pytest.mark.parametrize("engine", ["hf", "static"])
@@ -170,84 +76,3 @@ def test_auto_picks_static_on_cuda_without_vllm_and_under_torchrun(monkeypatch):
     assert engines.make_engine("auto", "cuda", distributed=True).name == "static"
     with pytest.raises(SystemExit, match="one process"):
         engines.make_engine("vllm", "cuda", distributed=True)
-
-
-def test_evaluation_batches_are_sized_by_the_free_gpu_memory(monkeypatch):
-    """At Qwen3-0.6B's shape a bf16 cache slot costs 112 KiB (2 x 28 layers x 8 heads x 128 x 2 B);
-    an evaluation of 1,280-token answers (+ 512 prompt slots) takes as many rows as fit in 80 % of
-    the free memory, KV cache and four fp32 copies of a row's logits each."""
-    from transformers import Qwen3Config
-
-    from tools.shapes import QWEN3_06B
-    config = Qwen3Config(**QWEN3_06B)
-    assert rollouts.cache_bytes_per_row(config, 1, torch.bfloat16) == 114_688
-    engine = rollouts.StaticEngine(torch.bfloat16, prompt_width=512)
-    engine.copy = __import__("types").SimpleNamespace(dtype=torch.bfloat16)   # only its dtype is read
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (40 * 2**30, 80 * 2**30))
-    per_row = 114_688 * 1792 + 16 * 151_936
-    rows = engine.rows_per_call(config, 1792, torch.device("cuda"), wanted=541)
-    assert rows == int(0.8 * 40 * 2**30) // per_row == 165
-    assert engine.rows_per_call(config, 1792, torch.device("cuda"), wanted=64) == 64
-
-
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("q", [1, 5])
-def test_gqa_attention_equals_the_reference(dtype, tol, q):
-    """The folded attention (each KV head read once for its g query heads) against attention
-    written out with K and V repeated to every query head, with a mask of the engine's kind and
-    the keys longer than the mask (the decode step hands over the whole cache)."""
-    from types import SimpleNamespace
-    torch.manual_seed(0)
-    R, kv, g, d, S, length = 3, 2, 4, 8, 11, 16
-    query = torch.randn(R, kv * g, q, d, dtype=dtype)
-    key, value = (torch.randn(R, kv, length, d, dtype=dtype) for _ in range(2))
-    allowed = torch.rand(R, 1, q, S) < 0.7
-    allowed[..., 0] = True                                          # no fully masked row
-    mask = torch.zeros(R, 1, q, S, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
-    out, _ = rollouts.gqa_attention(SimpleNamespace(num_key_value_groups=g), query, key, value,
-                                    mask, scaling=d ** -0.5)                 # [R, q, H, d]
-    k = key[:, :, :S].double().repeat_interleave(g, 1)                      # [R, H, S, d]
-    v = value[:, :, :S].double().repeat_interleave(g, 1)
-    scores = query.double() @ k.transpose(-1, -2) * d ** -0.5 + mask.double()
-    ref = (scores.softmax(-1) @ v).transpose(1, 2)                          # [R, q, H, d]
-    assert out.shape == (R, q, kv * g, d) and out.dtype == dtype
-    assert (out.double() - ref).abs().max() < tol
-
-
-def test_the_copy_never_repeats_keys_and_values(model, tok, monkeypatch):
-    """transformers' sdpa path copies K and V to every query head when a mask is given (always,
-    for the engine) -- in the compiled decode step at every token. The copy attends with
-    gqa_attention and calls repeat_kv nowhere, prefill and traced decode step alike; the policy
-    keeps its own attention."""
-    import transformers.integrations.sdpa_attention as sdpa
-    assert model.config.num_attention_heads > model.config.num_key_value_heads      # GQA
-    calls, real = [], sdpa.repeat_kv
-    monkeypatch.setattr(sdpa, "repeat_kv", lambda *a: calls.append(a[0].shape) or real(*a))
-    torch._dynamo.reset()
-    engine = rollouts.StaticEngine(prompt_width=48, compile={"backend": "eager"})
-    ro = sampled(engine, model, tok)
-    assert ro.completion_ids.shape[1] > 1 and calls == []
-    assert engine.copy.config._attn_implementation == rollouts.DECODE_ATTENTION
-    assert model.config._attn_implementation == "sdpa"
-
-
-def test_evaluation_calls_are_balanced_and_sized_for_the_widest_prompt(tok, monkeypatch):
-    """7 prompts at 6 rows per call were 6 + 1 padded to 6 (12 rows decoded); balanced, they are
-    2 calls of 4. A prompt wider than --max-prompt-length gets a wider cache, and the rows per
-    call are sized for that cache, not for prompt_width + the answer."""
-    from types import SimpleNamespace
-    config = toy.build_model(tok, seed=0).config
-    engine = rollouts.StaticEngine(torch.bfloat16, prompt_width=48)   # the rows: 21-44 tokens
-    engine.copy = SimpleNamespace(dtype=torch.bfloat16)              # only its dtype is read
-    per_row = lambda length: (rollouts.cache_bytes_per_row(config, length, torch.bfloat16)  # noqa: E731
-                              + 16 * config.vocab_size)
-    free = int(6.5 * per_row(48 + 64) / 0.8)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free, 2 * free))
-    rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:7]
-    cuda = torch.device("cuda")
-    assert engine.rows_per_call(config, 112, cuda, 7) == 6
-    assert engine.plan(config, tok, rows, 1, 64, cuda) == (112, 4, 2)
-    wide = {**rows[0], "prompt": " ".join(["Describe the old cat"] * 20)}   # 107 tokens
-    length, n, calls = engine.plan(config, tok, rows + [wide], 1, 64, cuda)
-    fits = int(0.8 * free) // per_row(length)
-    assert length == 256 + 64 and calls == -(-8 // fits) and n == -(-8 // calls) and n < 6

@@ -10,4 +10,4 @@ python -m pip install --quiet --no-deps --target "$target" transformers==5.17.0 
     httpx==0.28.1 httpcore==1.0.9 h11==0.16.0 anyio==4.16.0 sniffio==1.3.1 certifi idna
 export PYTHONPATH="$target${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
 python -c "import transformers; print('transformers', transformers.__version__)"
-python -m pytest -q tests/test_rollouts.py tests/test_vllm_engine.py tests/test_real_run.py
+python -m pytest -q tests/test_rollouts.py tests/test_static_engine.py tests/test_vllm_engine.py tests/test_real_run.py
