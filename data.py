@@ -192,6 +192,23 @@ def training_pools(rows: list[dict], source: str, method: str, pool_split: str, 
     return demos, prompts
 
 
+def training_data(s, objective, tokenizer) -> tuple[MixedSampler, list[dict]]:
+    """What a run reads, from its settings `s`: the mixed sampler over the training rows (the
+    demonstrations and the RL prompts, each pool only where the objective `objective` uses it) and
+    the evaluation rows."""
+    load = dict(skip_invalid=s.skip_invalid_rows, toy_seed=s.seed, teacher_accuracy=s.teacher_accuracy,
+                toy_eval_n=s.toy_eval_size)
+    rows = check_prompt_lengths(load_rows(s.dataset, "train", **load), tokenizer, s.max_prompt_length,
+                                s.dataset, strict=s.strict_prompt_length)
+    eval_rows = load_rows(s.eval_dataset, evaluation_split(s.eval_dataset), **load)[:s.eval_limit]
+    demos, prompts = training_pools(
+        rows, s.dataset, s.method, s.pool_split, needs_demos=objective.needs_demos,
+        rl_needs_reference=objective.uses_discriminator and objective.rollouts_on == "rl")
+    sampler = MixedSampler(demos, prompts, s.sft_batch_size if objective.uses_sft else 0,
+                           s.rl_batch_size if objective.rollouts_on == "rl" else 0, s.seed)
+    return sampler, eval_rows
+
+
 # ----------------------------------------------------------------------------------------------
 # Sources
 # ----------------------------------------------------------------------------------------------

@@ -8,16 +8,13 @@
 
 This file is the method, top to bottom: `unified_step` is one optimizer step written in the order
 of the equation (rollouts -> reward -> discriminator and coefficient -> one block per loss term
--> one backward pass -> update), and `train` is the loop around it (load -> evaluate -> steps ->
-evaluate -> save). Settings live in settings.py; loading and checkpoints in checkpoint.py; the
-device, precision and torchrun processes in parallel.py; rollout engines in rollouts.py (chosen in
-engines.py); trackers and the per-phase time and memory meter in trackers.py.
-
-A run directory holds config.json, metrics.jsonl (one line per step), eval_start.json /
-eval_final.json, checkpoints/step-N (durable, with a manifest; --resume continues exactly) and
-final/ (save_pretrained, loadable with from_pretrained). `--resume auto` continues the run if it
-has a whole checkpoint and starts it otherwise, and SIGTERM/SIGINT/SIGUSR1 end it after the step in
-flight with a checkpoint, so one command survives any preemption (README, "Preemptible clusters").
+-> one backward pass -> update), and `train` is the loop around it (load -> the run directory ->
+evaluate -> steps -> evaluate -> save). The plumbing lives elsewhere: settings in settings.py;
+data in data.py; evaluation in eval.py; loading, the run directory (config.json, metrics.jsonl,
+eval_*.json, checkpoints/step-N, final/), exact resume and stop signals in checkpoint.py; the
+device, precision and torchrun processes in parallel.py; rollout engines in rollouts.py,
+static_engine.py and vllm_engine.py (chosen in engines.py); trackers and the time and memory
+meter in trackers.py. One command survives any preemption (docs/running.md).
 
 What the code really computes, and its simplifications (deliberate):
 * At --num-iterations 1 (the default) the rollouts serve one update, so pi_old = pi_theta, every
@@ -286,11 +283,15 @@ def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: i
 # ----------------------------------------------------------------------------------------------
 
 def train(s: settings.Settings) -> dict:
-    """Load -> evaluate -> unified steps (metrics, checkpoints) -> evaluate -> save; a summary.
-    Under torchrun every rank runs this; rank 0 alone writes (parallel.py)."""
+    """Load -> the run directory -> evaluate -> unified steps (metrics, checkpoints) -> evaluate
+    -> save; a summary. Under torchrun every rank runs this; rank 0 alone writes (parallel.py).
+    SIGTERM, SIGINT or SIGUSR1 is honoured where it lands (checkpoint.StopSignals): before the
+    first step the process ends at once (nothing to save); in an evaluation between steps the
+    evaluation is dropped; in a step the step finishes; then the last finished step is
+    checkpointed and the same command continues the run."""
     signals = checkpoint.StopSignals()
     if threading.current_thread() is threading.main_thread():
-        signals.install()           # from here on, SIGTERM & co. stop the run at a step boundary
+        signals.install()          # until the first step, a stop signal ends the process at once
     try:
         return _train(s, signals)
     finally:
@@ -298,117 +299,39 @@ def train(s: settings.Settings) -> dict:
 
 
 def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
-    """`train`, with `signals` recording a stop request from the moment the run starts."""
-    objective = uniapl.objective(s)
-    if objective.rollouts_on != "none" and s.num_generations < 2:
-        raise SystemExit("--num-generations must be at least 2 (advantages are relative to the group)")
-    ctx = parallel.setup(s.device, s.fsdp)
-    device, say = ctx.device, (print if ctx.is_main else lambda *a, **k: None)
-    seed_everything(s.seed)
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()   # our own progress bar is enough
+    ctx = parallel.setup(s.device, s.fsdp)      # one process, or this rank of torchrun's
+    say = print if ctx.is_main else lambda *a, **k: None
 
-    # --- Load: policy, data, reference (only if beta > 0), discriminator (only if used). ---
-    policy, tokenizer = checkpoint.load_policy(s.model, device, seed=s.seed)
-    if ctx.rank:   # every rank builds the same weights, then samples with its own seed
-        seed_everything(s.seed + 1_000_003 * ctx.rank)
-    # from_pretrained returns a module in eval mode, and transformers checkpoints a layer only
-    # while its module is training: without this, --gradient-checkpointing would save nothing.
-    policy.train()
-    if s.gradient_checkpointing:
-        parallel.enable_activation_checkpointing(policy)
-    reference = copy.deepcopy(policy).eval().requires_grad_(False) if s.beta > 0 else None
-    if ctx.fsdp:
-        policy, reference = parallel.shard(policy, ctx), reference and parallel.shard(reference, ctx)
-    load = dict(skip_invalid=s.skip_invalid_rows, toy_seed=s.seed, teacher_accuracy=s.teacher_accuracy,
-                toy_eval_n=s.toy_eval_size)
-    rows = data.load_rows(s.dataset, "train", **load)
-    rows = data.check_prompt_lengths(rows, tokenizer, s.max_prompt_length, s.dataset,
-                                     strict=s.strict_prompt_length)
-    eval_rows = data.load_rows(s.eval_dataset, data.evaluation_split(s.eval_dataset),
-                               **load)[:s.eval_limit]
-    demos, prompts = data.training_pools(
-        rows, s.dataset, s.method, s.pool_split, needs_demos=objective.needs_demos,
-        rl_needs_reference=objective.uses_discriminator and objective.rollouts_on == "rl")
-    sampler = data.MixedSampler(demos, prompts, s.sft_batch_size if objective.uses_sft else 0,
-                                s.rl_batch_size if objective.rollouts_on == "rl" else 0, s.seed)
-    disc = load_discriminator(s.discriminator, s.discriminator_model, device,
-                              parallel.autocast_dtype(device, s.precision) or torch.float32) \
-        if objective.uses_discriminator else None
-    engine = engines.make_engine(
-        s.rollout_engine, device, dtype=parallel.autocast_dtype(device, s.precision),
-        prompt_width=s.max_prompt_length, distributed=ctx.distributed,
-        model_path=engines.engine_model_dir(policy, tokenizer, s), seed=s.seed,
-        max_model_len=s.max_prompt_length + max(s.max_completion_length, s.eval_max_new_tokens),
-        gpu_memory_utilization=s.vllm_gpu_memory_utilization)
-    say(f"[{s.method}] {s.world} world, {ctx.world_size} process(es) on {device.type}"
-        f"{' with FSDP2' if ctx.fsdp else ''}; rollouts and evaluation: {engine.name}")
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)))
-    run = Run(tokenizer, objective, optimizer, scheduler, engine, disc, reference, ctx)
+    # --- Load: the policy, the data, the rollout engine, the optimizer (loading()). ---
+    policy, sampler, eval_rows, run = loading(s, ctx, say)
+    o, tokenizer, amp = run.objective, run.tokenizer, parallel.autocast_for(ctx.device, s.precision)
 
-    # --- The run directory: resume (--resume auto: if there is a whole checkpoint), config. ---
-    if ctx.is_main:
-        checkpoint.prepare_out(s.out, resuming=s.resume is not None)
-        if s.resume:
-            checkpoint.tidy_checkpoints(s.out)     # what a process killed while saving left
-    config = dataclasses.asdict(s) | {"alpha": objective.alpha, "lambda_adv": objective.lambda_adv,
+    # --- The run directory: continue from its newest whole checkpoint (--resume), or start. ---
+    config = dataclasses.asdict(s) | {"alpha": o.alpha, "lambda_adv": o.lambda_adv,
                                       "world_size": ctx.world_size}      # what config.json holds
-    problem = ctx.broadcast_object(checkpoint.same_run(s.out, config)
-                                   if ctx.is_main and s.resume else None)
-    if problem:
-        raise SystemExit(problem)
-    done = ctx.broadcast_object(checkpoint.finished_run(s.out, s.steps)
-                                if ctx.is_main and s.resume == "auto" else None)
-    if done:           # the same command after the run ended: nothing to redo
-        say(f"{s.out} holds this run, finished after {s.steps} steps (final/): nothing to do")
-        return done
-    path = ctx.broadcast_object(checkpoint.find_checkpoint(s.resume, s.out, say)
-                                if ctx.is_main and s.resume else None)
-    start = 0
-    if path:
-        start = checkpoint.load_checkpoint(path, policy, optimizer, scheduler, sampler, ctx)
-        if start > s.steps:
-            raise SystemExit(f"--steps {s.steps} is below the step of {path} ({start}); run it "
-                             f"with --steps {start} or more")
-        say(f"resumed from {path} at step {start}")
-    elif s.resume and ctx.is_main and checkpoint.clear_unfinished(s.out):
-        say(f"{s.out}: no whole checkpoint; the run starts again from step 0 (its partial metrics "
-            "and evaluations are replaced)")
-    if ctx.is_main:
-        checkpoint.truncate_metrics(s.out, start)
-        write_json(os.path.join(s.out, "config.json"), config)
-    amp = parallel.autocast_for(device, s.precision)
+    start, finished = checkpoint.open_run(s, config, ctx, say, policy, run.optimizer, run.scheduler, sampler)
+    if finished:           # the same command after the run ended: nothing to redo
+        return finished
 
-    def run_eval(tag: str) -> dict:
-        """Each rank answers its share of the prompts; all of them score the gathered answers."""
-        mine = eval_rows[ctx.rank::ctx.world_size]
-        with parallel.gathered(policy, ctx):
-            answers = eval.generate_responses(policy, tokenizer, mine, autocast=amp,
-                                                  max_new_tokens=s.eval_max_new_tokens, engine=engine)
-        parts = ctx.gather_objects(answers)       # rank r holds rows r, r + N, r + 2N, ...
-        texts = [parts[i % ctx.world_size][0][i // ctx.world_size] for i in range(len(eval_rows))]
-        lengths = [parts[i % ctx.world_size][1][i // ctx.world_size] for i in range(len(eval_rows))]
-        res = eval.score_responses(eval_rows, texts, lengths, s.eval_max_new_tokens)
+    def evaluation(tag: str) -> dict:
+        """Every rank answers its share and all score them (eval.py); rank 0 writes the result.
+        A stop signal drops it: checkpoint.StopNow, on every rank."""
+        res = eval.evaluate_shares(policy, tokenizer, eval_rows, ctx, max_new_tokens=s.eval_max_new_tokens,
+                                   autocast=amp, engine=run.engine, interruptible=signals.dropping)
         if ctx.is_main:
-            write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
+            checkpoint.write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
         return res
 
-    # --- Evaluate before training (skipped when resuming: it was done). ---
+    # --- Evaluate before training (when resuming: read back). ---
     start_eval = os.path.join(s.out, "eval_start.json")
-    before = None
-    if os.path.exists(start_eval) and start > 0:
-        before = read_json(start_eval)
-    elif s.eval_start:
-        before = run_eval("start")
+    before = read_json(start_eval) if start and os.path.exists(start_eval) else \
+        evaluation("start") if s.eval_start else None
     if before:
-        say(f"[{s.method}] held-out IF accuracy before training: prompt-strict "
-            f"{before['prompt_strict']:.3f}, inst-strict {before['inst_strict']:.3f} "
-            f"({before['n_prompts']} prompts)")
+        say(f"[{s.method}] held-out IF accuracy before training: {eval.describe(before)}")
 
-    # --- Train. A stop signal (SIGTERM, SIGINT, SIGUSR1) ends the run after the step in flight,
-    #     with a checkpoint of that step: the same command continues it. ---
+    # --- Train. From here a stop signal ends the run after the step in flight (or drops an
+    #     evaluation between steps), with a checkpoint of the last finished step. ---
+    signals.mode = "step"
     from tqdm import tqdm
     trackers = Trackers(s.report_to if ctx.is_main else [], s.out, s.tracker_project,
                         os.path.basename(os.path.normpath(s.out)), dataclasses.asdict(s),
@@ -438,9 +361,12 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
             trackers.log_samples(samples[:8], step + 1)
         due = bool(s.eval_every) and (step + 1) % s.eval_every == 0 and step + 1 < s.steps
         if due and not stop:
-            res = run_eval(f"step{step + 1}")
-            metrics.update({f"eval/{k}": res[k] for k in eval.METRICS})
-        if not ctx.distributed:       # one process also sees a signal that came in the evaluation
+            try:            # a signal in it drops it, on every rank; the step is checkpointed below
+                res = evaluation(f"step{step + 1}")
+                metrics.update({f"eval/{k}": res[k] for k in eval.METRICS})
+            except checkpoint.StopNow as e:
+                stop = e.number
+        if not ctx.distributed:       # one process also sees a signal that came after the step
             stop = stop or signals.number
         save = save or bool(stop)
         if ctx.is_main:
@@ -449,8 +375,8 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         trackers.log(metrics, step + 1)
         bar.set_postfix({k: f"{metrics[k]:.3f}" for k in ("loss", "reward", "sft/nll") if k in metrics})
         if save or (s.save_every and ((step + 1) % s.save_every == 0 or step + 1 == s.steps)):
-            saved = checkpoint.save_checkpoint(s.out, step + 1, policy, tokenizer, optimizer,
-                                               scheduler, sampler, s.save_total_limit, ctx)
+            saved = checkpoint.save_checkpoint(s.out, step + 1, policy, tokenizer, run.optimizer,
+                                               run.scheduler, sampler, s.save_total_limit, ctx)
             trackers.flush()
             last_save = time.monotonic()
         if stop:
@@ -459,14 +385,18 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
             return stopped(stop, step + 1, saved, after=skipped)
 
     # --- Evaluate after training, save. A stop asked for during the last step (or before the
-    #     loop, when there was nothing left to do) leaves the final evaluation -- 541 prompts of
-    #     up to 1,280 tokens in the real run, longer than a scheduler's grace -- to the next start.
+    #     loop, when there was nothing left to do) or in the final evaluation -- 541 prompts of up
+    #     to 1,280 tokens in the real run, longer than a scheduler's grace -- leaves the final
+    #     evaluation to the next start, with a checkpoint of the last step. ---
     stop = int(ctx.reduce_metrics({"flag/stop": signals.number}, maxes=("flag/stop",))["flag/stop"])
+    try:
+        after = None if stop else evaluation("final")
+    except checkpoint.StopNow as e:
+        stop = e.number
     if stop:
-        saved = checkpoint.save_checkpoint(s.out, s.steps, policy, tokenizer, optimizer, scheduler,
-                                           sampler, s.save_total_limit, ctx)
+        saved = checkpoint.save_checkpoint(s.out, s.steps, policy, tokenizer, run.optimizer,
+                                           run.scheduler, sampler, s.save_total_limit, ctx)
         return stopped(stop, s.steps, saved, note=", before the final evaluation")
-    after = run_eval("final")
     trackers.log({f"eval/{k}": after[k] for k in eval.METRICS}, s.steps)
     trackers.close()
     weights, _ = checkpoint.full_state(policy, None, ctx)
@@ -477,13 +407,51 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
                                           state_dict=weights if ctx.fsdp else None)
     ctx.barrier()
     teacher = eval.teacher_accuracy(eval_rows)
-    was = lambda k: f"{before[k]:.3f} -> " if before else ""  # noqa: E731
-    say(f"[{s.method}] held-out IF accuracy (prompt-strict): {was('prompt_strict')}"
-        f"{after['prompt_strict']:.3f}" + (f"  (teacher: {teacher['prompt_strict']:.3f})"
-                                           if teacher else "")
-        + f"; inst-strict {was('inst_strict')}{after['inst_strict']:.3f}. Run: {s.out}")
+    say(f"[{s.method}] held-out IF accuracy: {eval.describe(after, before)}" + (
+        f"; the teacher's prompt-strict: {teacher['prompt_strict']:.3f}" if teacher else "") + f". Run: {s.out}")
     return {"before": before["prompt_strict"] if before else None, "after": after["prompt_strict"],
             "teacher": teacher.get("prompt_strict"), "out": s.out}
+
+
+def loading(s: settings.Settings, ctx: parallel.Context, say) -> tuple:
+    """(policy, sampler, evaluation rows, Run): the policy (training mode, activation
+    checkpointing, FSDP2 shards if asked), the data, a frozen reference (only if beta > 0), the
+    discriminator (only if used), the rollout engine, the optimizer and its schedule."""
+    objective = uniapl.objective(s)
+    if objective.rollouts_on != "none" and s.num_generations < 2:
+        raise SystemExit("--num-generations must be at least 2 (advantages are relative to the group)")
+    device = ctx.device
+    seed_everything(s.seed)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()   # our own progress bar is enough
+    policy, tokenizer = checkpoint.load_policy(s.model, device, seed=s.seed)
+    if ctx.rank:   # every rank builds the same weights, then samples with its own seed
+        seed_everything(s.seed + 1_000_003 * ctx.rank)
+    # from_pretrained returns a module in eval mode, and transformers checkpoints a layer only
+    # while its module is training: without this, --gradient-checkpointing would save nothing.
+    policy.train()
+    if s.gradient_checkpointing:
+        parallel.enable_activation_checkpointing(policy)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False) if s.beta > 0 else None
+    if ctx.fsdp:
+        policy, reference = parallel.shard(policy, ctx), reference and parallel.shard(reference, ctx)
+    sampler, eval_rows = data.training_data(s, objective, tokenizer)
+    disc = load_discriminator(s.discriminator, s.discriminator_model, device,
+                              parallel.autocast_dtype(device, s.precision) or torch.float32) \
+        if objective.uses_discriminator else None
+    engine = engines.make_engine(
+        s.rollout_engine, device, dtype=parallel.autocast_dtype(device, s.precision),
+        prompt_width=s.max_prompt_length, distributed=ctx.distributed,
+        model_path=engines.engine_model_dir(policy, tokenizer, s), seed=s.seed,
+        max_model_len=s.max_prompt_length + max(s.max_completion_length, s.eval_max_new_tokens),
+        gpu_memory_utilization=s.vllm_gpu_memory_utilization)
+    say(f"[{s.method}] {s.world} world, {ctx.world_size} process(es) on {device.type}"
+        f"{' with FSDP2' if ctx.fsdp else ''}; rollouts and evaluation: {engine.name}")
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)))
+    return policy, sampler, eval_rows, Run(tokenizer, objective, optimizer, scheduler, engine, disc,
+                                           reference, ctx)
 
 
 def seed_everything(seed: int) -> None:
@@ -507,11 +475,6 @@ def check_finite(step: int, **terms) -> None:
     if bad:
         raise NonFiniteError(f"step {step}: non-finite {', '.join(f'{k} = {v}' for k, v in bad.items())}"
                              "; the optimizer step was not taken and the last checkpoint is intact")
-
-
-def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
 
 
 def read_json(path: str):

@@ -25,7 +25,7 @@ vLLM schedules them itself.
 
 Versions: written against vLLM 0.10-0.33's source (logprobs_mode needs >= 0.10.2, sleep-mode tags
 >= 0.8.3); vLLM pins its own torch and transformers (< 5.21), so it lives in its own environment
-(README). One engine per process (vLLM's memory allocator is a per-process singleton).
+(docs/running.md). One engine per process (vLLM's memory allocator is a per-process singleton).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 import rollouts
 
 HELP = ("--rollout-engine vllm needs vLLM, which pins its own torch and transformers: install "
-        "it in a separate environment (README, 'Rollout engines'), e.g. pip install "
+        "it in a separate environment (docs/running.md, 'Rollout engines'), e.g. pip install "
         "'vllm>=0.10.2', or use --rollout-engine static")
 
 
@@ -60,7 +60,7 @@ class VLLMEngine:
         except AttributeError:
             raise SystemExit("--rollout-engine vllm: this vLLM version does not expose its model "
                              "in-process (llm_engine.model_executor.driver_worker.model_runner); "
-                             "README lists the versions this adapter was written for") from None
+                             "this file's docstring lists the versions the adapter was written for") from None
         tensors = list(model.named_parameters())
         target.load_weights((name, t.detach()) for name, t in tensors)
         return [name for name, _ in tensors]

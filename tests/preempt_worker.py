@@ -9,12 +9,19 @@ WHERE is the moment, counted within this process from 1:
   backward passes);
 * `eval`: the N-th evaluation, while it generates (the one before training counts);
 * `fsync`: the N-th file flushed to disk while a checkpoint is written (between two files);
-With RANK, only that torchrun rank sends it. Without UNIAPL_FAULT: train.py as is.
+* `load`: the N-th model load (the policy's), as it begins;
+* `setup`: joining the process group, 2 s after it began: the process then waits inside it for
+  ranks that never come (start it alone with WORLD_SIZE=2), in C++, where a Python signal
+  handler never runs.
+With RANK, only that torchrun rank sends it. The moment it is sent is printed (`FAULT SENT t`,
+time.time()). Without UNIAPL_FAULT: train.py as is.
 """
 
 import os
 import signal
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,11 +38,14 @@ def inject(fault: str) -> None:
     number = signal.SIGKILL if what == "kill" else getattr(signal, what)
     count = {"n": 0}
 
+    def send():
+        print(f"FAULT SENT {time.time()}", flush=True)
+        os.kill(os.getpid(), number)
+
     def hit():
         count["n"] += 1
         if count["n"] == int(n):
-            sys.stdout.flush()
-            os.kill(os.getpid(), number)
+            send()
 
     def wrap(module, name, before: bool):
         real = getattr(module, name)
@@ -55,6 +65,15 @@ def inject(fault: str) -> None:
         wrap(eval, "generate_responses", True)
     elif where == "fsync":
         wrap(checkpoint, "_fsync", False)
+    elif where == "load":
+        wrap(checkpoint, "load_policy", True)
+    elif where == "setup":
+        real = parallel.setup
+
+        def delayed(*a, **k):
+            threading.Timer(2.0, send).start()
+            return real(*a, **k)
+        parallel.setup = delayed
     else:
         raise SystemExit(f"unknown fault place {where!r}")
 

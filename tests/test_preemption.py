@@ -30,16 +30,23 @@ ARGS = [*TINY[2:], "--steps", "5", "--method", "uniapl", "--save-every", "2", "-
 ENV = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
 
 
-def start(out, fault=None, ranks=1, timeout=300):
+def start(out, fault=None, ranks=1, timeout=300, **env):
     """One start of the job's command; UNIAPL_FAULT says where it is killed or signalled."""
-    env = dict(ENV, UNIAPL_FAULT=fault or "")
+    env = dict(ENV, UNIAPL_FAULT=fault or "", **env)
     launcher = [sys.executable] if ranks == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
     t0 = time.perf_counter()
     res = subprocess.run([*launcher, "tests/preempt_worker.py", *ARGS, "--out", str(out)], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=timeout)
-    res.wall_s = time.perf_counter() - t0
+    res.wall_s, res.ended = time.perf_counter() - t0, time.time()
     return res
+
+
+def after_the_signal(res) -> float:
+    """Seconds from the fault's signal (the worker prints when it sent it) to the process's end."""
+    sent = [float(line.split()[-1]) for line in res.stdout.splitlines() if line.startswith("FAULT SENT")]
+    assert sent, res.stdout[-2000:]
+    return res.ended - sent[0]
 
 
 def weights(out):
@@ -102,9 +109,61 @@ def test_sigterm_mid_step_stops_after_that_step_with_a_checkpoint_and_resumes_ex
     assert bit_identical(weights(out), weights(uninterrupted))
 
 
+@pytest.mark.parametrize("fault", ["SIGTERM:load:1", "SIGINT:eval:1"])
+def test_a_signal_before_the_first_step_ends_the_process_at_once(tmp_path, fault, uninterrupted):
+    """While the model loads or the evaluation before training runs, there is nothing to save: the
+    process ends at once, with 128 + the signal's number (as a shell reports a process it ended)
+    and a line saying nothing was lost; nothing of the run was written; the next start runs it
+    all and ends with the uninterrupted weights."""
+    out = tmp_path / "run"
+    res = start(out, fault)
+    number = getattr(signal, fault.split(":")[0])
+    assert res.returncode == 128 + number, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    assert f"stopped by {signal.Signals(number).name} before the first step: nothing was lost" in res.stdout
+    assert after_the_signal(res) < 5
+    assert not (out / "eval_start.json").exists() and not (out / "metrics.jsonl").exists()
+    if "load" in fault:     # ended in the load: nothing after it ran
+        assert "world, 1 process(es)" not in res.stdout and not out.exists()
+    else:
+        res = start(out)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert bit_identical(weights(out), weights(uninterrupted))
+
+
+def test_a_rank_waiting_in_the_process_groups_start_ends_at_once(tmp_path):
+    """Rank 0 of 2, started alone, waits inside init_process_group for a rank that never comes:
+    in C++, where a Python signal handler never runs (the signal used to be ignored there until
+    torchrun's agent killed the rank). The SIGTERM sent 2 s into the wait ends it at once."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    res = start(tmp_path / "run", "SIGTERM:setup:1", timeout=120, WORLD_SIZE="2", RANK="0",
+                LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    assert res.returncode == 128 + signal.SIGTERM, (res.returncode, res.stdout[-2000:], res.stderr[-2000:])
+    assert "stopped by SIGTERM before the first step: nothing was lost" in res.stdout
+    assert after_the_signal(res) < 5
+
+
+def test_sigterm_in_an_evaluation_between_steps_drops_it_and_resumes_exactly(tmp_path, uninterrupted):
+    """The evaluation after step 3 is dropped where the signal lands (its result is never
+    written), step 3 is checkpointed, and the next start ends with the uninterrupted weights."""
+    out = tmp_path / "run"
+    res = start(out, "SIGTERM:eval:2")        # the evaluation before training is the first
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "stopped by SIGTERM after step 3; checkpoint" in res.stdout
+    assert "(the evaluation due after step 3 is skipped)" in res.stdout
+    assert checkpoint.list_checkpoints(str(out))[-1].endswith("step-0000003")
+    assert [m["step"] for m in lines(out)] == [1, 2, 3] and not (out / "eval_step3.json").exists()
+    res = start(out)
+    assert res.returncode == 0 and "resumed from" in res.stdout and "at step 3" in res.stdout
+    assert bit_identical(weights(out), weights(uninterrupted))
+
+
 def test_sigterm_to_one_rank_of_two_stops_both_after_the_same_step(tmp_path):
     """Under torchrun the flag rides on the step's all-reduce: rank 1 alone is signalled, both ranks
-    stop after step 2, rank 0 writes its checkpoint, and the resumed run ends as the uninterrupted."""
+    stop after step 2, rank 0 writes its checkpoint, and the resumed run ends as the uninterrupted;
+    the same when rank 1 alone is signalled in an evaluation between steps."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     res = start(full, ranks=2)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -116,6 +175,14 @@ def test_sigterm_to_one_rank_of_two_stops_both_after_the_same_step(tmp_path):
     res = start(cut, ranks=2)
     assert res.returncode == 0, res.stderr[-3000:]
     assert bit_identical(weights(cut), weights(full))
+    # in an evaluation between steps: rank 1 drops its share, rank 0 learns it at the gather
+    res = start(tmp_path / "dropped", "SIGUSR1:eval:2:1", ranks=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "stopped by SIGUSR1 after step 3" in res.stdout and "is skipped" in res.stdout
+    assert not (tmp_path / "dropped" / "eval_step3.json").exists()
+    res = start(tmp_path / "dropped", ranks=2)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert bit_identical(weights(tmp_path / "dropped"), weights(full))
 
 
 def test_a_damaged_latest_checkpoint_is_skipped_for_the_one_before(tmp_path, capsys):
@@ -223,18 +290,19 @@ def test_the_same_command_after_the_end_has_nothing_to_redo(tmp_path, capsys):
 
 def test_a_signal_in_the_last_step_leaves_the_final_evaluation_to_the_next_start(tmp_path, monkeypatch,
                                                                                 capsys):
-    """A stop asked for in the evaluation before training, or while the last step's checkpoint is
-    written, is honoured before the final evaluation (the real run's is long), even with
-    --save-every 0: the last step is checkpointed, and the next start evaluates and saves."""
+    """A stop asked for in the final evaluation (dropped where it lands), or while the last step's
+    checkpoint is written, is honoured before the final evaluation finishes (the real run's is
+    long), even with --save-every 0: the last step is checkpointed, and the next start evaluates
+    and saves."""
     import eval
     out = str(tmp_path)
-    for module, name, extra in ((eval, "generate_responses", ["--save-every", "0"]),
-                                (checkpoint, "_fsync", ["--save-every", "1"])):
+    for module, name, nth, extra in ((eval, "generate_responses", 2, ["--save-every", "0"]),
+                                     (checkpoint, "_fsync", 1, ["--save-every", "1"])):
         real, calls = getattr(module, name), {"n": 0}
 
-        def signalled(*a, real=real, calls=calls, **k):
+        def signalled(*a, real=real, calls=calls, nth=nth, **k):
             calls["n"] += 1
-            if calls["n"] == 1:
+            if calls["n"] == nth:
                 os.kill(os.getpid(), signal.SIGTERM)
             return real(*a, **k)
 
@@ -242,8 +310,9 @@ def test_a_signal_in_the_last_step_leaves_the_final_evaluation_to_the_next_start
         summary = train.main([*ARGS, "--out", out, "--steps", "1", "--eval-every", "0", *extra])
         assert summary["stopped_after"] == 1 and not os.path.exists(os.path.join(out, "final"))
         assert checkpoint.list_checkpoints(out)[-1].endswith("step-0000001")
+        assert not os.path.exists(os.path.join(out, "eval_final.json"))
         monkeypatch.setattr(module, name, real)
         summary = train.main([*ARGS, "--out", out, "--steps", "1", "--eval-every", "0", *extra])
         assert os.path.exists(os.path.join(out, "final", "model.safetensors")) and "after" in summary
         shutil.rmtree(out)
-    assert "before the final evaluation" in capsys.readouterr().out     # the second case's line
+    assert capsys.readouterr().out.count("before the final evaluation") == 2
