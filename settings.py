@@ -66,7 +66,9 @@ class Settings:
     alpha: float | None = METHOD(None, "weight of L_SFT; only uniapl may set it (preset 0.5, ours)")
     lambda_adv: float | None = METHOD(None, "weight of the adversarial term (preset 0.1 for a-sft, "
                                       "a-grpo and uniapl; ours: the coefficient has unit scale; the "
-                                      "paper's suggested sweep, 1e-4 to 1e-2, is for its own L_ADV)")
+                                      "paper's suggested sweep, 1e-4 to 1e-2, is for its own L_ADV; "
+                                      "uniapl at 0: the fixed-alpha mix of SFT and GRPO, no "
+                                      "discriminator loaded)")
     adv_mode: str = METHOD("loss", "loss: L_ADV is its own term (the paper's choice); reward: "
                            "lambda_adv * d is added to the GRPO reward (the ablation)",
                            choices=["loss", "reward"])

@@ -167,8 +167,14 @@ def objective(s) -> Objective:
         raise ValueError(f"--lambda-adv {s.lambda_adv} contradicts --method {s.method}, which has no "
                          f"adversarial term; use a-{s.method} or uniapl")
     lam = (PRESET_LAMBDA_ADV if s.lambda_adv is None else s.lambda_adv) if adversarial else 0.0
-    if adversarial and lam <= 0:
-        raise ValueError(f"--method {s.method} needs --lambda-adv > 0, got {lam}")
+    # uniapl at lambda_adv = 0 is the fixed-alpha mix of SFT and GRPO, without the adversarial
+    # term: no discriminator is loaded (the ablation of the term's own share); the a- presets
+    # are nothing without it
+    if adversarial and (lam < 0 or (lam == 0 and s.method != "uniapl")):
+        raise ValueError(f"--method {s.method} needs --lambda-adv > 0, got {lam}"
+                         + ("" if s.method == "uniapl" else " (uniapl alone may take 0)"))
+    if lam == 0 and s.adv_mode == "reward":
+        raise ValueError("--adv-mode reward shapes the reward with lambda_adv d: it needs --lambda-adv > 0")
     if s.adv_mode not in ("loss", "reward"):
         raise ValueError(f"unknown --adv-mode {s.adv_mode!r} (loss or reward)")
     if s.adv_mode == "reward" and not (adversarial and rollouts_on == "rl"):

@@ -28,7 +28,8 @@ def metrics(out):
 
 @pytest.mark.parametrize("method,extra", [
     ("sft", []), ("grpo", []), ("a-sft", []), ("a-grpo", []), ("uniapl", []),
-    ("uniapl", ["--adv-mode", "reward"]), ("grpo", ["--beta", "0.05", "--num-iterations", "2"]),
+    ("uniapl", ["--adv-mode", "reward"]), ("uniapl", ["--lambda-adv", "0"]),
+    ("grpo", ["--beta", "0.05", "--num-iterations", "2"]),
     ("chord-mu", []), ("a-chord-phi", ["--adv-coef-norm", "batch"]),
 ])
 def test_every_method_runs_end_to_end(tmp_path, method, extra):
@@ -47,7 +48,8 @@ def test_every_method_runs_end_to_end(tmp_path, method, extra):
     assert ("sft/nll" in keys) == (method in ("sft", "a-sft", "uniapl") or chord)
     assert ("grpo/loss" in keys) == (method in ("grpo", "a-grpo", "uniapl") or chord)
     assert ("adv/loss" in keys) == (method in ("a-sft", "a-grpo", "a-chord-phi") or
-                                    (method == "uniapl" and "reward" not in extra))
+                                    (method == "uniapl" and not extra))
+    assert ("adv/d_mean" in keys) == ("adv/loss" in keys or "reward" in extra)   # a discriminator read
     if method == "chord-mu":   # mu decays from 0.9 over the run (3 steps here)
         assert [m["alpha"] for m in ms] == pytest.approx([0.9, 0.05 + 0.425 * 1.5, 0.05 + 0.425 * 0.5])
     if "--beta" in extra:

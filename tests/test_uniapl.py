@@ -28,8 +28,11 @@ def test_method_presets_and_overrides():
     assert objective("a-sft").rollouts_on == "demo"
     assert objective("a-grpo", lambda_adv=0.01).lambda_adv == 0.01
     assert objective("uniapl", alpha=0.3).alpha == 0.3
+    mix = objective("uniapl", lambda_adv=0.0)        # the fixed-alpha mix: no adversarial term
+    assert mix.uses_sft and mix.uses_grpo and not mix.uses_discriminator and not mix.uses_adv_loss
     for bad in [dict(method="grpo", alpha=0.5), dict(method="uniapl", alpha=1.0),
                 dict(method="sft", lambda_adv=0.1), dict(method="a-grpo", lambda_adv=0.0),
+                dict(method="uniapl", lambda_adv=-0.1), dict(method="uniapl", lambda_adv=0.0, adv_mode="reward"),
                 dict(method="grpo", adv_mode="reward"), dict(method="nope")]:
         with pytest.raises(ValueError):
             objective(**bad)
