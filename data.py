@@ -14,7 +14,8 @@ Every source is converted into it at load time and validated; a bad row stops th
 error naming the source, the row (index and key) and the field. Nothing is dropped silently: with
 `skip_invalid=True` bad rows are skipped *and counted*, and the count and reasons are printed.
 
-Sources: `toy` and its variants `toy:base|flawed|holdout|validation` (toy.py), `google/IFEval`
+Sources: `toy` and its variants `toy:base|flawed|holdout|validation` and the shifted
+worlds `toy:shifted|shifted-nolength|unshifted` (toy.py), `google/IFEval`
 (evaluation; no responses), `argilla/ifeval-like-data`
 (config `filtered`: Qwen2.5-72B-Instruct responses that pass the checks; `kwargs` is a JSON string
 in the current revision, a list of structs in older ones -- both accepted), any other hub dataset
@@ -175,11 +176,16 @@ def check_prompt_lengths(rows: list[dict], tokenizer, max_prompt_length: int, so
 
 
 def training_pools(rows: list[dict], source: str, method: str, pool_split: str, *,
-                   needs_demos: bool, rl_needs_reference: bool) -> tuple[list[dict], list[dict]]:
+                   needs_demos: bool, rl_needs_reference: bool,
+                   rl_rows: list[dict] | None = None) -> tuple[list[dict], list[dict]]:
     """(demonstrations, RL prompts) for the mixed sampler; rows without what a pool needs are
-    left out with a message (never silently)."""
-    demos, prompts = rows, rows                     # pool_split "shared" (the default)
+    left out with a message (never silently). `rl_rows`: a source's own RL prompts (the shifted
+    toy worlds); otherwise both pools come from `rows`."""
+    demos, prompts = rows, rows if rl_rows is None else rl_rows    # pool_split "shared" (the default)
     if pool_split == "disjoint":
+        if rl_rows is not None:
+            raise DataError(f"{source}: its RL prompts are a stream of their own; --pool-split "
+                            "disjoint has nothing to split")
         demos, prompts = rows[:len(rows) // 2], rows[len(rows) // 2:]
     demos = require_responses(demos, source, method) if needs_demos else []
     if rl_needs_reference:
@@ -203,7 +209,8 @@ def training_data(s, objective, tokenizer) -> tuple[MixedSampler, list[dict]]:
     eval_rows = load_rows(s.eval_dataset, evaluation_split(s.eval_dataset), **load)[:s.eval_limit]
     demos, prompts = training_pools(
         rows, s.dataset, s.method, s.pool_split, needs_demos=objective.needs_demos,
-        rl_needs_reference=objective.uses_discriminator and objective.rollouts_on == "rl")
+        rl_needs_reference=objective.uses_discriminator and objective.rollouts_on == "rl",
+        rl_rows=load_rows(s.dataset, "rl", **load) if rl_stream(s.dataset) else None)
     sampler = MixedSampler(demos, prompts, s.sft_batch_size if objective.uses_sft else 0,
                            s.rl_batch_size if objective.rollouts_on == "rl" else 0, s.seed)
     return sampler, eval_rows
@@ -265,14 +272,20 @@ def load_rows(spec: str, split: str = "train", *, skip_invalid: bool = False,
               toy_seed: int = 0, toy_n: int = 2000, teacher_accuracy: float = 0.65,
               toy_eval_n: int = 100) -> list[dict]:
     """Rows from `toy[:variant]`, a local file, or a hub dataset `id` / `id:config`, normalised
-    and validated. Toy variants (toy.py): base, flawed, holdout, and validation (a third split)."""
+    and validated. Toy variants (toy.py): base, flawed, holdout, validation (a third split), and
+    the shifted worlds (shifted, shifted-nolength, unshifted), whose split "rl" is their stream of
+    RL prompts (`rl_stream`)."""
     if spec == "toy" or spec.startswith("toy:"):
         import toy
         variant = spec.partition(":")[2]
-        if variant not in ("", "base", "flawed", "holdout", "validation"):
-            raise DataError(f"unknown toy variant {variant!r} (base, flawed, holdout, validation)")
+        if variant not in ("", "base", "flawed", "holdout", "validation", *toy.SHIFTS):
+            raise DataError(f"unknown toy variant {variant!r} (base, flawed, holdout, validation, "
+                            f"{', '.join(toy.SHIFTS)})")
         if variant == "validation":
             raw = toy.validation_rows(toy_seed, toy_eval_n, teacher_accuracy)
+        elif variant in toy.SHIFTS:      # demonstrations and evaluation: the ordinary world's
+            raw = toy.rl_rows(toy_seed, toy_n, variant) if split == "rl" else \
+                load_rows("toy", split, toy_seed=toy_seed, toy_n=toy_n, toy_eval_n=toy_eval_n)
         else:
             train, evals = toy.train_eval_rows(toy_seed, n_train=toy_n, n_eval=toy_eval_n,
                                                teacher_accuracy=teacher_accuracy, variant=variant)
@@ -284,6 +297,12 @@ def load_rows(spec: str, split: str = "train", *, skip_invalid: bool = False,
             spec += ":filtered"   # the verified subset is the one this project trains on
         raw = _load_hub(spec, split)
     return validate_rows(raw, spec, skip_invalid=skip_invalid)
+
+
+def rl_stream(spec: str) -> bool:
+    """Does the source have RL prompts of its own (split "rl"), apart from its demonstrations?"""
+    import toy
+    return spec.startswith("toy:") and spec.partition(":")[2] in toy.SHIFTS
 
 
 def evaluation_split(spec: str) -> str:

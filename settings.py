@@ -90,7 +90,8 @@ class Settings:
 
     # --- data -----------------------------------------------------------------------------------
     dataset: str = DATA("toy", "training rows: toy[:base|flawed|holdout] | hub id[:config] | local "
-                        ".jsonl/.json/.parquet",
+                        ".jsonl/.json/.parquet; toy:shifted|shifted-nolength|unshifted: RL prompts "
+                        "of some instruction types only (toy.py)",
                         real="argilla/ifeval-like-data:filtered")
     eval_dataset: str = DATA("toy", "held-out rows for IFEval-style evaluation", real="google/IFEval")
     pool_split: str = DATA("shared", "shared: every row can be a demonstration and an RL prompt; "

@@ -79,11 +79,12 @@ CONFLICTS = {frozenset({"length_constraints:number_words", "keywords:frequency"}
              frozenset({"length_constraints:number_words", "detectable_content:postscript"})}
 
 
-def _prompt(rng: random.Random) -> tuple[str, list[str], list[dict]]:
+def _prompt(rng: random.Random, types: tuple = tuple(INSTRUCTIONS)) -> tuple[str, list[str], list[dict]]:
+    """A prompt of 1-3 instructions drawn from `types` (all ten by default)."""
     topic = rng.choice(TOPICS)
     k = rng.choice([1, 2, 2, 3])
     ids: list[str] = []
-    for iid in rng.sample(list(INSTRUCTIONS), len(INSTRUCTIONS)):
+    for iid in rng.sample(list(types), len(types)):
         if len(ids) == k:
             break
         if not any(frozenset({iid, j}) in CONFLICTS for j in ids):
@@ -182,15 +183,16 @@ TEACHER_ACCURACY = 0.65   # the world's own teacher: its draws fix every split's
 
 def make_rows(n: int, seed: int, teacher_accuracy: float = TEACHER_ACCURACY,
               exclude: set | frozenset | None = None, split: str = "train",
-              variant: str = "") -> list[dict]:
-    """n normalised rows; deterministic in (n, seed, teacher_accuracy, variant). `exclude`:
+              variant: str = "", types: tuple = tuple(INSTRUCTIONS)) -> list[dict]:
+    """n normalised rows; deterministic in (n, seed, teacher_accuracy, variant, types). `exclude`:
     prompts to skip. `variant`: "" (the scripted teacher), "base", "flawed", "holdout" (above).
+    `types`: the instructions prompts draw from (the shifted worlds' RL prompts: their family R).
     Prompts and the teacher draw from two random streams, so that a seed's prompts come in the
     same order whatever the teacher does (its held-out prompts are then known in advance)."""
     prompts, teacher = random.Random(seed), random.Random(f"teacher-{seed}")
     rows, seen = [], set(exclude or ())
     while len(rows) < n:
-        prompt, ids, kwargs = _prompt(prompts)
+        prompt, ids, kwargs = _prompt(prompts, types)
         if prompt in seen or (variant == "holdout" and split == "train" and is_held_out(ids)):
             continue
         seen.add(prompt)
@@ -288,6 +290,39 @@ def reanswer(rows: list[dict], stream: str, teacher_accuracy: float, variant: st
             response = teacher_response(rng, prompt, ids, kwargs)
         out.append(dict(row, response=response))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The shifted worlds: demonstrations teach every instruction, RL prompts ask for some of them
+# ----------------------------------------------------------------------------------------------
+
+# Real pipelines' SFT sets teach skills their RL prompts never ask for; the paper's argument is
+# that SFT-then-RL lets the policy drift away from them, and one objective per step keeps it near
+# the demonstrations. In these worlds the demonstrations are the ordinary training rows (every
+# type, the 0.65 teacher) and the RL prompts are a second stream of their own (RL_SEED) whose
+# instructions all lie in the family R; D, the other types, only the demonstrations teach.
+#   "shifted":           R = the five below; number_words in R pushes every answer's length
+#   "shifted-nolength":  number_words moved to D, so that no RL instruction pushes length
+#   "unshifted":         R = every type (the control: the same stream, no shift)
+R_FAMILY = ("punctuation:no_comma", "startend:quotation", "length_constraints:number_words",
+            "detectable_format:title", "keywords:forbidden_words")
+SHIFTS = {"shifted": R_FAMILY,
+          "shifted-nolength": tuple(t for t in R_FAMILY if t != "length_constraints:number_words"),
+          "unshifted": tuple(INSTRUCTIONS)}
+RL_SEED = 3_000_009   # the RL prompts' stream: seed + offset
+
+
+def rl_rows(seed: int, n: int, shift: str) -> list[dict]:
+    """The RL prompts of a shifted world (with the teacher's answers: L_ADV's references), none
+    of them a held-back prompt of the seed."""
+    return make_rows(n, seed + RL_SEED, TEACHER_ACCURACY, exclude=held_back(seed), split="rl",
+                     types=SHIFTS[shift])
+
+
+def family(ids, shift: str) -> str:
+    """'R-only', 'D-only' or 'mixed': which families a prompt's instructions come from."""
+    in_r = [i in SHIFTS[shift] for i in ids]
+    return "R-only" if all(in_r) else "D-only" if not any(in_r) else "mixed"
 
 
 # ----------------------------------------------------------------------------------------------

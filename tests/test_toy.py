@@ -89,8 +89,11 @@ def test_no_evaluation_prompt_is_ever_trained_on():
                     seed, 1, toy.HELD_BACK, variant="flawed")[1]},
                 "validation": {r["prompt"] for r in toy.validation_rows(seed, toy.HELD_BACK)}}
         assert not held["evaluation"] & held["validation"]
-        for variant in ("", "base", "flawed", "holdout"):
-            train = {r["prompt"] for r in toy.train_eval_rows(seed, 3000, 1, variant=variant)[0]}
+        trained = {variant: {r["prompt"] for r in toy.train_eval_rows(seed, 3000, 1, variant=variant)[0]}
+                   for variant in ("", "base", "flawed", "holdout")}
+        trained |= {f"{shift} (RL prompts)": {r["prompt"] for r in toy.rl_rows(seed, 3000, shift)}
+                    for shift in toy.SHIFTS}
+        for variant, train in trained.items():
             for name, prompts in held.items():
                 assert not train & prompts, (seed, variant, name, len(train & prompts))
     # a smaller evaluation set is a prefix of a larger one
@@ -120,3 +123,53 @@ def test_another_teacher_answers_the_same_prompts(variant):
     again = toy.train_eval_rows(3, 1500, 300, teacher_accuracy=0.8, variant=variant)
     assert again == toy.train_eval_rows(3, 1500, 300, teacher_accuracy=0.8, variant=variant)
     assert again[0] != world_train
+
+
+def test_the_shifted_worlds_rl_prompts_ask_only_for_their_family():
+    """toy:shifted and toy:shifted-nolength: demonstrations and evaluation are the ordinary
+    world's (every type); the RL prompts are a stream of their own whose instructions all lie in
+    R, answered by the 0.65 teacher (L_ADV's references); toy:unshifted's stream has every type.
+    Every evaluation prompt is in exactly one family."""
+    import collections
+
+    import data
+    demos = data.load_rows("toy:shifted", "train", toy_seed=2, toy_n=300)
+    assert demos == data.load_rows("toy", "train", toy_seed=2, toy_n=300)
+    assert data.load_rows("toy:shifted", "eval", toy_seed=2, toy_eval_n=50) == \
+        data.load_rows("toy", "eval", toy_seed=2, toy_eval_n=50)
+    for shift, r_types in toy.SHIFTS.items():
+        rl = data.load_rows(f"toy:{shift}", "rl", toy_seed=2, toy_n=400)
+        asked = collections.Counter(i for r in rl for i in r["instruction_id_list"])
+        assert set(asked) == set(r_types), (shift, asked)
+        assert rl[0]["key"].startswith("toy-rl-")                               # a stream of its own
+        passed = [ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"], r["prompt"]) == 1
+                  for r in rl]
+        assert abs(sum(passed) / len(passed) - toy.TEACHER_ACCURACY) < 0.07
+    assert "length_constraints:number_words" not in toy.SHIFTS["shifted-nolength"]
+    assert toy.family(["punctuation:no_comma", "startend:quotation"], "shifted") == "R-only"
+    assert toy.family(["keywords:existence"], "shifted") == "D-only"
+    assert toy.family(["keywords:existence", "punctuation:no_comma"], "shifted") == "mixed"
+    assert toy.family(["length_constraints:number_words"], "shifted-nolength") == "D-only"
+    assert data.rl_stream("toy:shifted") and not data.rl_stream("toy") and not data.rl_stream("x.jsonl")
+
+
+def test_a_shifted_world_trains_its_rl_prompts_and_its_demonstrations_apart(tmp_path, monkeypatch):
+    """train.py on toy:shifted rolls out only R prompts and imitates demonstrations of every type."""
+    import data
+    import train
+    seen = {"demos": set(), "prompts": set()}
+    real = data.MixedSampler.__init__
+
+    def spy(self, demos, prompts, *a, **k):
+        seen["demos"] |= {i for r in demos for i in r["instruction_id_list"]}
+        seen["prompts"] |= {i for r in prompts for i in r["instruction_id_list"]}
+        return real(self, demos, prompts, *a, **k)
+
+    monkeypatch.setattr(data.MixedSampler, "__init__", spy)
+    train.main(["--dataset", "toy:shifted", "--steps", "1", "--sft-batch-size", "2", "--rl-batch-size", "2",
+                "--num-generations", "2", "--max-completion-length", "8", "--eval-limit", "2",
+                "--no-progress", "--out", str(tmp_path)])
+    assert seen["prompts"] == set(toy.R_FAMILY) and seen["demos"] == set(toy.INSTRUCTIONS)
+    with pytest.raises(data.DataError, match="stream of their own"):
+        train.main(["--dataset", "toy:shifted", "--pool-split", "disjoint", "--steps", "1",
+                    "--no-progress", "--out", str(tmp_path / "b")])
