@@ -122,6 +122,79 @@ POLAR_CLAIMS = [
 ]
 
 
+# When one step beats two: the paper's mechanism, drift (a fourth family, fixed before any of its
+# runs -- the learning-rate grid included). In SFT-then-RL "offline expert knowledge becomes
+# brittle as the policy drifts"; one objective per step keeps the policy "anchored to the expert's
+# data manifold". The shifted worlds (toy.py) give it room to act: demonstrations teach all ten
+# instruction types, RL prompts ask only for the five of family R; D, the other five, only the
+# demonstrations teach. tools/shifted.py runs the arms, from each seed's shared base student:
+#   S    SFT on the demonstrations, SHIFT_STAGE1 steps (the first stage)
+#   A    S, then GRPO on the R prompts (the staged pipeline)          -- to SHIFT_STEPS in all
+#   B    S, then GRPO on prompts of every type (the unshifted control: toy:unshifted)
+#   C    UniAPL on demonstrations + R prompts, SHIFT_STEPS steps
+#   C0   C without the adversarial term (uniapl at --lambda-adv 0: no discriminator)
+#   Ceq  C with a fourth of the demonstrations per step (2 of 8): as many as S saw (fair exposure)
+#   A (nolength), C (nolength): A and C in toy:shifted-nolength (number_words moved to D, so that
+#        no RL instruction pushes the answers' length: a skill lost, or lost to length?)
+# Each arm is evaluated at SHIFT_EVAL_AT steps of the shared timeline on the seed's first
+# SHIFT_N_EVAL held-out prompts (greedy; scored at 64 new tokens, the world's evaluation length,
+# and at 128 from the same answers), per family: D-only, R-only, mixed and all prompts, with the
+# share of truncated answers and the accuracy of those that finished, and drift: the mean
+# per-token log-prob of the teacher's answers to the D-only prompts under the policy. The primary
+# endpoint of an arm is the mean of its last three evaluations (300, 350, 400: single evaluations
+# swing by several points); S's is its final model's (the one A and B start from). Claims use the
+# 64-token scores; the 128-token ones are reported beside them.
+# Learning rates: a validation grid at this length (not the 60-step table's): SFT on S's 100 steps,
+# then GRPO on A's 300 from S at SFT's choice, and UniAPL on C's 400; seeds 0-1, the final model's
+# accuracy on 500 validation prompts (all types: what a practitioner tunes on); a best rate at an
+# edge of its grid is extended beyond it. B and A (nolength) take GRPO's rate, C0, Ceq and
+# C (nolength) UniAPL's.
+# Seeds: 24 planned (the one-seed pilot's 15-point forgetting suggested ~24 for 5-point gaps). At 12
+# the spread is re-estimated and N set by `shift_seeds`, once; runs only ever extend, to at most 36.
+SHIFT_STAGE1, SHIFT_STEPS = 100, 400
+SHIFT_EVAL_AT = (100, 200, 300, 350, 400)
+SHIFT_N_EVAL, SHIFT_LIMITS = 1000, (64, 128)
+SHIFT_LR_GRID = {"sft": [1e-4, 3e-4, 1e-3], "grpo": [3e-5, 1e-4, 3e-4], "uniapl": [3e-5, 1e-4, 3e-4]}
+SHIFT_LR_SEEDS, SHIFT_N_VALIDATION = (0, 1), 500
+SHIFT_SEEDS_PLANNED, SHIFT_SEEDS_HALF, SHIFT_SEEDS_MAX = 24, 12, 36
+SHIFT_GAPS = {"d_only": 0.05, "all": 0.03, "teacher_logp_d": 0.1}   # the smallest gaps of interest
+NOLENGTH = " (nolength)"
+
+SHIFT_CLAIMS = [
+    ("Forgetting exists: A ends below S on D-only prompts", "S", "A", "d_only", 1,
+     "RL on R prompts loses what only the demonstrations taught (S - A > 0)"),
+    ("It is the shift: A ends below B on D-only prompts", "B", "A", "d_only", 1,
+     "the loss comes from RL prompts that never ask for D, not from RL itself (B - A > 0)"),
+    ("One step keeps what only demonstrations teach: C above A on D-only prompts", "C", "A",
+     "d_only", 1, "the paper's mechanism at work; not yet that the whole score is higher"),
+    ("One step beats two overall: C above A on all prompts", "C", "A", "all", 1,
+     "the paper's headline comparison, in a world where drift can act"),
+    ("Not only more demonstrations: Ceq above A on D-only prompts", "Ceq", "A", "d_only", 1,
+     "with as many demonstrations as A's SFT stage saw, one step still keeps D"),
+    ("The adversarial term's own share: C above C0 on D-only prompts", "C", "C0", "d_only", 1,
+     "the discriminator's anchoring adds to the SFT term's (lexical discriminator)"),
+    ("Less drift: the teacher's log-prob on D-only prompts is higher under C than under A", "C", "A",
+     "teacher_logp_d", 1, "C stays nearer the teacher's distribution where only demonstrations teach"),
+    ("One step keeps D without length pressure: C above A on D-only prompts (nolength)",
+     "C" + NOLENGTH, "A" + NOLENGTH, "d_only", 1,
+     "claim 3 where no RL instruction pushes length: the skill route, not the length route"),
+    ("One step beats two overall without length pressure: C above A on all prompts (nolength)",
+     "C" + NOLENGTH, "A" + NOLENGTH, "all", 1, "claim 4 where no RL instruction pushes length"),
+]
+
+
+def shift_seeds(results: list[dict]) -> int:
+    """The shifted family's seed count, set once from its first SHIFT_SEEDS_HALF seeds: the most
+    any claim needs to detect its gap of interest (SHIFT_GAPS) with power 0.8 at the family's
+    strictest level, within [SHIFT_SEEDS_PLANNED, SHIFT_SEEDS_MAX], rounded up to an even number."""
+    need = SHIFT_SEEDS_PLANNED
+    for _, a, b, key, _, _ in SHIFT_CLAIMS:
+        ci = paired([r for r in results if r["seed"] < SHIFT_SEEDS_HALF], a, b, key)
+        if ci is not None:
+            need = max(need, seeds_needed(ci["sd"], SHIFT_GAPS[key], len(SHIFT_CLAIMS)))
+    return min(SHIFT_SEEDS_MAX, need + need % 2)
+
+
 def t_quantile(q: float, df: int) -> float:
     from scipy import stats
     return float(stats.t.ppf(q, df))
