@@ -186,6 +186,36 @@ def plot_teacher_gaps(gaps: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_shifted(results: list[dict], arms: list[str], families, key: dict, path: str) -> None:
+    """tools/shifted.py's curves: accuracy per instruction family, and the teacher's log-prob on
+    the D-only prompts, against the step of the shared timeline; each arm's mean over seeds with
+    a band of one standard error (the nolength arms dashed: their families differ)."""
+    plt = pyplot()
+    panels = [(f"{fam} prompts (64 tokens)", key[fam]) for fam in families] + \
+        [("teacher's log-prob on D-only prompts", "teacher_logp_d")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
+    for k, arm in enumerate(arms):
+        rs = [r for r in results if r["name"] == arm]
+        if not rs:
+            continue
+        steps = sorted({int(t) for r in rs for t in r["evals"]})
+        for ax, (title, metric) in zip(axes, panels):
+            pts = [(t, [r["evals"][str(t)][metric] for r in rs if str(t) in r["evals"]
+                        and r["evals"][str(t)].get(metric) is not None]) for t in steps]
+            pts = [(t, ys) for t, ys in pts if ys]
+            mean = np.array([statistics.mean(ys) for _, ys in pts])
+            se = np.array([statistics.stdev(ys) / len(ys) ** 0.5 if len(ys) > 1 else 0 for _, ys in pts])
+            x = [t for t, _ in pts]
+            ax.plot(x, mean, color=f"C{k}", ls="--" if "nolength" in arm else "-", marker=".", label=arm)
+            ax.fill_between(x, mean - se, mean + se, color=f"C{k}", alpha=0.15)
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_polar_validation(res: dict, path: str) -> None:
     """tools/toy_polar.py's checks: pairs ordered right (toy POLAR at each stage, lexical), and
     the rank correlation with the reward among sibling rollouts, per student."""

@@ -9,6 +9,8 @@
     python -m tools.reproduce discriminators --out results   # 6. D against the verifier, among siblings
     python -m tools.reproduce report --out results       # tables, claims and figures again, from the JSON
     python -m tools.reproduce --quick                    # the whole pipeline in a minute (a CI test)
+    python -m tools.reproduce shifted-lr --out results   # 7. the shifted world (tools/shifted.py)
+    python -m tools.reproduce shifted --out results --seeds $(seq 0 11)
     (the same table on Qwen3-0.6B, on a GPU: python -m tools.reproduce_real)
 
 The idea
@@ -738,7 +740,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="?", default="main",
                    choices=["main", "lr-grid", "seeds", "ablations", "teacher", "polar",
-                            "discriminators", "report"])
+                            "discriminators", "report", "shifted-lr", "shifted"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--configs", nargs="+", default=None, help="main/ablations: only these rows")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per run (all stages)")
@@ -758,10 +760,12 @@ def main(argv=None):
         import parallel
         args.machine = parallel.device_name("cpu")
     t0 = time.perf_counter()
+    from tools import shifted  # the shifted world's experiment (it imports this file)
     result = {"main": lambda a: run_table(a, "toy_table", MAIN), "lr-grid": cmd_lr_grid,
               "seeds": cmd_seeds, "ablations": lambda a: run_table(a, "toy_ablations", ABLATIONS),
               "teacher": cmd_teacher, "polar": cmd_polar, "discriminators": cmd_discriminators,
-              "report": cmd_report}[args.what](args)
+              "report": cmd_report, "shifted-lr": lambda a: shifted.cmd_lr_grid(a),
+              "shifted": lambda a: shifted.cmd_shifted(a)}[args.what](args)
     print(f"\n{args.what}: {time.perf_counter() - t0:.0f} s; wrote {args.out}/")
     return result
 
