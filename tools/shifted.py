@@ -89,13 +89,10 @@ def score(model, tok, rows: list[dict], shift: str, limits=claims.SHIFT_LIMITS) 
     ro = rollouts.HFEngine(batch_size=128).generate(model, tok, rows, 1, greedy=True,
                                                      max_new_tokens=max(limits))
     n = ro.completion_mask.sum(1).tolist()                       # tokens incl. the stop token
-    finished_at = [None if cut else k for k, cut in zip(n, ro.truncated.tolist())]
     fams = [toy.family(r["instruction_id_list"], shift) for r in rows]
     out = {}
     for limit in limits:
-        texts = tok.batch_decode([ids[:min(k, limit)].tolist() for ids, k in zip(ro.completion_ids, n)],
-                                 skip_special_tokens=True)
-        done = [f is not None and f <= limit for f in finished_at]
+        texts, done = cut(ro, tok, limit)
         tag = "" if limit == limits[0] else f"_{limit}"
         for fam in FAMILIES:
             idx = [i for i, f in enumerate(fams) if fam == "all" or f == fam]
@@ -112,6 +109,15 @@ def score(model, tok, rows: list[dict], shift: str, limits=claims.SHIFT_LIMITS) 
                                   batch_size=128)
     out["teacher_logp_d"] = statistics.mean(lp) if lp else None
     return out
+
+
+def cut(ro, tok, limit: int) -> tuple[list[str], list[bool]]:
+    """Greedy answers cut at `limit` new tokens, and which of them finished within it: the
+    first `limit` tokens of a longer greedy answer are the answer a `limit`-token call gives."""
+    n = ro.completion_mask.sum(1).tolist()
+    texts = tok.batch_decode([ids[:min(k, limit)].tolist() for ids, k in zip(ro.completion_ids, n)],
+                             skip_special_tokens=True)
+    return texts, [not t and k <= limit for k, t in zip(n, ro.truncated.tolist())]
 
 
 def accuracy(rows: list[dict], texts: list[str], idx: list[int]) -> float | None:
