@@ -173,3 +173,50 @@ def test_the_real_table_rehearsed_on_the_cpu(tmp_path, capsys):
     t0 = __import__("time").perf_counter()
     reproduce_real.main(argv)                                          # all kept: no train.py runs
     assert __import__("time").perf_counter() - t0 < 15
+
+
+def test_the_shifted_pipeline_quick(tmp_path):
+    """tools/shifted.py at --quick sizes: the grid (SFT first, GRPO from its choice, UniAPL), then
+    every arm at two seeds, each trained in chunks of `train.py --resume auto` that end at its
+    evaluation points; the report holds every arm, the family's claims and the curves."""
+    from tools import shifted
+    out = str(tmp_path)
+    with pytest.raises(SystemExit, match="learning rates first"):
+        reproduce.main(["shifted", "--quick", "--out", out])
+    best = reproduce.main(["shifted-lr", "--quick", "--out", out, "--machine", "test"])
+    assert set(best) == {"sft", "grpo", "uniapl"}
+    grid = json.load(open(tmp_path / "toy_shifted_lr.json"))
+    sft_run = json.load(open(tmp_path / "runs" / "shifted-lr" / f"grpo-lr{best['grpo']:g}-s0" / "config.json"))
+    assert sft_run["model"].endswith(f"sft-lr{best['sft']:g}-s0/final")      # GRPO from SFT's choice
+    assert len(grid["results"]) == 6
+    results = reproduce.main(["shifted", "--quick", "--out", out, "--machine", "test"])
+    assert {r["name"] for r in results} == set(shifted.ARMS) and {r["seed"] for r in results} == {0, 1}
+    steps = {r["name"]: sorted(map(int, r["evals"])) for r in results if r["seed"] == 1}
+    assert steps["S"] == [0, 2] and steps["A"] == [0, 4, 6] and steps["C"] == [0, 2, 4, 6]
+    a = next(r for r in results if r["name"] == "A" and r["seed"] == 1)
+    assert a["d_only"] == pytest.approx(sum(a["evals"][k]["d_only"] for k in ("4", "6")) / 2)
+    run = tmp_path / "runs" / "shifted" / "A-s1"
+    with open(run / "metrics.jsonl") as f:                     # two chunks, one line per step
+        assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4]
+    cfg = json.load(open(run / "config.json"))
+    assert cfg["model"].endswith("S-s1/final") and cfg["dataset"] == "toy:shifted"
+    assert json.load(open(tmp_path / "runs" / "shifted" / "C0-s1" / "config.json"))["lambda_adv"] == 0
+    md = (tmp_path / "toy_shifted.md").read_text()
+    for claim, *_ in claims.SHIFT_CLAIMS:
+        assert f"| {claim} |" in md
+    assert (tmp_path / "toy_shifted.png").stat().st_size > 1000
+    again = reproduce.main(["shifted", "--quick", "--out", out, "--machine", "test"])   # all kept
+    assert [r["d_only"] for r in again] == [r["d_only"] for r in results]
+
+
+def test_a_greedy_answer_cut_short_is_the_short_answer(model, tok, toy_rows):
+    """The shifted report scores 64 tokens as the first 64 of a 128-token greedy answer: the same
+    as a call that asks for 64, answer for answer, and finished exactly where it stopped in time."""
+    import rollouts
+    from tools import shifted
+    rows = toy_rows[1][:12]
+    long = rollouts.HFEngine(batch_size=5).generate(model, tok, rows, 1, greedy=True, max_new_tokens=24)
+    short = rollouts.HFEngine(batch_size=5).generate(model, tok, rows, 1, greedy=True, max_new_tokens=6)
+    texts, done = shifted.cut(long, tok, 6)
+    assert texts == short.texts and done == (~short.truncated).tolist()
+    assert not all(done) and shifted.cut(long, tok, 24)[0] == long.texts
