@@ -49,11 +49,12 @@ import parallel
 import toy
 
 
-def load_policy(name: str, device: torch.device, seed: int = 0, dtype=torch.float32):
+def load_policy(name: str, device: torch.device, seed: int = 0, dtype=torch.float32, toy_tokenizer=None):
     """(model, tokenizer): a fresh toy model, a saved directory, or a hub id (clear offline error).
-    dtype: the weights' (fp32 for training: the master weights; bf16 where nothing trains)."""
+    dtype: the weights' (fp32 for training: the master weights; bf16 where nothing trains).
+    toy_tokenizer: builds the toy model's tokenizer (the task's; None: the instruction world's)."""
     if name == "toy":
-        tokenizer = toy.build_tokenizer()
+        tokenizer = (toy_tokenizer or toy.build_tokenizer)()
         return toy.build_model(tokenizer, seed=seed).to(device, dtype), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
@@ -167,6 +168,19 @@ RUN_ONLY = {"resume", "out", "steps", "save_every", "save_every_minutes", "save_
             "vllm_gpu_memory_utilization"}
 
 
+def save_final(s, model, tokenizer, ctx: parallel.Context) -> None:
+    """OUT/final: the trained model, loadable with from_pretrained, and its marker uniapl.json
+    (world, task, method, steps: `finished_run` reads it, and a run from it stays in its world
+    and task). Every rank calls it (FSDP2 gathers the weights); rank 0 writes."""
+    weights, _ = full_state(model, None, ctx)
+    if ctx.is_main:
+        marker = {"world": s.world, "task": s.task, "method": s.method, "steps": s.steps,
+                  "source_model": s.model}
+        save_pretrained_atomic(model, tokenizer, os.path.join(s.out, "final"), {"uniapl.json": marker},
+                               state_dict=weights if ctx.fsdp else None)
+    ctx.barrier()
+
+
 def finished_run(out: str, steps: int) -> dict | None:
     """The summary of a run in `out` that ended (final/ written after `steps` steps, evaluated),
     or None: the same command run again after the end has nothing to redo."""
@@ -178,9 +192,10 @@ def finished_run(out: str, steps: int) -> dict | None:
             return None
     with open(final) as f:
         after = json.load(f)
+    headline = after.get("headline", "prompt_strict")        # the task's first metric
     start = os.path.join(out, "eval_start.json")
-    before = json.load(open(start)).get("prompt_strict") if os.path.exists(start) else None
-    return {"before": before, "after": after.get("prompt_strict"), "teacher": None, "out": out,
+    before = json.load(open(start)).get(headline) if os.path.exists(start) else None
+    return {"before": before, "after": after.get(headline), "teacher": None, "out": out,
             "finished": True}
 
 

@@ -64,63 +64,44 @@ def _where(source: str, index: int, row) -> str:
     return f"{source}: row {index} (key {key!r})"
 
 
-def normalise_row(row: dict, source: str, index: int) -> dict:
-    """Convert one raw row of any supported source into the normalised row, or raise DataError."""
+def normalise_row(row: dict, source: str, index: int, task=ifeval) -> dict:
+    """Convert one raw row of any supported source into the normalised row, or raise DataError:
+    prompt, response and key here, the task's own fields by the task (tasks.py)."""
     where = _where(source, index, row)
     if not isinstance(row, dict):
         raise DataError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-    for field in ("prompt", "instruction_id_list", "kwargs"):
-        if field not in row or row[field] is None:
-            raise DataError(f"{where}: missing field {field!r}")
+    row = dict(row)
+    if "prompt" not in row and "question" in row:   # GSM8K's hub format names its prompt so
+        row["prompt"] = row["question"]
+    if row.get("prompt") is None:
+        raise DataError(f"{where}: missing field 'prompt'")
     prompt = row["prompt"]
     if not isinstance(prompt, str):
         raise DataError(f"{where}: field 'prompt' must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise DataError(f"{where}: field 'prompt' is empty")
-    response = row.get("response")
+    try:
+        fields = task.normalise(row)
+    except ValueError as e:
+        raise DataError(f"{where}: {e}") from None
+    response = fields.pop("response", row.get("response"))
     if response is not None and not isinstance(response, str):
         raise DataError(f"{where}: field 'response' must be a string or null, "
                         f"got {type(response).__name__}")
-    ids = row["instruction_id_list"]
-    if isinstance(ids, str) or not hasattr(ids, "__iter__"):
-        raise DataError(f"{where}: field 'instruction_id_list' must be a list of strings")
-    ids = list(ids)
-    if not ids:
-        raise DataError(f"{where}: field 'instruction_id_list' is empty")
-    kwargs = row["kwargs"]
-    if isinstance(kwargs, str):  # argilla/ifeval-like-data: a JSON string holding a list of dicts
-        try:
-            kwargs = json.loads(kwargs)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: field 'kwargs' is not valid JSON ({e})") from None
-    if isinstance(kwargs, dict) or not hasattr(kwargs, "__iter__"):
-        raise DataError(f"{where}: field 'kwargs' must be a list of dicts (one per instruction)")
-    kwargs = list(kwargs)
-    if len(kwargs) != len(ids):
-        raise DataError(f"{where}: field 'kwargs' has {len(kwargs)} entries for {len(ids)} "
-                        "instruction ids")
-    clean = []
-    for i, (iid, kw) in enumerate(zip(ids, kwargs)):
-        try:
-            kw = ifeval.validate(iid, kw if kw is not None else {}, prompt)
-        except ValueError as e:
-            raise DataError(f"{where}: field 'kwargs[{i}]' / 'instruction_id_list[{i}]': {e}") from None
-        clean.append(kw)
     key = row.get("key", f"{source}-{index}")
     if hasattr(key, "item"):   # numpy integers from parquet
         key = key.item()
-    return {"prompt": prompt, "response": response, "instruction_id_list": ids, "kwargs": clean,
-            "key": key}
+    return {"prompt": prompt, "response": response, **fields, "key": key}
 
 
-def validate_rows(raw: list, source: str, *, skip_invalid: bool = False) -> list[dict]:
+def validate_rows(raw: list, source: str, *, skip_invalid: bool = False, task=ifeval) -> list[dict]:
     """Normalise every row. By default the first bad row raises; skip_invalid counts and reports."""
     if len(raw) == 0:
         raise DataError(f"{source}: the dataset is empty")
     rows, skipped = [], []
     for i, r in enumerate(raw):
         try:
-            rows.append(normalise_row(r, source, i))
+            rows.append(normalise_row(r, source, i, task))
         except DataError as e:
             if not skip_invalid:
                 raise
@@ -198,19 +179,19 @@ def training_pools(rows: list[dict], source: str, method: str, pool_split: str, 
     return demos, prompts
 
 
-def training_data(s, objective, tokenizer) -> tuple[MixedSampler, list[dict]]:
+def training_data(s, objective, tokenizer, task=ifeval) -> tuple[MixedSampler, list[dict]]:
     """What a run reads, from its settings `s`: the mixed sampler over the training rows (the
-    demonstrations and the RL prompts, each pool only where the objective `objective` uses it) and
-    the evaluation rows."""
+    demonstrations and the RL prompts, each pool only where the objective `objective` uses it;
+    a toy world's own RL prompts where it has them) and the evaluation rows."""
     load = dict(skip_invalid=s.skip_invalid_rows, toy_seed=s.seed, teacher_accuracy=s.teacher_accuracy,
-                toy_eval_n=s.toy_eval_size)
+                toy_eval_n=s.toy_eval_size, task=task)
     rows = check_prompt_lengths(load_rows(s.dataset, "train", **load), tokenizer, s.max_prompt_length,
                                 s.dataset, strict=s.strict_prompt_length)
-    eval_rows = load_rows(s.eval_dataset, evaluation_split(s.eval_dataset), **load)[:s.eval_limit]
+    eval_rows = load_rows(s.eval_dataset, evaluation_split(s.eval_dataset, task), **load)[:s.eval_limit]
     demos, prompts = training_pools(
         rows, s.dataset, s.method, s.pool_split, needs_demos=objective.needs_demos,
         rl_needs_reference=objective.uses_discriminator and objective.rollouts_on == "rl",
-        rl_rows=load_rows(s.dataset, "rl", **load) if rl_stream(s.dataset) else None)
+        rl_rows=load_rows(s.dataset, "rl", **load) if s.dataset.startswith("toy:") else None)
     sampler = MixedSampler(demos, prompts, s.sft_batch_size if objective.uses_sft else 0,
                            s.rl_batch_size if objective.rollouts_on == "rl" else 0, s.seed)
     return sampler, eval_rows
@@ -270,45 +251,31 @@ def _load_hub(spec: str, split: str) -> list:
 
 def load_rows(spec: str, split: str = "train", *, skip_invalid: bool = False,
               toy_seed: int = 0, toy_n: int = 2000, teacher_accuracy: float = 0.65,
-              toy_eval_n: int = 100) -> list[dict]:
-    """Rows from `toy[:variant]`, a local file, or a hub dataset `id` / `id:config`, normalised
-    and validated. Toy variants (toy.py): base, flawed, holdout, validation (a third split), and
-    the shifted worlds (shifted, shifted-nolength, unshifted), whose split "rl" is their stream of
-    RL prompts (`rl_stream`)."""
+              toy_eval_n: int = 100, task=ifeval) -> list[dict] | None:
+    """Rows from `toy[:variant]` (the task's toy world), a local file, or a hub dataset `id` /
+    `id:config`, normalised and validated. IFEval's toy variants (toy.py): base, flawed, holdout,
+    validation (a third split), and the shifted worlds (shifted, shifted-nolength, unshifted),
+    whose split "rl" is their stream of RL prompts (None for a world without one)."""
     if spec == "toy" or spec.startswith("toy:"):
-        import toy
-        variant = spec.partition(":")[2]
-        if variant not in ("", "base", "flawed", "holdout", "validation", *toy.SHIFTS):
-            raise DataError(f"unknown toy variant {variant!r} (base, flawed, holdout, validation, "
-                            f"{', '.join(toy.SHIFTS)})")
-        if variant == "validation":
-            raw = toy.validation_rows(toy_seed, toy_eval_n, teacher_accuracy)
-        elif variant in toy.SHIFTS:      # demonstrations and evaluation: the ordinary world's
-            raw = toy.rl_rows(toy_seed, toy_n, variant) if split == "rl" else \
-                load_rows("toy", split, toy_seed=toy_seed, toy_n=toy_n, toy_eval_n=toy_eval_n)
-        else:
-            train, evals = toy.train_eval_rows(toy_seed, n_train=toy_n, n_eval=toy_eval_n,
-                                               teacher_accuracy=teacher_accuracy, variant=variant)
-            raw = train if split == "train" else evals
+        try:
+            raw = task.toy_rows(spec.partition(":")[2], split, toy_seed, toy_n, toy_eval_n, teacher_accuracy)
+        except ValueError as e:
+            raise DataError(f"{spec}: {e}") from None
+        if raw is None:
+            return None
     elif os.path.splitext(spec)[1] in (".jsonl", ".json", ".parquet"):
         raw = _read_local(spec)
     else:
         if spec.startswith("argilla/ifeval-like-data") and ":" not in spec:
             spec += ":filtered"   # the verified subset is the one this project trains on
         raw = _load_hub(spec, split)
-    return validate_rows(raw, spec, skip_invalid=skip_invalid)
+    return validate_rows(raw, spec, skip_invalid=skip_invalid, task=task)
 
 
-def rl_stream(spec: str) -> bool:
-    """Does the source have RL prompts of its own (split "rl"), apart from its demonstrations?"""
-    import toy
-    return spec.startswith("toy:") and spec.partition(":")[2] in toy.SHIFTS
-
-
-def evaluation_split(spec: str) -> str:
-    """The split evaluation reads: the toy world's own evaluation rows; split 'train' of a hub
-    dataset or file (google/IFEval has only that one)."""
-    return "eval" if spec == "toy" or spec.startswith("toy:") else "train"
+def evaluation_split(spec: str, task=ifeval) -> str:
+    """The split evaluation reads: the toy world's own evaluation rows; the task's EVAL_SPLIT of
+    a hub dataset or file ("train" if it names none: google/IFEval has only that one)."""
+    return "eval" if spec == "toy" or spec.startswith("toy:") else getattr(task, "EVAL_SPLIT", "train")
 
 
 def write_jsonl(rows: list[dict], path: str) -> None:

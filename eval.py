@@ -49,12 +49,13 @@ import ifeval
 import parallel
 import rollouts
 import settings
+import tasks
 from logprobs import sequence_logprobs
 
 # The file is named as the design card names it. Imported, it shadows the builtin `eval` in the
 # importing module: nothing in this project calls that builtin (tests/test_docs.py checks).
 
-METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
+METRICS = ifeval.METRICS      # IFEval's four numbers; another task's are its own (task.METRICS)
 
 
 def generate_responses(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
@@ -71,16 +72,16 @@ def generate_responses(model, tokenizer, rows: list[dict], *, max_new_tokens: in
 
 
 def evaluate_model(model, tokenizer, rows: list[dict], *, max_new_tokens: int,
-                   autocast=contextlib.nullcontext, engine=None) -> dict:
-    """Greedy responses and IFEval's metrics; the dict also carries the responses."""
+                   autocast=contextlib.nullcontext, engine=None, task=ifeval) -> dict:
+    """Greedy responses and the task's metrics; the dict also carries the responses."""
     texts, lengths = generate_responses(model, tokenizer, rows, max_new_tokens=max_new_tokens,
                                         autocast=autocast, engine=engine)
-    return score_responses(rows, texts, lengths, max_new_tokens)
+    return score_responses(rows, texts, lengths, max_new_tokens, task)
 
 
 def evaluate_shares(model, tokenizer, rows: list[dict], ctx: parallel.Context, *, max_new_tokens: int,
                     autocast=contextlib.nullcontext, engine=None,
-                    interruptible=contextlib.nullcontext) -> dict:
+                    interruptible=contextlib.nullcontext, task=ifeval) -> dict:
     """`evaluate_model` under torchrun: rank r answers rows r, r + N, r + 2N, ... and every rank
     scores all the answers (one process answers them all). `interruptible`: where a stop signal
     may drop the answering (train.py passes checkpoint.StopSignals.dropping); then every rank
@@ -97,13 +98,14 @@ def evaluate_shares(model, tokenizer, rows: list[dict], ctx: parallel.Context, *
     n = ctx.world_size
     texts = [parts[i % n][0][i // n] for i in range(len(rows))]
     lengths = [parts[i % n][1][i // n] for i in range(len(rows))]
-    return score_responses(rows, texts, lengths, max_new_tokens)
+    return score_responses(rows, texts, lengths, max_new_tokens, task)
 
 
 def score_responses(rows: list[dict], texts: list[str], lengths: list[int],
-                    max_new_tokens: int) -> dict:
-    """IFEval's metrics of given responses, how many hit the length limit, and the responses."""
-    metrics = ifeval.evaluate(rows, texts)
+                    max_new_tokens: int, task=ifeval) -> dict:
+    """The task's metrics of given responses (`headline`: the first's name), how many hit the
+    length limit, and the responses."""
+    metrics = task.evaluate(rows, texts) | {"headline": task.METRICS[0]}
     # An answer that hit the length limit may fail only because it was cut: count them.
     metrics["truncated_frac"] = float(np.mean([n >= max_new_tokens for n in lengths]))
     metrics["responses"] = [{"key": r["key"], "prompt": r["prompt"], "response": t}
@@ -111,45 +113,48 @@ def score_responses(rows: list[dict], texts: list[str], lengths: list[int],
     return metrics
 
 
-def describe(after: dict, before: dict | None = None) -> str:
-    """An evaluation's headline, or two's: 'prompt-strict 0.000 -> 0.500, inst-strict 0.015 ->
-    0.649 (100 prompts)'."""
+def describe(after: dict, before: dict | None = None, task=ifeval) -> str:
+    """An evaluation's first two metrics, or two evaluations': 'prompt_strict 0.000 -> 0.500,
+    inst_strict 0.015 -> 0.649 (100 prompts)'."""
     was = lambda k: f"{before[k]:.3f} -> " if before else ""  # noqa: E731
-    return (f"prompt-strict {was('prompt_strict')}{after['prompt_strict']:.3f}, inst-strict "
-            f"{was('inst_strict')}{after['inst_strict']:.3f} ({after['n_prompts']} prompts)")
+    return ", ".join(f"{k} {was(k)}{after[k]:.3f}" for k in task.METRICS[:2]) + \
+        f" ({after['n_prompts']} prompts)"
 
 
-def teacher_accuracy(rows: list[dict]) -> dict:
-    """The teacher's own IFEval metrics on rows that carry its responses."""
+def teacher_accuracy(rows: list[dict], task=ifeval) -> dict:
+    """The teacher's own metrics on rows that carry its responses."""
     with_resp = [r for r in rows if r.get("response")]
     if not with_resp:
         return {}
-    m = ifeval.evaluate(with_resp, [r["response"] for r in with_resp])
-    return {k: m[k] for k in METRICS}
+    m = task.evaluate(with_resp, [r["response"] for r in with_resp])
+    return {k: m[k] for k in task.METRICS}
 
 
-def teacher_demonstrations(rows: list[dict], responses: list[str]) -> tuple[list[dict], dict]:
+def verified(rows: list[dict], texts: list[str], task=ifeval) -> list[bool]:
+    """Does each answer pass every check: the task's default reward is 1.0 (tasks.py)?"""
+    if not rows:
+        return []
+    f = next(iter(task.REWARDS.values()))
+    fields = {k: [row.get(k) for row in rows] for k in rows[0] if k != "prompt"}
+    return [v == 1.0 for v in f(prompts=[r["prompt"] for r in rows], completions=texts, **fields)]
+
+
+def teacher_demonstrations(rows: list[dict], responses: list[str], task=ifeval) -> tuple[list[dict], dict]:
     """Rows with `response` set to the given answer, right or wrong (the paper's setting); only
     empty answers are left out (a demonstration must have a response), and counted."""
     kept = [dict(row, response=text) for row, text in zip(rows, responses) if text.strip()]
-    failed = sum(ifeval.reward(r["response"], r["instruction_id_list"], r["kwargs"], r["prompt"]) < 1
-                 for r in kept)
+    failed = len(kept) - sum(verified(kept, [r["response"] for r in kept], task))
     return kept, {"total": len(rows), "kept": len(kept), "empty": len(rows) - len(kept),
                   "failed_checks": failed}
 
 
-def verified_responses(rows: list[dict], responses: list[str]) -> tuple[list[dict], dict]:
+def verified_responses(rows: list[dict], responses: list[str], task=ifeval) -> tuple[list[dict], dict]:
     """Rows with `response` set to the given answer, kept only where it passes every check."""
-    kept, stats = [], {"total": len(rows), "kept": 0, "empty": 0, "failed_checks": 0}
-    for row, text in zip(rows, responses):
-        if not text.strip():
-            stats["empty"] += 1
-        elif ifeval.reward(text, row["instruction_id_list"], row["kwargs"], row["prompt"]) < 1:
-            stats["failed_checks"] += 1
-        else:
-            kept.append(dict(row, response=text))
-    stats["kept"] = len(kept)
-    return kept, stats
+    answered = [(row, text) for row, text in zip(rows, responses) if text.strip()]
+    passed = verified([r for r, _ in answered], [t for _, t in answered], task)
+    kept = [dict(row, response=text) for (row, text), ok in zip(answered, passed) if ok]
+    return kept, {"total": len(rows), "kept": len(kept), "empty": len(rows) - len(answered),
+                  "failed_checks": len(answered) - len(kept)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,7 +204,7 @@ def mean_token_logprobs(model, tokenizer, prompts: list[str], responses: list[st
 
 def behaviour(model, tokenizer, rows: list[dict], *, max_new_tokens: int, temperature: float = 1.0,
               batch_size: int = 32, seed: int = 0, autocast=contextlib.nullcontext,
-              engine=None) -> dict:
+              engine=None, task=ifeval) -> dict:
     """Length and log-prob distributions of student samples vs teacher responses, with distances."""
     rows = [r for r in rows if r.get("response")]
     if not rows:
@@ -220,7 +225,7 @@ def behaviour(model, tokenizer, rows: list[dict], *, max_new_tokens: int, temper
                 "teacher_mean": float(np.mean(teach))}
     return {"n": len(rows), "length": compare(student_len, teacher_len),
             "logprob": compare(lp_student, lp_teacher),
-            "sample_accuracy": ifeval.evaluate(rows, samples)["prompt_strict"]}
+            "sample_accuracy": task.evaluate(rows, samples)[task.METRICS[0]]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,9 +236,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="'toy' (fresh random), a run's final/ directory, "
                    "or a hub id")
+    p.add_argument("--task", default=None, help="ifeval, gsm8k or a module (tasks.py; default: the "
+                   "task the model was trained on, else ifeval)")
     p.add_argument("--dataset", default=None, help="toy | google/IFEval | hub id | local file "
-                   "(default: the world's evaluation set, settings.py)")
-    p.add_argument("--split", default=None, help="default: 'eval' for toy, else 'train'")
+                   "(default: the world's evaluation set of the task, settings.py)")
+    p.add_argument("--split", default=None, help="default: 'eval' for toy, else the task's (IFEval: "
+                   "'train', GSM8K: 'test')")
     p.add_argument("--seed", type=int, default=0, help="toy world seed (selects the eval split)")
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="default: the world's eval_max_new_tokens (toy 64, real 1,280)")
@@ -251,40 +259,42 @@ def main(argv=None):
                    "does not apply)")
     p.add_argument("--out", default=None, help="JSON path (default: next to the model)")
     args = p.parse_args(argv)
-    defaults = settings.Settings.for_world(settings.world_of(args.model))
+    name = args.task or settings.task_of(args.model)
+    task, defaults = tasks.load(name), settings.Settings.for_world(settings.world_of(args.model), task=name)
     device = parallel.pick_device("auto")
     # nothing here trains: on CUDA the weights load in bf16 (half the memory of fp32 masters)
     # and answers come from the rollout engine in bf16, as in training's evaluations
     model, tokenizer = checkpoint.load_policy(args.model, device, seed=args.seed,
-                                              dtype=parallel.autocast_dtype(device) or torch.float32)
+                                              dtype=parallel.autocast_dtype(device) or torch.float32,
+                                              toy_tokenizer=task.toy_tokenizer)
     spec = args.dataset or defaults.eval_dataset
-    split = args.split or data.evaluation_split(spec)
-    rows = data.load_rows(spec, split, toy_seed=args.seed)[:args.limit]
+    split = args.split or data.evaluation_split(spec, task)
+    rows = data.load_rows(spec, split, toy_seed=args.seed, task=task)[:args.limit]
     max_new = args.max_new_tokens or defaults.eval_max_new_tokens
     engine = engines.make_engine(args.engine, device, dtype=parallel.autocast_dtype(device),
                                   prompt_width=defaults.max_prompt_length)
     result = evaluate_model(model, tokenizer, rows, max_new_tokens=max_new,
-                            autocast=parallel.autocast_for(device), engine=engine)
-    result["teacher"] = teacher_accuracy(rows)
-    print(json.dumps({k: result[k] for k in (*METRICS, "n_prompts", "truncated_frac")}, indent=1))
+                            autocast=parallel.autocast_for(device), engine=engine, task=task)
+    result["teacher"] = teacher_accuracy(rows, task)
+    print(json.dumps({k: result[k] for k in (*task.METRICS, "n_prompts", "truncated_frac")}, indent=1))
     out = args.out or (os.path.join(args.model, "eval.json") if os.path.isdir(args.model)
                        else "eval.json")
     answers = [r["response"] for r in result["responses"]]
     if args.write_demos:
-        kept, stats = teacher_demonstrations(rows, answers)
+        kept, stats = teacher_demonstrations(rows, answers, task)
         data.write_jsonl(kept, args.write_demos)
         print(f"wrote {stats['kept']} of {stats['total']} answers, {stats['failed_checks']} of them "
               f"failing their checks (the paper's setting; empty, left out: {stats['empty']}) -> "
               f"{args.write_demos}")
     if args.write_verified:
-        kept, stats = verified_responses(rows, answers)
+        kept, stats = verified_responses(rows, answers, task)
         data.write_jsonl(kept, args.write_verified)
         print(f"kept {stats['kept']} of {stats['total']} answers (empty: {stats['empty']}, failed "
               f"the instruction checks: {stats['failed_checks']}) -> {args.write_verified}")
     if args.behaviour:
         b = behaviour(model, tokenizer, rows, max_new_tokens=max_new, temperature=args.temperature,
                       batch_size=args.batch_size, seed=args.seed,
-                      autocast=parallel.autocast_for(device), engine=engine)
+                      autocast=parallel.autocast_for(device), engine=engine, task=task)
         result["behaviour"] = b
         print(f"length W1 {b['length']['w1']:.3f}  logprob W1 {b['logprob']['w1']:.3f}  (histograms: "
               f"python -m tools.plots --behaviour {out})")

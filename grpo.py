@@ -30,8 +30,10 @@ Choices where the paper is silent (ours, following TRL's GRPOTrainer conventions
   default (no KL, no reference model loaded), as in TRL and DAPO.
 * Truncated completions (no stop token within the length limit) keep their reward unless
   --mask-truncated removes them from the loss (DAPO's overlong filtering).
-* The reward gives partial credit (the share of satisfied instructions) by default; the paper's
-  is binary (every instruction satisfied or not), `--reward all`.
+* Rewards come from the task's reward functions (tasks.py), in TRL's convention, summed with
+  their weights; this file imports no task. IFEval's default gives partial credit (the share of
+  satisfied instructions); the paper's is binary (every instruction satisfied or not),
+  `--reward all`.
 """
 
 from __future__ import annotations
@@ -45,16 +47,37 @@ from logprobs import sequence_logprobs
 if TYPE_CHECKING:          # copied with sft.py, uniapl.py and logprobs.py, this file needs torch alone
     from rollouts import Rollouts
 
-# r_i = (instructions of x that y_i satisfies) / (instructions of x)      (strict; 0 if y_i is empty)
-# --reward all (the paper's binary reward): r_i = 1 if y_i satisfies every instruction, else 0
+# r_i = sum_k w_k f_k(x_i, y_i)      over the reward functions f_k that score y_i (tasks.py):
+# IFEval's default is the share of x's instructions y_i satisfies (0 if y_i is empty); the paper's
+# is binary (every instruction satisfied, or not: --reward all)
 
 
-def rewards(rollouts: Rollouts, kind: str = "fraction") -> torch.Tensor:
-    """ifeval.reward of every completion against its own row's instructions: fp32 [R]."""
-    import ifeval  # here, not at the top: the loss functions below need torch alone
-    r = torch.tensor([ifeval.reward(text, row["instruction_id_list"], row["kwargs"], row["prompt"])
-                      for text, row in zip(rollouts.texts, rollouts.rows)], dtype=torch.float32)
-    return (r == 1).float() if kind == "all" else r
+def rewards(functions, rows: list[dict], texts: list[str]) -> tuple[torch.Tensor, dict]:
+    """The verifier's reward of every completion: fp32 [R], and each function's mean.
+
+    `functions`: (name, f, weight) triples (tasks.reward_functions), each f in TRL's convention
+    f(prompts, completions, **fields) -> one float or None per completion, every field of the rows
+    passed by name (one list entry per completion). None means "not mine": the weighted sum skips
+    it, and a completion that no function scores raises ValueError naming its row's key."""
+    prompts = [row["prompt"] for row in rows]
+    fields = {k: [row.get(k) for row in rows] for k in rows[0] if k != "prompt"}
+    total, scored, means = [0.0] * len(rows), [False] * len(rows), {}
+    for name, f, weight in functions:
+        values = list(f(prompts=prompts, completions=texts, **fields))
+        if len(values) != len(rows):
+            raise ValueError(f"reward {name}: {len(values)} values for {len(rows)} completions")
+        mine = [v for v in values if v is not None]
+        if mine:
+            means[name] = sum(mine) / len(mine)
+        for i, v in enumerate(values):
+            if v is not None:
+                total[i] += weight * float(v)
+                scored[i] = True
+    if not all(scored):
+        row = rows[scored.index(False)]
+        raise ValueError(f"row {row.get('key')!r}: no reward function scored its completion "
+                         f"({', '.join(n for n, _, _ in functions)} all returned None)")
+    return torch.tensor(total, dtype=torch.float32), means
 
 
 # A_i = (r_i - mean_j r_j) / (std_j r_j + eps)       j over the G rollouts of the same prompt

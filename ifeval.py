@@ -50,10 +50,11 @@ all deliberate:
   with `DetectorFactory.seed = 0`, so it is deterministic; a text langdetect cannot classify
   counts as passing, as in the reference.
 
-Drop-in use elsewhere: `trl_reward` has TRL's reward-function signature
-`(prompts, completions, instruction_id_list, kwargs, **_) -> list[float]`, so this file can be
-passed unchanged as `reward_funcs=[ifeval.trl_reward]` to `trl.GRPOTrainer` on a dataset with
-IFEval columns.
+The task: this file is the first task module (tasks.py): its rows' fields and their validation,
+its rewards (`fraction`, the default, and the paper's binary `all`) in TRL's reward-function
+convention `(prompts, completions, instruction_id_list, kwargs, **_) -> list[float]`, so that they
+pass unchanged as `reward_funcs=[ifeval.fraction]` to `trl.GRPOTrainer` on a dataset with IFEval
+columns, its metrics, its real datasets and its toy world (toy.py).
 """
 
 from __future__ import annotations
@@ -441,16 +442,89 @@ def reward(response: str, instruction_id_list, kwargs_list, prompt: str = "") ->
     return sum(check_instruction(i, k, response, prompt) for i, k in zip(ids, kwargs_list)) / len(ids)
 
 
-def trl_reward(prompts, completions, instruction_id_list, kwargs, **_) -> list[float]:
-    """TRL reward-function signature; completions may be strings or chat-message lists."""
-    out = []
-    for prompt, completion, ids, kw in zip(prompts, completions, instruction_id_list, kwargs):
-        if not isinstance(completion, str):  # conversational format: [{"role", "content"}]
-            completion = completion[-1]["content"]
-        if not isinstance(prompt, str):
-            prompt = "\n".join(m["content"] for m in prompt if m.get("role") == "user")
-        out.append(reward(completion, ids, kw, prompt))
-    return out
+# ----------------------------------------------------------------------------------------------
+# The task (tasks.py): the names every task module defines
+# ----------------------------------------------------------------------------------------------
+
+FIELDS = ("instruction_id_list", "kwargs")
+METRICS = ("prompt_strict", "inst_strict", "prompt_loose", "inst_loose")
+DATASETS = {"train": "argilla/ifeval-like-data:filtered", "eval": "google/IFEval"}
+EVAL_SPLIT = "train"                     # google/IFEval has that split only
+
+
+def normalise(row: dict) -> dict:
+    """instruction_id_list and kwargs of one row, checked: a normalised row, a google/IFEval row
+    (every kwarg key present, unused ones null) or an argilla/ifeval-like-data row (kwargs a JSON
+    string in its current revision, a list of structs in older ones)."""
+    for field in FIELDS:
+        if row.get(field) is None:
+            raise ValueError(f"missing field {field!r}")
+    ids = row["instruction_id_list"]
+    if isinstance(ids, str) or not hasattr(ids, "__iter__"):
+        raise ValueError("field 'instruction_id_list' must be a list of strings")
+    ids = list(ids)
+    if not ids:
+        raise ValueError("field 'instruction_id_list' is empty")
+    kwargs = row["kwargs"]
+    if isinstance(kwargs, str):
+        try:
+            kwargs = json.loads(kwargs)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"field 'kwargs' is not valid JSON ({e})") from None
+    if isinstance(kwargs, dict) or not hasattr(kwargs, "__iter__"):
+        raise ValueError("field 'kwargs' must be a list of dicts (one per instruction)")
+    kwargs = list(kwargs)
+    if len(kwargs) != len(ids):
+        raise ValueError(f"field 'kwargs' has {len(kwargs)} entries for {len(ids)} instruction ids")
+    clean = []
+    for i, (iid, kw) in enumerate(zip(ids, kwargs)):
+        try:
+            clean.append(validate(iid, kw if kw is not None else {}, row["prompt"]))
+        except ValueError as e:
+            raise ValueError(f"field 'kwargs[{i}]' / 'instruction_id_list[{i}]': {e}") from None
+    return {"instruction_id_list": ids, "kwargs": clean}
+
+
+def fraction(prompts, completions, instruction_id_list, kwargs, **_) -> list[float]:
+    """The default reward, in TRL's convention: the share of each prompt's instructions its
+    completion satisfies (`reward`); prompts and completions may be chat-message lists."""
+    from tasks import completion_text, prompt_text
+    return [reward(completion_text(c), ids, kw, prompt_text(p))
+            for p, c, ids, kw in zip(prompts, completions, instruction_id_list, kwargs)]
+
+
+def every_instruction(prompts, completions, instruction_id_list, kwargs, **_) -> list[float]:
+    """The paper's binary reward (--reward all): 1 if the completion satisfies every instruction."""
+    return [float(r == 1) for r in fraction(prompts, completions, instruction_id_list, kwargs)]
+
+
+REWARDS = {"fraction": fraction, "all": every_instruction}
+
+
+def toy_rows(variant: str, split: str, seed: int, n: int, n_eval: int,
+             teacher_accuracy: float) -> list[dict] | None:
+    """The toy world's rows (toy.py): its variants base, flawed, holdout, validation (a third
+    split), and the shifted worlds, whose split "rl" is their stream of RL prompts (None: a
+    variant without one)."""
+    import toy
+    if variant not in ("", "base", "flawed", "holdout", "validation", *toy.SHIFTS):
+        raise ValueError(f"unknown toy variant {variant!r} (base, flawed, holdout, validation, "
+                         f"{', '.join(toy.SHIFTS)})")
+    if split == "rl":                       # RL prompts of their own: the shifted worlds only
+        return toy.rl_rows(seed, n, variant) if variant in toy.SHIFTS else None
+    if variant == "validation":
+        return toy.validation_rows(seed, n_eval, teacher_accuracy)
+    if variant in toy.SHIFTS:               # demonstrations and evaluation: the ordinary world's
+        variant, teacher_accuracy = "", toy.TEACHER_ACCURACY
+    train, evals = toy.train_eval_rows(seed, n_train=n, n_eval=n_eval, teacher_accuracy=teacher_accuracy,
+                                       variant=variant)
+    return train if split == "train" else evals
+
+
+def toy_tokenizer():
+    """The toy world's tokenizer (toy.py)."""
+    import toy
+    return toy.build_tokenizer()
 
 
 def evaluate(rows: list[dict], responses: list[str]) -> dict:

@@ -89,11 +89,16 @@ class Settings:
         real="internlm/POLAR-1_8B")
 
     # --- data -----------------------------------------------------------------------------------
-    dataset: str = DATA("toy", "training rows: toy[:base|flawed|holdout] | hub id[:config] | local "
-                        ".jsonl/.json/.parquet; toy:shifted|shifted-nolength|unshifted: RL prompts "
-                        "of some instruction types only (toy.py)",
-                        real="argilla/ifeval-like-data:filtered")
-    eval_dataset: str = DATA("toy", "held-out rows for IFEval-style evaluation", real="google/IFEval")
+    task: str = DATA("ifeval", "what is learned and checked (tasks.py): ifeval, gsm8k, or any "
+                     "importable module defining a task's names (default: the task of a --model "
+                     "saved by a run, else ifeval)")
+    dataset: str | None = DATA("toy", "training rows: toy[:variant] (the task's toy world; ifeval's: "
+                               "base, flawed, holdout, and shifted, shifted-nolength, unshifted whose "
+                               "RL prompts ask for some instruction types only) | hub id[:config] | "
+                               "local .jsonl/.json/.parquet (real default, None: the task's: "
+                               "argilla/ifeval-like-data:filtered, openai/gsm8k:main)", real=None)
+    eval_dataset: str | None = DATA("toy", "held-out rows for the task's evaluation (real default, None: "
+                                    "the task's: google/IFEval, openai/gsm8k:main)", real=None)
     pool_split: str = DATA("shared", "shared: every row can be a demonstration and an RL prompt; "
                            "disjoint: first half demonstrations, second half RL prompts (ours)",
                            choices=["shared", "disjoint"])
@@ -123,9 +128,14 @@ class Settings:
                                    "static", choices=["auto", "hf", "static", "vllm"])
     vllm_gpu_memory_utilization: float = ROLLOUTS(0.3, "vllm: the share of the GPU's memory vLLM "
                                                   "may take while awake (TRL's default)")
-    reward: str = ROLLOUTS("fraction", "fraction: the share of the prompt's instructions a rollout "
-                           "satisfies (ours: partial credit); all: 1 if it satisfies every one, "
-                           "else 0 (the paper's binary reward)", choices=["fraction", "all"])
+    reward: str | None = ROLLOUTS(None, "reward functions, summed with --reward-weights: the task's "
+                                  "names or MODULE:FUNCTION in TRL's convention (tasks.py). ifeval: "
+                                  "fraction, the share of the prompt's instructions a rollout "
+                                  "satisfies (ours: partial credit), or all, 1 if it satisfies every "
+                                  "one (the paper's binary reward); gsm8k: answer, steps (None: the "
+                                  "task's first)", nargs="+")
+    reward_weights: float | None = ROLLOUTS(None, "one weight per --reward function (None: 1 each)",
+                                            nargs="+")
     mask_truncated: bool = ROLLOUTS(False, "leave rollouts that hit the length limit out of the "
                                     "loss (DAPO's overlong filtering)", action="store_true")
 
@@ -219,6 +229,11 @@ class Settings:
                 if ignores(self.method) and getattr(self, name) != default:
                     raise SystemExit(f"--{name.replace('_', '-')} {getattr(self, name)} has no effect "
                                      f"with --method {self.method}: {why}")
+        if self.dataset is None or self.eval_dataset is None:      # the real run: the task's
+            import tasks
+            datasets = tasks.load(self.task).DATASETS
+            self.dataset, self.eval_dataset = self.dataset or datasets["train"], \
+                self.eval_dataset or datasets["eval"]
         if self.out is None:
             if self.resume == "auto":
                 raise SystemExit("--resume auto needs --out (the run directory to resume)")
@@ -228,13 +243,21 @@ class Settings:
 
 def world_of(model: str) -> str:
     """'toy' for --model toy and for directories saved by toy runs, else 'real'."""
-    if model == "toy":
-        return "toy"
+    return "toy" if model == "toy" else _marker(model).get("world", "real")
+
+
+def task_of(model: str) -> str:
+    """The task a directory saved by a run was trained on (its marker), else ifeval."""
+    return _marker(model).get("task", "ifeval")
+
+
+def _marker(model: str) -> dict:
+    """uniapl.json of a directory saved by a run (world, task, method, steps), or {}."""
     marker = os.path.join(model, "uniapl.json")
     if os.path.isdir(model) and os.path.exists(marker):
         with open(marker) as f:
-            return json.load(f).get("world", "real")
-    return "real"
+            return json.load(f)
+    return {}
 
 
 def _flag_help(f: dataclasses.Field) -> str:
@@ -269,7 +292,9 @@ def parse(argv=None) -> Settings:
     """Settings from a command line: --model decides the world, the world the defaults."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--model", default="toy")
+    pre.add_argument("--task", default=None)
     known, _ = pre.parse_known_args(argv)
     world = world_of(known.model)
     args = parser(world).parse_args(argv)
+    args.task = known.task or task_of(known.model)
     return Settings(**vars(args), world=world).finish()

@@ -339,30 +339,39 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 
 
+def corpus() -> tuple[str, ...]:
+    """The texts the toy tokenizer learns its pieces from: prompts and answers of a world of its
+    own (seed 12345, no split of any experiment)."""
+    rows = make_rows(3000, seed=12345, teacher_accuracy=0.5, split="tokenizer")
+    return tuple([r["prompt"] for r in rows] + [r["response"] for r in rows])
+
+
 @functools.lru_cache(maxsize=4)
-def _bpe_json(vocab_size: int) -> str:
-    """Train the BPE once per process (about 2 s); callers get fresh tokenizer objects."""
+def _bpe_json(vocab_size: int, texts: tuple[str, ...] | None = None, digits: bool = False) -> str:
+    """Train the BPE once per process and corpus (about 2 s); callers get fresh tokenizer objects."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    rows = make_rows(3000, seed=12345, teacher_accuracy=0.5, split="tokenizer")
-    corpus = [r["prompt"] for r in rows] + [r["response"] for r in rows]
-    corpus += ["<|im_start|>user\n", "<|im_start|>assistant\n"]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if digits:           # every digit its own piece: arithmetic digit by digit, not by lookup
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     tok.pre_tokenizer])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(corpus, trainer)
+    tok.train_from_iterator(list(texts or corpus()) + ["<|im_start|>user\n", "<|im_start|>assistant\n"],
+                            trainer)
     return tok.to_str()
 
 
-def build_tokenizer(vocab_size: int = 768):
-    """Byte-level BPE trained on the toy corpus: deterministic, lossless on any text."""
+def build_tokenizer(vocab_size: int = 768, texts: tuple[str, ...] | None = None, digits: bool = False):
+    """Byte-level BPE trained on a task's toy texts (default: this world's, `corpus`), numbers
+    split into digits if asked: deterministic, lossless on any text."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer.from_str(_bpe_json(vocab_size))
+    tok = Tokenizer.from_str(_bpe_json(vocab_size, texts, digits))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", padding_side="left")
     fast.chat_template = CHAT_TEMPLATE

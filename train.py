@@ -59,6 +59,7 @@ import parallel
 import rollouts
 import settings
 import sft
+import tasks
 import uniapl
 from discriminator import load_discriminator
 from trackers import Meter, Trackers
@@ -78,6 +79,7 @@ class Run:
     meter: Meter | None = None             # time and peak memory per phase (trackers.py)
     flags: object = None                   # () -> {"stop": signal number or 0, "save": 0/1}: reduced
                                            # (max) with the step's metrics
+    rewards: list | None = None            # (name, function, weight) of the task's verifiers (tasks.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,17 +97,18 @@ def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run,
     a, lam, beta = o.alpha_at(step), o.lambda_adv, s.beta     # the weights of this step's terms
 
     # 1. Rollouts: y_1..y_G ~ pi_theta(. | x) for each RL prompt (a-sft: each demonstration prompt).
-    ro = r = d = adv_coef = advantages = ref_logp = None
+    ro = r = d = adv_coef = advantages = ref_logp = reward_means = None
     if o.rollouts_on != "none":
         rows = batch.prompts if o.rollouts_on == "rl" else batch.demos
         with phase("generate"), amp(), parallel.gathered(policy, ctx):
             ro = run.engine.generate(policy, run.tokenizer, rows, G, temperature=s.temperature,
                                      max_new_tokens=s.max_completion_length)
 
-        # 2. Reward: r_i = fraction of x's instructions that y_i satisfies (ifeval.py; --reward
-        #    all: 1 if it satisfies all of them, else 0).
+        # 2. Reward: r_i = sum_k w_k f_k(x, y_i), the task's verifiers (tasks.py; IFEval's default:
+        #    the fraction of x's instructions that y_i satisfies; --reward all: 1 if all of them).
         with phase("reward"):
-            r = grpo.rewards(ro, s.reward)                                       # [R]
+            run.rewards = run.rewards or tasks.reward_functions(tasks.load(s.task), s.reward, s.reward_weights)
+            r, reward_means = grpo.rewards(run.rewards, ro.rows, ro.texts)        # [R]
 
         # 3. Discriminator d_i = D(x, y_E, y_i), adversarial coefficient
         #    c_i = clip((d_i - mean d) / (std d + eps), -c, c) within each group (Algorithm 1,
@@ -170,7 +173,7 @@ def unified_step(policy, batch: data.MixedBatch, s: settings.Settings, run: Run,
             grad_norm = optimizer_update(policy, run.optimizer, run.scheduler, s.max_grad_norm, step, ctx)
 
     metrics = step_metrics(step, s, o, a, terms, grad_norm, run, ro, r, d, adv_coef, advantages,
-                           demos, parts)
+                           demos, parts) | {f"reward/{k}": v for k, v in (reward_means or {}).items()}
     samples = [{"prompt": x["prompt"], "completion": t, "reward": float(r[i]),
                 "discriminator": float(d[i]) if d is not None else None}
                for i, (x, t) in enumerate(zip(ro.rows, ro.texts))] if ro is not None else []
@@ -303,7 +306,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
     say = print if ctx.is_main else lambda *a, **k: None
 
     # --- Load: the policy, the data, the rollout engine, the optimizer (loading()). ---
-    policy, sampler, eval_rows, run = loading(s, ctx, say)
+    policy, sampler, eval_rows, run, task = loading(s, ctx, say)
     o, tokenizer, amp = run.objective, run.tokenizer, parallel.autocast_for(ctx.device, s.precision)
 
     # --- The run directory: continue from its newest whole checkpoint (--resume), or start. ---
@@ -317,7 +320,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         """Every rank answers its share and all score them (eval.py); rank 0 writes the result.
         A stop signal drops it: checkpoint.StopNow, on every rank."""
         res = eval.evaluate_shares(policy, tokenizer, eval_rows, ctx, max_new_tokens=s.eval_max_new_tokens,
-                                   autocast=amp, engine=run.engine, interruptible=signals.dropping)
+                                   autocast=amp, engine=run.engine, interruptible=signals.dropping, task=task)
         if ctx.is_main:
             checkpoint.write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
         return res
@@ -327,7 +330,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
     before = read_json(start_eval) if start and os.path.exists(start_eval) else \
         evaluation("start") if s.eval_start else None
     if before:
-        say(f"[{s.method}] held-out IF accuracy before training: {eval.describe(before)}")
+        say(f"[{s.method}] held-out {task.__name__} before training: {eval.describe(before, task=task)}")
 
     # --- Train. From here a stop signal ends the run after the step in flight (or drops an
     #     evaluation between steps), with a checkpoint of the last finished step. ---
@@ -337,7 +340,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
                         os.path.basename(os.path.normpath(s.out)), dataclasses.asdict(s),
                         resume_step=start if s.resume else None)
     if before and start == 0:
-        trackers.log({f"eval/{k}": before[k] for k in eval.METRICS}, 0)
+        trackers.log({f"eval/{k}": before[k] for k in task.METRICS}, 0)
     bar = tqdm(range(start, s.steps), initial=start, total=s.steps, desc=s.method,
                disable=s.no_progress or not ctx.is_main, dynamic_ncols=True)
     last_save = time.monotonic()
@@ -363,7 +366,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         if due and not stop:
             try:            # a signal in it drops it, on every rank; the step is checkpointed below
                 res = evaluation(f"step{step + 1}")
-                metrics.update({f"eval/{k}": res[k] for k in eval.METRICS})
+                metrics.update({f"eval/{k}": res[k] for k in task.METRICS})
             except checkpoint.StopNow as e:
                 stop = e.number
         if not ctx.distributed:       # one process also sees a signal that came after the step
@@ -381,7 +384,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
             last_save = time.monotonic()
         if stop:
             skipped = f" (the evaluation due after step {step + 1} is skipped)" if due and \
-                f"eval/{eval.METRICS[0]}" not in metrics else ""
+                f"eval/{task.METRICS[0]}" not in metrics else ""
             return stopped(stop, step + 1, saved, after=skipped)
 
     # --- Evaluate after training, save. A stop asked for during the last step (or before the
@@ -397,26 +400,21 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         saved = checkpoint.save_checkpoint(s.out, s.steps, policy, tokenizer, run.optimizer,
                                            run.scheduler, sampler, s.save_total_limit, ctx)
         return stopped(stop, s.steps, saved, note=", before the final evaluation")
-    trackers.log({f"eval/{k}": after[k] for k in eval.METRICS}, s.steps)
+    trackers.log({f"eval/{k}": after[k] for k in task.METRICS}, s.steps)
     trackers.close()
-    weights, _ = checkpoint.full_state(policy, None, ctx)
-    if ctx.is_main:
-        marker = {"world": s.world, "method": s.method, "steps": s.steps, "source_model": s.model}
-        checkpoint.save_pretrained_atomic(policy, tokenizer, os.path.join(s.out, "final"),
-                                          {"uniapl.json": marker},
-                                          state_dict=weights if ctx.fsdp else None)
-    ctx.barrier()
-    teacher = eval.teacher_accuracy(eval_rows)
-    say(f"[{s.method}] held-out IF accuracy: {eval.describe(after, before)}" + (
-        f"; the teacher's prompt-strict: {teacher['prompt_strict']:.3f}" if teacher else "") + f". Run: {s.out}")
-    return {"before": before["prompt_strict"] if before else None, "after": after["prompt_strict"],
-            "teacher": teacher.get("prompt_strict"), "out": s.out}
+    checkpoint.save_final(s, policy, tokenizer, ctx)           # OUT/final, from_pretrained's
+    teacher, head = eval.teacher_accuracy(eval_rows, task), task.METRICS[0]
+    say(f"[{s.method}] held-out {task.__name__}: {eval.describe(after, before, task)}" + (
+        f"; the teacher's {head}: {teacher[head]:.3f}" if teacher else "") + f". Run: {s.out}")
+    return {"before": before[head] if before else None, "after": after[head], "teacher": teacher.get(head),
+            "out": s.out}
 
 
 def loading(s: settings.Settings, ctx: parallel.Context, say) -> tuple:
-    """(policy, sampler, evaluation rows, Run): the policy (training mode, activation
-    checkpointing, FSDP2 shards if asked), the data, a frozen reference (only if beta > 0), the
-    discriminator (only if used), the rollout engine, the optimizer and its schedule."""
+    """(policy, sampler, evaluation rows, Run, task): the task (tasks.py), the policy (training
+    mode, activation checkpointing, FSDP2 shards if asked), the data, a frozen reference (only if
+    beta > 0), the discriminator (only if used), the rollout engine, the optimizer and its
+    schedule, the task's reward functions."""
     objective = uniapl.objective(s)
     if objective.rollouts_on != "none" and s.num_generations < 2:
         raise SystemExit("--num-generations must be at least 2 (advantages are relative to the group)")
@@ -424,7 +422,8 @@ def loading(s: settings.Settings, ctx: parallel.Context, say) -> tuple:
     seed_everything(s.seed)
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()   # our own progress bar is enough
-    policy, tokenizer = checkpoint.load_policy(s.model, device, seed=s.seed)
+    task = tasks.load(s.task)
+    policy, tokenizer = checkpoint.load_policy(s.model, device, seed=s.seed, toy_tokenizer=task.toy_tokenizer)
     if ctx.rank:   # every rank builds the same weights, then samples with its own seed
         seed_everything(s.seed + 1_000_003 * ctx.rank)
     # from_pretrained returns a module in eval mode, and transformers checkpoints a layer only
@@ -435,7 +434,7 @@ def loading(s: settings.Settings, ctx: parallel.Context, say) -> tuple:
     reference = copy.deepcopy(policy).eval().requires_grad_(False) if s.beta > 0 else None
     if ctx.fsdp:
         policy, reference = parallel.shard(policy, ctx), reference and parallel.shard(reference, ctx)
-    sampler, eval_rows = data.training_data(s, objective, tokenizer)
+    sampler, eval_rows = data.training_data(s, objective, tokenizer, task)
     disc = load_discriminator(s.discriminator, s.discriminator_model, device,
                               parallel.autocast_dtype(device, s.precision) or torch.float32) \
         if objective.uses_discriminator else None
@@ -450,8 +449,9 @@ def loading(s: settings.Settings, ctx: parallel.Context, say) -> tuple:
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate, weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / max(1, s.warmup_steps)))
+    rewards = tasks.reward_functions(task, s.reward, s.reward_weights)
     return policy, sampler, eval_rows, Run(tokenizer, objective, optimizer, scheduler, engine, disc,
-                                           reference, ctx)
+                                           reference, ctx, rewards=rewards), task
 
 
 def seed_everything(seed: int) -> None:

@@ -257,7 +257,8 @@ def step_at_a_glance(policy, optimizer, tokenizer, engine, discriminator, batch,
                      step: int = 0):
     """One unified step on a mixed batch (`batch.demos`, `batch.prompts`) -> the loss.
     `o` = objective(s); `s` holds the rollout and surrogate settings (settings.Settings)."""
-    import data  # (tokenising demonstrations; the losses need torch alone)
+    import data  # (tokenising demonstrations, and the task's verifiers: the losses need torch alone)
+    import tasks
     G, kw = s.num_generations, dict(eps_low=s.epsilon, eps_high=s.epsilon_high, loss_type=s.loss_type)
     a, lam, rows = o.alpha_at(step), o.lambda_adv, batch.prompts if o.rollouts_on == "rl" else batch.demos
     loss = 0.0
@@ -265,7 +266,8 @@ def step_at_a_glance(policy, optimizer, tokenizer, engine, discriminator, batch,
         with torch.no_grad():                                   # y_i ~ pi_theta(. | x), G per x
             ro = engine.generate(policy, tokenizer, rows, G, temperature=s.temperature,
                                  max_new_tokens=s.max_completion_length)
-        r = grpo.rewards(ro, s.reward)                                          # [R] verifier
+        verifiers = tasks.reward_functions(tasks.load(s.task), s.reward, s.reward_weights)
+        r = grpo.rewards(verifiers, ro.rows, ro.texts)[0]                       # [R] verifier
         d = discriminator.score([x["prompt"] for x in ro.rows], [x["response"] for x in ro.rows],
                                 ro.texts).float() if o.uses_discriminator else None    # [R]
         if o.shapes_reward:                                     # the ablation: r + lambda_adv d

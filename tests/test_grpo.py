@@ -7,7 +7,9 @@ import torch
 
 import data
 import grpo
+import ifeval
 import rollouts
+import tasks
 
 
 def test_group_advantages_hand_computed():
@@ -81,7 +83,7 @@ def test_rollouts_masks_truncation_and_rewards(model, tok):
             assert ids[n - 1] == eos
         assert text == tok.decode(ids[:n], skip_special_tokens=True)
     assert ro.rows == rows * 6                                   # each rollout carries its row
-    r = grpo.rewards(ro)
+    r, _ = grpo.rewards(tasks.reward_functions(ifeval), ro.rows, ro.texts)
     assert r.shape == (6,) and all(x in (0.0, 1.0) for x in r.tolist())
 
 
@@ -127,8 +129,32 @@ def test_rollouts_record_the_samplers_log_probs(model, tok):
 def test_partial_credit_and_the_papers_binary_reward():
     row = {"prompt": "Describe the cat.", "instruction_id_list": ["punctuation:no_comma",
                                                                   "startend:end_checker"],
-           "kwargs": [{}, {"end_phrase": "That is all."}]}
+           "kwargs": [{}, {"end_phrase": "That is all."}], "key": "k"}
     texts = ["The cat, calm.", "The cat is calm.", "The cat is calm. That is all.", ""]
-    ro = rollouts.Rollouts([row] * 4, None, None, None, None, None, texts, 4)
-    assert grpo.rewards(ro).tolist() == [0.0, 0.5, 1.0, 0.0]
-    assert grpo.rewards(ro, "all").tolist() == [0.0, 0.0, 1.0, 0.0]
+    r, means = grpo.rewards(tasks.reward_functions(ifeval), [row] * 4, texts)
+    assert r.tolist() == [0.0, 0.5, 1.0, 0.0] and means == {"fraction": 0.375}
+    assert grpo.rewards(tasks.reward_functions(ifeval, ["all"]), [row] * 4, texts)[0].tolist() == \
+        [0.0, 0.0, 1.0, 0.0]
+
+
+def test_reward_functions_are_summed_with_their_weights_skipping_none():
+    """TRL's convention: every field of the rows by name, one value per completion, None for "not
+    mine"; the weighted sum skips None; a completion no function scores names its row's key."""
+    rows = [{"prompt": f"p{i}", "response": "r", "n": i, "key": f"k{i}"} for i in range(3)]
+    seen = {}
+
+    def first(prompts, completions, n, response, key, **rest):
+        seen.update(prompts=prompts, completions=completions, n=n, response=response, key=key, rest=rest)
+        return [1.0, None, 0.5]
+
+    def second(prompts, completions, **_):
+        return [0.0, 2.0, None]
+
+    r, means = grpo.rewards([("first", first, 1.0), ("second", second, 0.25)], rows, ["a", "b", "c"])
+    assert r.tolist() == [1.0, 0.5, 0.5] and means == {"first": 0.75, "second": 1.0}
+    assert seen == {"prompts": ["p0", "p1", "p2"], "completions": ["a", "b", "c"], "n": [0, 1, 2],
+                    "response": ["r"] * 3, "key": ["k0", "k1", "k2"], "rest": {}}
+    with pytest.raises(ValueError, match="row 'k2': no reward function scored its completion"):
+        grpo.rewards([("first", lambda **k: [1.0, 1.0, None], 1.0)], rows, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="2 values for 3 completions"):
+        grpo.rewards([("short", lambda **k: [1.0, 1.0], 1.0)], rows, ["a", "b", "c"])

@@ -202,7 +202,7 @@ def test_evaluate_pools_instruction_level_over_all_instructions():
 
 
 def test_trl_reward_signature_with_strings_and_messages():
-    out = ifeval.trl_reward(
+    out = ifeval.fraction(
         prompts=["a", [{"role": "user", "content": "b"}]],
         completions=["x, y", [{"role": "assistant", "content": "x y"}]],
         instruction_id_list=[["punctuation:no_comma"], ["punctuation:no_comma"]],

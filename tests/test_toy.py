@@ -150,7 +150,7 @@ def test_the_shifted_worlds_rl_prompts_ask_only_for_their_family():
     assert toy.family(["keywords:existence"], "shifted") == "D-only"
     assert toy.family(["keywords:existence", "punctuation:no_comma"], "shifted") == "mixed"
     assert toy.family(["length_constraints:number_words"], "shifted-nolength") == "D-only"
-    assert data.rl_stream("toy:shifted") and not data.rl_stream("toy") and not data.rl_stream("x.jsonl")
+    assert data.load_rows("toy:holdout", "rl") is None and data.load_rows("toy", "rl") is None
 
 
 def test_a_shifted_world_trains_its_rl_prompts_and_its_demonstrations_apart(tmp_path, monkeypatch):

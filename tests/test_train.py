@@ -343,3 +343,36 @@ def test_grpo_never_reads_the_teachers_answers(tmp_path):
     for method, same in (("grpo", True), ("uniapl", False)):
         a, b = final(method), final(method, "--teacher-accuracy", "0.95")
         assert all(torch.equal(a[k], b[k]) for k in a) == same, method
+
+
+def test_a_users_reward_module_is_called_with_the_rows_fields_and_logged(tmp_path, monkeypatch):
+    """--reward MODULE:FUNCTION (TRL's convention) beside a task's own, with --reward-weights: the
+    function gets every field of the rows by name, one entry per completion; each function's
+    mean is logged as reward/<name> and the reward is their weighted sum."""
+    (tmp_path / "myreward.py").write_text(
+        "import json\n"
+        "def quarter(prompts, completions, **fields):\n"
+        "    json.dump(sorted(fields), open(__file__ + '.seen', 'w'))\n"
+        "    assert len(prompts) == len(completions) == len(fields['key'])\n"
+        "    return [0.25] * len(completions)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run(tmp_path / "run", "--method", "grpo", "--reward", "myreward:quarter", "fraction",
+        "--reward-weights", "2", "1")
+    seen = json.load(open(tmp_path / "myreward.py.seen"))
+    assert seen == ["instruction_id_list", "key", "kwargs", "response"]
+    for m in metrics(tmp_path / "run"):
+        assert m["reward/myreward:quarter"] == 0.25
+        assert m["reward"] == pytest.approx(2 * 0.25 + m["reward/fraction"])
+
+
+def test_gsm8k_trains_from_one_command_and_the_saved_model_keeps_its_task(tmp_path):
+    summary = run(tmp_path / "a", "--task", "gsm8k", "--method", "uniapl", "--reward", "answer", "steps",
+                  "--reward-weights", "1", "0.5")
+    final = json.load(open(tmp_path / "a" / "eval_final.json"))
+    assert final["headline"] == "accuracy" and summary["after"] == final["accuracy"]
+    assert "reward/answer" in metrics(tmp_path / "a")[-1]      # (steps: None until it writes <<...>>)
+    assert json.load(open(tmp_path / "a" / "final" / "uniapl.json"))["task"] == "gsm8k"
+    run(tmp_path / "b", "--model", str(tmp_path / "a" / "final"), "--method", "grpo")   # stays gsm8k
+    assert json.load(open(tmp_path / "b" / "config.json"))["task"] == "gsm8k"
+    with pytest.raises(SystemExit, match="--task nosuchtask: cannot import it"):
+        run(tmp_path / "c", "--task", "nosuchtask")

@@ -37,7 +37,7 @@ def trainer_for(world, tok, method="uniapl", **overrides):
                     max_steps=3, logging_steps=1, save_strategy="no", learning_rate=1e-3, seed=0,
                     sft_batch_size=2, method=method)
     args = trl_uniapl.UniAPLConfig(**(settings | overrides))
-    return trl_uniapl.UniAPLTrainer(model=str(path / "model"), reward_funcs=[ifeval.trl_reward],
+    return trl_uniapl.UniAPLTrainer(model=str(path / "model"), reward_funcs=[ifeval.fraction],
                                     args=args, train_dataset=trl_uniapl.trl_dataset(rows),
                                     demonstrations=rows, discriminator=Lexical(),
                                     processing_class=tok)
@@ -109,7 +109,7 @@ def test_train_logs_sft_and_discriminator_and_resumes_the_demonstration_stream(w
 
 def test_reward_shaping_is_plain_trl_with_two_reward_functions(world, tok):
     trainer = trainer_for(world, tok, adv_mode="reward", lambda_adv=0.3)
-    assert trainer.reward_func_names == ["trl_reward", "discriminator_score"]
+    assert trainer.reward_func_names == ["fraction", "discriminator_score"]
     assert trainer.reward_weights.tolist() == pytest.approx([1.0, 0.3])
     assert not trainer.objective.uses_adv_loss and trainer.objective.shapes_reward
 
@@ -119,3 +119,34 @@ def test_outside_the_tested_trl_versions_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(trl, "__version__", "0.20.0")
     with pytest.raises(SystemExit, match="tested with trl>=1.15,<1.17; found 0.20.0"):
         trl_uniapl._check_trl()
+
+
+def test_a_tasks_reward_functions_serve_trl_unchanged(tmp_path):
+    """GSM8K's answer and process rewards, as train.py sums them (grpo.rewards), are what TRL's
+    GRPOTrainer computes from the same functions with reward_weights -- None (no calculation
+    written) left out of its sum as ours leaves it out -- and a two-step run trains and logs them."""
+    import gsm8k
+    tok = gsm8k.toy_tokenizer()
+    model = toy.build_model(tok, seed=0)
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    rows = gsm8k.toy_rows("", "train", 0, 24, 1, 0.65)
+    functions = [("answer", gsm8k.answer_reward, 1.0), ("steps", gsm8k.step_reward, 0.5)]
+    args = trl_uniapl.UniAPLConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False,
+                                   report_to="none", per_device_train_batch_size=4, num_generations=2,
+                                   max_completion_length=8, max_steps=2, logging_steps=1,
+                                   save_strategy="no", seed=0, sft_batch_size=2, method="uniapl",
+                                   reward_weights=[w for _, _, w in functions])
+    trainer = trl_uniapl.UniAPLTrainer(model=str(tmp_path / "model"), reward_funcs=[f for _, f, _ in functions],
+                                       args=args, train_dataset=trl_uniapl.trl_dataset(rows),
+                                       demonstrations=rows, discriminator=Lexical(), processing_class=tok)
+    texts = [rows[0]["response"], "no working\n#### 3", rows[1]["response"].replace("=", "=1", 1), "#### x"]
+    inputs = [dict(trainer.train_dataset[i % 2]) for i in range(4)]
+    per_func = trainer._calculate_rewards(inputs, [x["prompt"] for x in inputs],
+                                          [[{"role": "assistant", "content": t}] for t in texts], [[1]] * 4)
+    trl_total = (per_func * torch.tensor([1.0, 0.5])).nansum(1)
+    ours, _ = grpo.rewards(functions, [rows[i % 2] for i in range(4)], texts)
+    assert torch.isnan(per_func[1, 1]) and trl_total.tolist() == pytest.approx(ours.tolist())
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    assert logged and all("rewards/answer_reward/mean" in h for h in logged)

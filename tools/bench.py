@@ -377,7 +377,7 @@ def bench_trl(shape: str, device: torch.device, s: settings.Settings, use_vllm: 
         use_cpu=device.type != "cuda", bf16=parallel.autocast_dtype(device, s.precision) is not None,
         gradient_checkpointing=s.gradient_checkpointing, use_vllm=use_vllm, vllm_mode="colocate",
         vllm_gpu_memory_utilization=s.vllm_gpu_memory_utilization, seed=s.seed)
-    trainer = trl.GRPOTrainer(model=path, reward_funcs=[ifeval.trl_reward], args=args,
+    trainer = trl.GRPOTrainer(model=path, reward_funcs=[ifeval.fraction], args=args,
                               train_dataset=trl_dataset(rows), processing_class=tokenizer)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -2,11 +2,14 @@
 fixed discriminator, in the same gradient step.
 
     from tools.trl_uniapl import UniAPLConfig, UniAPLTrainer, trl_dataset
-    trainer = UniAPLTrainer(model="Qwen/Qwen3-0.6B", reward_funcs=[ifeval.trl_reward],
+    trainer = UniAPLTrainer(model="Qwen/Qwen3-0.6B", reward_funcs=[ifeval.fraction],
                             args=UniAPLConfig(output_dir="out", method="uniapl"),
                             train_dataset=trl_dataset(rows), demonstrations=rows,
                             discriminator=load_discriminator("polar"))
     trainer.train()
+
+The reward functions are train.py's own: a task's (tasks.py: `ifeval.fraction`, `gsm8k.answer_reward`
+and `gsm8k.step_reward`, or yours) go in unchanged as `reward_funcs`, with `reward_weights`.
 
 Swap `GRPOTrainer` for `UniAPLTrainer` and `GRPOConfig` for `UniAPLConfig`: TRL still generates
 (HF or its vLLM engine), scores, normalises advantages, and computes its clipped GRPO loss, with
@@ -90,11 +93,13 @@ class UniAPLConfig(trl.GRPOConfig):
 
 def trl_dataset(rows: list[dict]):
     """Normalised rows (data.py) as a TRL dataset: a conversational prompt, the teacher's
-    response (the discriminator's reference) and the IFEval columns ifeval.trl_reward reads."""
+    response (the discriminator's reference) and every field of the task as a column, which TRL
+    passes to the reward functions by name (IFEval's kwargs, dicts of varying keys, as JSON)."""
     import datasets
     return datasets.Dataset.from_list([
         {"prompt": [{"role": "user", "content": r["prompt"]}], "response": r["response"] or "",
-         "instruction_id_list": list(r["instruction_id_list"]), "kwargs": json.dumps(r["kwargs"])}
+         **{k: json.dumps(v) if k == "kwargs" else v for k, v in r.items()
+            if k not in ("prompt", "response", "key")}}
         for r in rows])
 
 
