@@ -220,3 +220,27 @@ def test_a_greedy_answer_cut_short_is_the_short_answer(model, tok, toy_rows):
     texts, done = shifted.cut(long, tok, 6)
     assert texts == short.texts and done == (~short.truncated).tolist()
     assert not all(done) and shifted.cut(long, tok, 24)[0] == long.texts
+
+
+def test_the_gsm8k_pipeline_quick(tmp_path):
+    """tools/process_rewards.py at --quick sizes: the grid, then every arm at two seeds from each
+    seed's base student (trained once), the flawed teacher's arms on its world, the process
+    reward's arms with the pre-registered weights; the report holds the family's claims."""
+    from tools import process_rewards
+    out = str(tmp_path)
+    with pytest.raises(SystemExit, match="learning rates first"):
+        reproduce.main(["gsm8k", "--quick", "--out", out])
+    best = reproduce.main(["gsm8k-lr", "--quick", "--out", out, "--machine", "test"])
+    assert set(best) == {"sft", "grpo", "uniapl"}
+    results = reproduce.main(["gsm8k", "--quick", "--out", out, "--machine", "test"])
+    assert {r["name"] for r in results} == set(process_rewards.ARMS) and {r["seed"] for r in results} == {0, 1}
+    runs = tmp_path / "runs" / "gsm8k"
+    cfg = json.load(open(runs / "arms" / "grpo_answer+steps-s1" / "stage1" / "config.json"))
+    assert cfg["task"] == "gsm8k" and cfg["reward"] == ["answer", "steps"] and cfg["reward_weights"] == [1, 0.5]
+    assert cfg["model"].endswith("gsm8k/base/seed1/final") and cfg["learning_rate"] == best["grpo"]
+    assert json.load(open(runs / "arms" / "uniapl_flawedteacher-s0" / "stage1" / "config.json"))["dataset"] == \
+        "toy:flawed"
+    assert json.load(open(runs / "base" / "seed0" / "config.json"))["steps"] == 4
+    md = (tmp_path / "toy_gsm8k.md").read_text()
+    for claim, *_ in claims.GSM8K_CLAIMS:
+        assert f"| {claim} |" in md

@@ -11,6 +11,8 @@
     python -m tools.reproduce --quick                    # the whole pipeline in a minute (a CI test)
     python -m tools.reproduce shifted-lr --out results   # 7. the shifted world (tools/shifted.py)
     python -m tools.reproduce shifted --out results --seeds $(seq 0 11)
+    python -m tools.reproduce gsm8k-lr --out results     # 8. GSM8K in miniature (tools/process_rewards.py)
+    python -m tools.reproduce gsm8k --out results --seeds $(seq 0 9)
     (the same table on Qwen3-0.6B, on a GPU: python -m tools.reproduce_real)
 
 The idea
@@ -740,7 +742,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("what", nargs="?", default="main",
                    choices=["main", "lr-grid", "seeds", "ablations", "teacher", "polar",
-                            "discriminators", "report", "shifted-lr", "shifted"])
+                            "discriminators", "report", "shifted-lr", "shifted", "gsm8k-lr", "gsm8k"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--configs", nargs="+", default=None, help="main/ablations: only these rows")
     p.add_argument("--steps", type=int, default=STEPS, help="optimizer steps per run (all stages)")
@@ -760,12 +762,13 @@ def main(argv=None):
         import parallel
         args.machine = parallel.device_name("cpu")
     t0 = time.perf_counter()
-    from tools import shifted  # the shifted world's experiment (it imports this file)
+    from tools import process_rewards, shifted  # experiments of their own (they import this file)
     result = {"main": lambda a: run_table(a, "toy_table", MAIN), "lr-grid": cmd_lr_grid,
               "seeds": cmd_seeds, "ablations": lambda a: run_table(a, "toy_ablations", ABLATIONS),
               "teacher": cmd_teacher, "polar": cmd_polar, "discriminators": cmd_discriminators,
               "report": cmd_report, "shifted-lr": lambda a: shifted.cmd_lr_grid(a),
-              "shifted": lambda a: shifted.cmd_shifted(a)}[args.what](args)
+              "shifted": lambda a: shifted.cmd_shifted(a), "gsm8k-lr": lambda a: process_rewards.cmd_lr_grid(a),
+              "gsm8k": lambda a: process_rewards.cmd_gsm8k(a)}[args.what](args)
     print(f"\n{args.what}: {time.perf_counter() - t0:.0f} s; wrote {args.out}/")
     return result
 
