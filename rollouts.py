@@ -66,6 +66,14 @@ class Rollouts:
                         self.completion_ids[rows], self.completion_mask[rows], self.truncated[rows],
                         self.texts[rows], self.group_size, logp)
 
+    def take(self, index: list[int]) -> Rollouts:
+        """Rollouts `index`, in that order (an engine that answered them in another order)."""
+        at = torch.tensor(index, dtype=torch.long)
+        pick = lambda t: None if t is None else t[at.to(t.device)]  # noqa: E731
+        return Rollouts([self.rows[i] for i in index], pick(self.prompt_ids), pick(self.prompt_mask),
+                        pick(self.completion_ids), pick(self.completion_mask), pick(self.truncated),
+                        [self.texts[i] for i in index], self.group_size, pick(self.sampler_logp))
+
     def sequences(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(input_ids, attention_mask, score_mask) of prompt + completion, each [R, P + L]."""
         input_ids = torch.cat([self.prompt_ids, self.completion_ids], 1)

@@ -17,25 +17,35 @@ every token -- so this engine removes each of those:
 4. its attention reads **each key/value head once** (`gqa_attention`): transformers' sdpa path
    copies K and V to every query head whenever a mask is given (Qwen3-0.6B: 2x the bytes read,
    plus the copy, at every token);
-5. the **attended span grows with the answer** in steps of `SPAN_STEP` slots, instead of the whole
-   cache from the first token (masked slots are read all the same);
-6. evaluation goes through it in **balanced batches as large as the free GPU memory allows**,
-   sized for the widest prompt's cache.
+5. the **attended span grows with the answer** in steps of `SPAN_STEP` (64) slots, instead of
+   the whole cache from the first token (masked slots are read all the same), and dynamo's guards
+   are checked on the first decode step of a call only (within a call only the span changes);
+6. evaluation goes through it in **balanced calls as large as the free GPU memory allows**,
+   sized for the widest prompt's cache, **shortest prompts first** (a call of short prompts
+   attends over short prompts), in a cache of its own: the rollout cache stays allocated, so
+   its CUDA graphs are not recorded again after every evaluation.
 
 Choices: the prefill runs eagerly (its shape changes with every batch, and it is a small share of
-the time); the training cache stays allocated through the backward pass, since its addresses are
-baked into the CUDA graphs (freeing it would re-record every graph at every step; at 0.6B, 64 x
-1,024 slots are 7.3 GiB); sampling runs eagerly after each graph replay, exactly as `generate`
-samples (softmax, then `torch.multinomial`), so that under one seed in fp32 `static` draws the
-same tokens as `hf` (a test checks it).
+the time); the rollout cache stays allocated through the backward pass and through evaluations,
+since its addresses are baked into the CUDA graphs (freeing it would record every graph again;
+at 0.6B, 64 x 1,024 slots are 7.3 GiB; an evaluation that would not fit beside it drops it, and
+`graph_stats` counts how often); every cache length and span is a multiple of 8, because on CUDA
+inductor guards the mask's row stride so (another length would compile the decode step again);
+sampling runs eagerly after each graph replay, exactly as `generate` samples (softmax, then
+`torch.multinomial`), so that under one seed in fp32 `static` draws the same tokens as `hf` (a
+test checks it). `graph_stats` reports compiles, CUDA graphs recorded, inductor's skips with
+their reasons (a step it declines to record runs without graphs and nothing fails), and the KV
+slots the decode steps read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy as copy_module
 import inspect
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -64,9 +74,10 @@ class KVCache:
 
     def __init__(self, config, rows: int, length: int, dtype, device):
         layers, heads, head_dim = kv_geometry(config)
-        # one slot more than any span: were a span ever the whole cache, the compiled step would
-        # hold `span == cache length` as a guard (the view is then contiguous) and recompile
-        shape = (rows, heads, length + 1, head_dim)
+        # SPARE slots more than any span: were a span ever the whole cache, the compiled step would
+        # hold `span == cache length` as a guard (the view is then contiguous) and recompile; 8 of
+        # them keep every size a multiple of 8 (`plan` rounds the length), as CUDA's kernels guard
+        shape = (rows, heads, length + SPARE, head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
@@ -186,6 +197,9 @@ class StaticEngine:
         self.max_rows, self.check_every = max_rows, check_every
         self.copy, self.pairs, self.cache, self.step = None, None, None, None
         self.first_step_s = None     # the first decode step's wall time: the compile, for the GPU suite
+        self.last_shape, self.dropped = None, 0   # the last call's cache (rows, length); kept caches dropped
+        self.kv_slots = 0            # KV slots the decode steps read (rows x attended span, summed)
+        self.cudagraph_skips = []    # why inductor ran a step without CUDA graphs (its log's words)
 
     # --- the inference copy ------------------------------------------------------------------
 
@@ -228,35 +242,45 @@ class StaticEngine:
 
     # --- the cache, and how many rows one call answers ----------------------------------------
 
-    def _cache_for(self, config, rows: int, length: int, device) -> KVCache:
-        """The engine's one cache: reset in place while calls keep its shape; else freed and
-        allocated anew (between training and evaluation, whose answers are longer)."""
-        if self.cache is not None and self.cache.shape == (rows, length):
+    def _cache_for(self, config, rows: int, length: int, device, keep: bool) -> KVCache:
+        """The cache of a call. A rollout call (`keep`: G >= 2, training) uses the kept cache,
+        reset in place while calls keep its shape (its addresses are baked into the CUDA graphs),
+        else freed and allocated anew; any other call (one answer per prompt: an evaluation) uses
+        a cache of its own, dropped when the call ends, so that the rollout cache -- and every
+        graph recorded on it -- outlives the evaluation and is not recorded again after it."""
+        self.last_shape = (rows, length)
+        if keep and self.cache is not None and self.cache.shape == (rows, length):
             self.cache.reset()
             return self.cache
-        self._free_cache(device)
-        self.cache = KVCache(config, rows, length, self.copy.dtype, device)
-        return self.cache
+        if keep:
+            self._free_cache(device)
+            self.cache = KVCache(config, rows, length, self.copy.dtype, device)
+            return self.cache
+        return KVCache(config, rows, length, self.copy.dtype, device)
 
     def _free_cache(self, device) -> None:
-        self.cache = None
+        """Drop the kept cache (the next rollout call allocates one anew and records its graphs)."""
+        if self.cache is not None:
+            self.cache, self.dropped = None, self.dropped + 1
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def rows_per_call(self, config, length: int, device, wanted: int) -> int:
-        """max_rows if set; else the cache's rows while it has this length (a call of many rows
-        goes in chunks of one size); else on CUDA as many as fit in 80 % of the free memory (the
-        KV cache, and four fp32 copies of a row's logits); elsewhere all of them."""
+    def rows_per_call(self, config, length: int, device, wanted: int, keep: bool = True) -> int:
+        """max_rows if set; else the kept cache's rows while it has this length (a rollout call
+        of many rows goes in chunks of one size); else on CUDA as many as fit in 80 % of the
+        free memory (the KV cache, and four fp32 copies of a row's logits) -- beside the kept
+        rollout cache for any other call (an evaluation), unless not even one row would fit:
+        then it is dropped and its memory counted as free; elsewhere all of them."""
         if self.max_rows:
             return min(wanted, self.max_rows)
-        if self.cache is not None and self.cache.shape == (min(wanted, self.cache.shape[0]), length):
+        if keep and self.cache is not None and self.cache.shape == (min(wanted, self.cache.shape[0]), length):
             return self.cache.shape[0]
         if device.type != "cuda":
             return wanted
-        self._free_cache(device)                  # its memory counts as free for the new shape
-        free = torch.cuda.mem_get_info(device)[0]
         per_row = cache_bytes_per_row(config, length, self.copy.dtype) + 16 * config.vocab_size
-        return max(1, min(wanted, int(0.8 * free) // per_row))
+        if keep or int(0.8 * torch.cuda.mem_get_info(device)[0]) < per_row:
+            self._free_cache(device)              # its memory counts as free for the new shape
+        return max(1, min(wanted, int(0.8 * torch.cuda.mem_get_info(device)[0]) // per_row))
 
     def _decode_step(self, device):
         if self.step is None:
@@ -264,50 +288,80 @@ class StaticEngine:
             if args == "auto":
                 args = {"mode": "reduce-overhead"} if device.type == "cuda" else None
             self.step = torch.compile(_decode, **args) if args else _decode
+            if args:
+                _listen_for_cudagraph_skips(self.cudagraph_skips)
         return self.step
+
+    def graph_stats(self, device) -> dict:
+        """What the decode step did in this process: dynamo's compiles, CUDA graphs recorded
+        (None where this torch's graph trees cannot be read), inductor's skips with their
+        reasons (a skipped step runs without graphs, silently), kept caches dropped, KV slots."""
+        from torch._dynamo.utils import counters
+        return {"compiles": int(counters["stats"]["unique_graphs"]), "cuda_graphs": cuda_graphs(device),
+                "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+                "cudagraph_skip_reasons": list(self.cudagraph_skips), "kept_cache_dropped": self.dropped,
+                "kv_slots_read": self.kv_slots}
 
     # --- generation -----------------------------------------------------------------------------
 
     def plan(self, config, tokenizer, rows, num_generations: int, max_new_tokens: int,
-             device) -> tuple[int, int, int]:
-        """(cache length, prompts per call, calls) for answering `rows`.
+             device) -> CallPlan:
+        """How `rows` are answered: the cache length, prompts per call, calls, and their order.
 
         The length holds the widest prompt's bucket (an evaluation prompt may be longer than
-        --max-prompt-length) + the answer; the rows per call are sized for that length; the
+        --max-prompt-length) + the answer, rounded up to a multiple of 8 (so is every span: on
+        CUDA inductor guards the mask's row stride to a multiple of 8, and a length like 512 + 500
+        would compile the decode step again); the rows per call are sized for that length; the
         calls are balanced -- 541 prompts at 165 per call are 4 calls of 136, not 3 of 165 and a
-        fourth of 46 padded to 165 -- so at most calls - 1 padded prompts are decoded."""
+        fourth of 46 padded to 165 -- so at most calls - 1 padded prompts are decoded; and where
+        there are several calls the prompts go to them shortest first, so that a call of short
+        prompts attends over short prompts only (the answers come back in the rows' order)."""
         ids, mask = data.encode_prompts(tokenizer, [r["prompt"] for r in rows])   # [B, P]
-        width = bucket(int(mask.sum(1).max()), self.prompt_width)
-        length = max(self.prompt_width, width) + max_new_tokens
-        per_call = self.rows_per_call(config, length, device, len(rows) * num_generations)
+        widths = mask.sum(1).tolist()
+        length = round_up(max(self.prompt_width, bucket(max(widths), self.prompt_width)) + max_new_tokens, 8)
+        keep = num_generations > 1
+        per_call = self.rows_per_call(config, length, device, len(rows) * num_generations, keep)
         calls = math.ceil(len(rows) / max(1, per_call // num_generations))
-        return length, math.ceil(len(rows) / calls), calls
+        order = sorted(range(len(rows)), key=widths.__getitem__) if calls > 1 else list(range(len(rows)))
+        return CallPlan(length, math.ceil(len(rows) / calls), calls, order)
 
     @torch.no_grad()
     def generate(self, model, tokenizer, rows, num_generations, *, temperature=1.0,
                  max_new_tokens=64, greedy=False) -> Rollouts:
-        """G completions per row, in balanced calls (`plan`); the last call's missing prompts
-        are repeats of its last one, so that every call has the same shape."""
+        """G completions per row, in balanced calls of prompts of like lengths (`plan`); the
+        last call's missing prompts are repeats of its last one, so that every call has the same
+        shape and one cache serves them all (a rollout call's is kept: `_cache_for`)."""
         device = next(model.parameters()).device
         copy = self.refresh(model)
         stops = stop_token_ids(model, tokenizer)
         G = num_generations
-        length, n, calls = self.plan(copy.config, tokenizer, rows, G, max_new_tokens, device)
+        plan = self.plan(copy.config, tokenizer, rows, G, max_new_tokens, device)
+        n, ordered = plan.per_call, [rows[i] for i in plan.order]
+        cache = self._cache_for(copy.config, n * G, plan.length, device, keep=G > 1)
         parts = []
         with torch.autocast(device.type, enabled=False):                # the copy has its dtype
             for i in range(0, len(rows), n):
-                chunk = rows[i:i + n]
-                padded = chunk + [chunk[-1]] * (n - len(chunk)) if calls > 1 else chunk
+                chunk = ordered[i:i + n]
+                padded = chunk + [chunk[-1]] * (n - len(chunk)) if plan.calls > 1 else chunk
+                if i:
+                    cache.reset()
                 ro = self._sample(copy, tokenizer, padded, G, temperature, max_new_tokens, greedy,
-                                  stops, length, device)
+                                  stops, cache, device)
                 parts.append(ro.select(slice(0, len(chunk) * G)))
-        return concat_rollouts(parts, tokenizer)
+        ro = concat_rollouts(parts, tokenizer)
+        if plan.calls > 1:                     # back to the rows' order (a prompt's G rows together)
+            back = sorted(range(len(rows)), key=plan.order.__getitem__)
+            ro = ro.take([p * G + g for p in back for g in range(G)])
+        if device.type == "cuda" and cache is not self.cache:
+            del cache                          # an evaluation's own cache: its memory back now
+            torch.cuda.empty_cache()
+        return ro
 
-    def _sample(self, copy, tokenizer, rows, G, temperature, max_new, greedy, stops, length,
+    def _sample(self, copy, tokenizer, rows, G, temperature, max_new, greedy, stops, cache,
                 device) -> Rollouts:
         prompt_ids, prompt_mask = encode_rows(tokenizer, rows, G, device)        # [R, P]
         R, P = prompt_ids.shape
-        cache = self._cache_for(copy.config, R, length, device)
+        length = cache.shape[1]
         cache_kw = "cache" if "cache" in inspect.signature(type(copy).forward).parameters \
             else "past_key_values"                                                 # transformers 5.24
         low = torch.finfo(copy.dtype).min
@@ -343,6 +397,12 @@ class StaticEngine:
         check = self.check_every if device.type == "cuda" else 1   # a check costs a sync on a GPU
         step = self._decode_step(device)
         tokens, logps = [], []
+        # Dynamo checks its guards (thousands of checks on 28 layers' caches: ~0.5 ms per call on a
+        # host CPU, more than a small decode step) before every call of the compiled step. Within
+        # a call only the span and the tokens change, so they are checked on its first step only:
+        # later steps skip them (`skip_guard_eval_unsafe`: with the step compiled once there is
+        # one graph to run; a recompile would raise instead of running silently).
+        guards = contextlib.ExitStack()
         for t in range(max_new):
             if greedy:
                 token = logits.argmax(-1)                                          # [R]
@@ -363,17 +423,66 @@ class StaticEngine:
             torch.compiler.cudagraph_mark_step_begin()
             t0 = time.perf_counter() if self.first_step_s is None else None
             logits = step(copy, cache_kw, cache, *inputs)                          # [R, V]
+            self.kv_slots += R * span
             if t0 is not None:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 self.first_step_s = time.perf_counter() - t0
+            if t == 0 and step is not _decode:
+                guards.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+        guards.close()
         completion = torch.stack(tokens, 1)                                        # [R, L]
         sampler_logp = torch.cat(logps, 1) if logps else None
         return _trim(make_rollouts(tokenizer, rows, G, prompt_ids, prompt_mask, completion, stops,
                                    sampler_logp))
 
 
-SPAN_STEP = 256   # the decode step attends over a multiple of this many slots
+SPAN_STEP = 64    # the decode step attends over a multiple of this many slots (or the whole cache)
+SPARE = 8         # slots a cache holds beyond its length (`KVCache`)
+
+
+@dataclass
+class CallPlan:
+    """How a generate call answers its rows (`StaticEngine.plan`)."""
+    length: int          # the cache's slots per row: prompt bucket + answer, a multiple of 8
+    per_call: int        # prompts per call (each rolled out G times)
+    calls: int
+    order: list[int]     # the rows' order across the calls: shortest prompts first when calls > 1
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def cuda_graphs(device) -> int | None:
+    """CUDA graphs inductor's graph trees recorded on this device (None: none kept, or a torch
+    whose trees cannot be read). Every distinct (rows, span, cache) records one."""
+    if torch.device(device).type != "cuda":
+        return None
+    try:
+        from torch._inductor import cudagraph_trees
+        manager = cudagraph_trees.get_manager(torch.device(device).index or 0, create_if_none_exists=False)
+        if manager is None:
+            return 0
+        nodes, count = [n for ns in manager.roots.values() for n in ns], 0
+        while nodes:
+            node = nodes.pop()
+            count += 1
+            nodes += [c for cs in node.children.values() for c in cs]
+        return count
+    except Exception:          # a private structure: its shape may change between versions
+        return None
+
+
+def _listen_for_cudagraph_skips(into: list) -> None:
+    """Collect inductor's reasons for running a compiled step without CUDA graphs: it logs them
+    (the `cudagraphs` log, off by default) and counts them, and the step runs all the same."""
+    import logging
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            into.append(record.getMessage())
+    logging.getLogger("torch._inductor.cudagraph_utils.__cudagraphs").addHandler(Keep())
 
 
 def dynamic(tokens, positions, mask):

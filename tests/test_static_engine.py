@@ -51,9 +51,10 @@ def test_one_compile_per_process_with_the_production_compiler(tok):
     """inductor (the compiler the GPU runs; CUDA graphs are the GPU's part) compiles the decode
     step once: over two training calls (prompts of different lengths, the cache reused in
     place), evaluations of another row count and answer length with a padded last chunk, a
-    prompt wider than --max-prompt-length (a wider cache), and every span the answer grows
-    through. Before, it compiled three times: static shapes, an automatic-dynamic recompile, and
-    again when the span first equalled the cache length."""
+    prompt wider than --max-prompt-length (a wider cache), every span the answer grows through
+    (guards checked on each call's first step only), and training again on the kept cache, at
+    its addresses. Before, it compiled three times: static shapes, an automatic-dynamic
+    recompile, and again when the span first equalled the cache length."""
     from torch._dynamo.utils import counters
     torch._dynamo.reset()
     counters.clear()
@@ -69,8 +70,12 @@ def test_one_compile_per_process_with_the_production_compiler(tok):
     engine.max_rows = 2                       # 5 prompts: calls of 2, 2 and 1 padded to 2
     for batch in (rows, rows + [wide]):                                # two evaluations
         answers = engine.generate(model, tok, batch, 1, greedy=True, max_new_tokens=static_engine.SPAN_STEP + 9)
-    assert engine.cache.shape[1] > 32 + static_engine.SPAN_STEP + 9        # the wide prompt's bucket
+    assert engine.last_shape[1] > 32 + static_engine.SPAN_STEP + 9        # the wide prompt's bucket
+    engine.max_rows = None
+    engine.generate(model, tok, [ROWS[0]], 4, max_new_tokens=6)       # training again
+    assert engine.cache is train_cache and train_cache.keys[0].data_ptr() == ptr
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert engine.graph_stats("cpu")["compiles"] == 1 and engine.graph_stats("cpu")["kept_cache_dropped"] == 0
     eager = static_engine.StaticEngine(prompt_width=32, max_rows=2).generate(
         model, tok, rows + [wide], 1, greedy=True, max_new_tokens=static_engine.SPAN_STEP + 9)
     assert answers.texts == eager.texts                     # the compiled step answers the same
@@ -87,9 +92,10 @@ def test_the_attended_span_grows_with_the_answer(model, tok, monkeypatch):
     engine = static_engine.StaticEngine(prompt_width=48)
     ro = engine.generate(model, tok, ROWS, 1, greedy=True, max_new_tokens=40)
     static_engine.register_attention()
-    P, length = ro.prompt_ids.shape[1], engine.cache.shape[1]
+    P, length = ro.prompt_ids.shape[1], engine.last_shape[1]
     decode = [s for q, s in spans if q == 1][::model.config.num_hidden_layers]   # one per token
     assert len(decode) == ro.completion_ids.shape[1] - 1 and length == 48 + 40
+    assert engine.kv_slots == sum(decode) * len(ROWS)                 # the reads counted as read
     for t, span in enumerate(decode):
         assert span == min(length, -(-(P + t + 1) // 16) * 16), (t, span)
     assert decode[0] < length and decode[-1] == min(length, -(-(P + len(decode)) // 16) * 16)
@@ -102,10 +108,10 @@ def test_evaluation_in_chunks_of_one_shape_gives_the_same_answers(model, tok):
     engine = static_engine.StaticEngine(prompt_width=64, max_rows=3)
     shapes = []
     real = engine._cache_for
-    engine._cache_for = lambda *a: shapes.append(a[1:3]) or real(*a)
+    engine._cache_for = lambda *a, **k: shapes.append(a[1:3]) or real(*a, **k)
     chunked = engine.generate(model, tok, rows, 1, greedy=True, max_new_tokens=8)
-    assert chunked.texts == whole.texts and len(chunked.rows) == 7
-    assert set(shapes) == {(3, 72)}                # 3 + 3 + (1 padded to 3) rows, one shape
+    assert chunked.texts == whole.texts and chunked.rows == rows       # the rows' order, not the calls'
+    assert shapes == [(3, 72)]                 # 3 + 3 + (1 padded to 3) rows: one cache of one shape
 
 
 def test_evaluation_batches_are_sized_by_the_free_gpu_memory(monkeypatch):
@@ -182,8 +188,75 @@ def test_evaluation_calls_are_balanced_and_sized_for_the_widest_prompt(tok, monk
     rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:7]
     cuda = torch.device("cuda")
     assert engine.rows_per_call(config, 112, cuda, 7) == 6
-    assert engine.plan(config, tok, rows, 1, 64, cuda) == (112, 4, 2)
+    plan = engine.plan(config, tok, rows, 1, 64, cuda)
+    assert (plan.length, plan.per_call, plan.calls) == (112, 4, 2)
     wide = {**rows[0], "prompt": " ".join(["Describe the old cat"] * 20)}   # 107 tokens
-    length, n, calls = engine.plan(config, tok, rows + [wide], 1, 64, cuda)
+    plan = engine.plan(config, tok, rows + [wide], 1, 64, cuda)
+    length, n, calls = plan.length, plan.per_call, plan.calls
+    assert plan.order[-1] == 7 and plan.order != list(range(8))            # the widest goes last
     fits = int(0.8 * free) // per_row(length)
     assert length == 256 + 64 and calls == -(-8 // fits) and n == -(-8 // calls) and n < 6
+
+
+@pytest.mark.parametrize("prompt_width,answer", [(512, 500), (512, 1000), (512, 1280), (128, 64), (48, 37)])
+def test_every_planned_length_and_span_is_a_multiple_of_8(tok, prompt_width, answer):
+    """On CUDA inductor guards the mask's row stride to a multiple of 8: a cache length of
+    512 + 500 would compile the decode step a second time. Every length the plan makes, and
+    every span a decode step attends over, is one (and so is a cache's slot count)."""
+    from types import SimpleNamespace
+    config = toy.build_model(tok, seed=0).config
+    engine = static_engine.StaticEngine(prompt_width=prompt_width)
+    engine.copy = SimpleNamespace(dtype=torch.float32)
+    wide = {**ROWS[0], "prompt": " ".join(["Describe the old cat"] * 40)}   # wider than 128
+    for rows in (ROWS, ROWS + [wide]):
+        length = engine.plan(config, tok, rows, 2, answer, torch.device("cpu")).length
+        assert length % 8 == 0 and length >= prompt_width + answer
+        cache = static_engine.KVCache(config, 2, length, torch.float32, "cpu")
+        assert cache.keys[0].shape[2] % 8 == 0 and cache.keys[0].shape[2] > length
+        spans = {min(length, static_engine.round_up(P + t + 1, static_engine.SPAN_STEP))
+                 for P in (5, 37, length - answer) for t in range(answer)}
+        assert all(span % 8 == 0 for span in spans), sorted(span for span in spans if span % 8)
+
+
+def test_an_evaluation_keeps_the_rollout_cache_where_memory_allows(tok, monkeypatch):
+    """A rollout call (G >= 2) keeps its cache; an evaluation (one answer per prompt) is sized
+    beside it and uses a cache of its own, so the rollout cache -- and on CUDA its graphs --
+    outlives it; only where not one evaluation row would fit beside it is it dropped (counted)."""
+    from types import SimpleNamespace
+    config = toy.build_model(tok, seed=0).config
+    engine = static_engine.StaticEngine(torch.bfloat16, prompt_width=48)
+    engine.copy = SimpleNamespace(dtype=torch.bfloat16)
+    kept = static_engine.KVCache(config, 8, 112, torch.bfloat16, "cpu")
+    engine.cache = kept
+    per_row = static_engine.cache_bytes_per_row(config, 112, torch.bfloat16) + 16 * config.vocab_size
+    free = {"bytes": int(10.5 * per_row / 0.8)}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (free["bytes"], 4 * free["bytes"]))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    cuda = torch.device("cuda")
+    assert engine.rows_per_call(config, 112, cuda, 40, keep=False) == 10 and engine.cache is kept
+    free["bytes"] = int(0.5 * per_row / 0.8)              # not one row fits beside it: dropped
+    assert engine.rows_per_call(config, 112, cuda, 40, keep=False) == 1 and engine.cache is None
+    assert engine.dropped == 1
+
+
+def test_evaluations_sorted_by_prompt_length_answer_as_one_call_does(model, tok):
+    """Several calls take the prompts shortest first (a call of short prompts attends over short
+    prompts: fewer KV slots read); the answers come back in the rows' order, equal to one call's."""
+    short = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:8]
+    wide = {**ROWS[0], "prompt": " ".join(["Describe the old cat"] * 20)}     # about 100 tokens
+    rows = [wide] + short[:4] + [wide] + short[4:]        # unsorted, both calls hold a wide prompt
+    whole = static_engine.StaticEngine(prompt_width=128).generate(model, tok, rows, 1, greedy=True,
+                                                                  max_new_tokens=12)
+    sorted_engine = static_engine.StaticEngine(prompt_width=128, max_rows=5)
+    chunked = sorted_engine.generate(model, tok, rows, 1, greedy=True, max_new_tokens=12)
+    assert chunked.texts == whole.texts and chunked.rows == rows
+    assert torch.equal(chunked.completion_ids, whole.completion_ids)
+    unsorted = static_engine.StaticEngine(prompt_width=128, max_rows=5)
+    unsorted.plan = lambda *a, **k: dataclasses_replace(static_engine.StaticEngine.plan(unsorted, *a, **k))
+    unsorted.generate(model, tok, rows, 1, greedy=True, max_new_tokens=12)
+    assert 0 < sorted_engine.kv_slots < unsorted.kv_slots
+
+
+def dataclasses_replace(plan):
+    import dataclasses
+    return dataclasses.replace(plan, order=list(range(len(plan.order))))

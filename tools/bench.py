@@ -414,8 +414,8 @@ def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: 
     per_call, calls = len(every), 1
     if hasattr(engine, "plan"):
         engine.refresh(policy)
-        _, per_call, calls = engine.plan(policy.config, tokenizer, every, 1, s.eval_max_new_tokens,
-                                         device)
+        plan = engine.plan(policy.config, tokenizer, every, 1, s.eval_max_new_tokens, device)
+        per_call, calls = plan.per_call, plan.calls
     measured = per_call if device.type == "cuda" else min(per_call, 4)
     result = {"device": parallel.device_name(device), "model_shape": shape, "engine": engine.name,
               "prompts": prompts, "calls": calls, "prompts_per_call": per_call,
