@@ -200,6 +200,7 @@ class StaticEngine:
         self.last_shape, self.dropped = None, 0   # the last call's cache (rows, length); kept caches dropped
         self.kv_slots = 0            # KV slots the decode steps read (rows x attended span, summed)
         self.cudagraph_skips = []    # why inductor ran a step without CUDA graphs (its log's words)
+        self.announce = None         # called with first_step_s once it is measured (the GPU suite)
 
     # --- the inference copy ------------------------------------------------------------------
 
@@ -428,6 +429,8 @@ class StaticEngine:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 self.first_step_s = time.perf_counter() - t0
+                if self.announce:                    # the compile's time, the moment it is known
+                    self.announce(self.first_step_s)
             if t == 0 and step is not _decode:
                 guards.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
         guards.close()

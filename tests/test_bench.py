@@ -30,9 +30,14 @@ def test_gpu_suite_rehearsed_on_the_cpu_with_one_part_failing(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.load(open(tmp_path / "gpu_suite_cpu.json"))
-    # the default engine's figures first, the yardsticks measured before last
-    assert list(r)[2:9] == ["environment", "steps", "eval", "logprobs_correctness", "train_cli",
-                            "logprobs_speed", "reference"]
+    # the graphs proven and the default engine's figures first, train_cli (another compile) last
+    assert list(r)[2:10] == ["environment", "graphs", "steps", "eval", "logprobs_correctness",
+                             "logprobs_speed", "reference", "train_cli"]
+    calls = r["graphs"]["calls"]
+    assert [c["call"] for c in calls] == ["training", "evaluation", "training again"]
+    assert all(c["equal_rows"] == c["rows"] for c in calls) and calls[1]["cache"] != calls[0]["cache"]
+    assert [c["compiles"] for c in calls] == [1, 1, 1]           # inductor: one compile for all three
+    assert "the first decode step (the compile) took" in res.stdout
     assert r["environment"]["versions"]["torch"].startswith("2.") and r["compile_cache"] == str(cache)
     rows = r["logprobs_correctness"]["rows"]
     assert {(x["backend"], x["dtype"], x["temperature"]) for x in rows} >= {("torch", "bfloat16", 0.7)}
@@ -127,3 +132,23 @@ def test_the_environment_always_runs_and_a_part_runs_alone(tmp_path, monkeypatch
                     "--only", "train_cli"])
     assert [(p, j) for p, j, _ in ran] == [("environment", "environment"), ("train_cli", "train_cli")]
     assert ran[0][2] == pytest.approx(gpu_suite.ENVIRONMENT_S, abs=1) and ran[1][2] > 25
+
+
+@pytest.mark.slow
+def test_gpu_suite_rehearsed_at_qwen3_06b_depth_and_width(tmp_path):
+    """The suite's first figures at 0.6B's depth and width on the CPU (small batches, short
+    answers): the graphs check before the step, the compile's time printed the moment it is
+    known (before the call that paid for it ends), one compile per process."""
+    res = subprocess.run([sys.executable, "-m", "tools.gpu_suite", "--device", "cpu", "--model-shape",
+                          "qwen3-0.6b", "--out", str(tmp_path), "--budget-s", "3000", "--only", "graphs", "steps",
+                          "--set", "rl_batch_size=1", "num_generations=2", "sft_batch_size=1",
+                          "max_completion_length=4", "eval_max_new_tokens=4", "rollout_engine=static"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
+    order = [out.index(x) for x in ("environment: up to", "graphs: up to", "the first decode step (the compile)",
+                                    "graphs: training (", "steps/static: up to")]
+    assert order == sorted(order), out[-3000:]
+    r = json.load(open(tmp_path / "gpu_suite_cpu.json"))
+    assert [c["compiles"] for c in r["graphs"]["calls"]] == [1, 1, 1]
+    assert r["steps"]["static"]["median_step_s"] > 0 and r["graphs"]["calls"][0]["equal_rows"] == 2

@@ -279,6 +279,8 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
     import uniapl
     policy, tokenizer, rows, disc = shaped_world(shape, device, s)
     engine = shaped_engine(policy, tokenizer, device, s)
+    engine.announce = lambda secs, name=engine.name: print(
+        f"  {name}: the first decode step (the compile) took {secs:.1f} s", flush=True)
     sampler = data.MixedSampler(rows, rows, s.sft_batch_size, s.rl_batch_size, 0)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=s.learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
@@ -304,13 +306,73 @@ def bench_step(shape: str, device: torch.device, s: settings.Settings, warmup: i
         print(f"  {engine.name} {s.method} step {i + 1} ({'warm-up' if i < warmup else 'steady'}): "
               f"{m['time/step']:.2f} s, generate {m.get('time/generate', 0):.2f} s "
               f"({m['generate_tokens_per_s']:.0f} tokens/s)", flush=True)
-        result.update(first_decode_step_s=getattr(engine, "first_step_s", None), compiles=compiles())
+        result.update(first_decode_step_s=getattr(engine, "first_step_s", None), compiles=compiles(),
+                      graphs=engine.graph_stats(device) if hasattr(engine, "graph_stats") else None)
         if report:
             report(result)
     del engine, policy, optimizer   # free the GPU for the next measurement
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def graphs_check(shape: str, device: torch.device, s: settings.Settings, report=None,
+                 answer: int = 40) -> dict:
+    """The CUDA graphs proven, not assumed: the compiled static engine (CUDA graphs on CUDA) and
+    the same engine eager answer greedily the same prompts -- a training-shaped call (the step's
+    rows x G), an evaluation of another row count and cache length, and the training call again
+    (on its kept cache: no graph recorded again) -- and after each compiled call the counts:
+    dynamo's compiles, CUDA graphs recorded, inductor's skips and their reasons. A call whose
+    decode step ran without graphs on CUDA is flagged."""
+    import static_engine
+    policy, tokenizer, rows, _ = shaped_world(shape, device, s)
+    dtype = parallel.autocast_dtype(device, s.precision)
+    # on the CPU inductor rehearses the compiler the GPU runs (CUDA graphs apart)
+    compiled = static_engine.StaticEngine(dtype, s.max_prompt_length,
+                                          compile="auto" if device.type == "cuda" else {"backend": "inductor"})
+    compiled.announce = lambda secs: print(f"  graphs: the first decode step (the compile) took {secs:.1f} s",
+                                           flush=True)
+    eager = static_engine.StaticEngine(dtype, s.max_prompt_length, compile=None)
+    train = (rows * s.rl_batch_size)[:s.rl_batch_size]
+    evals = (rows * 16)[:max(3, s.rl_batch_size + 3)]
+    calls = [("training", train, s.num_generations, answer), ("evaluation", evals, 1, 2 * answer),
+             ("training again", train, s.num_generations, answer)]
+    result = {"device": parallel.device_name(device), "model_shape": shape, "calls": []}
+    for name, batch, G, new in calls:
+        answers = []
+        for engine in (compiled, eager):
+            t0 = time.perf_counter()
+            with parallel.autocast_for(device, s.precision)():
+                ro = engine.generate(policy, tokenizer, batch, G, greedy=True, max_new_tokens=new)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            answers.append((ro.completion_ids, time.perf_counter() - t0))
+        same = [bool(torch.equal(a, b)) for a, b in zip(answers[0][0], answers[1][0])] \
+            if answers[0][0].shape == answers[1][0].shape else [False] * len(batch) * G
+        stats = compiled.graph_stats(device)
+        call = {"call": name, "rows": len(batch) * G, "answer_tokens": new, "cache": compiled.last_shape,
+                "compiled_s": answers[0][1], "eager_s": answers[1][1], "equal_rows": sum(same),
+                **stats, "without_graphs": device.type == "cuda" and (stats["cudagraph_skips"] > 0
+                                                                       or stats["cuda_graphs"] == 0)}
+        result["calls"].append(call)
+        print(f"  graphs: {name} ({call['rows']} rows x {new} tokens, cache {call['cache']}): compiled "
+              f"{call['compiled_s']:.1f} s, eager {call['eager_s']:.1f} s, {sum(same)}/{len(same)} rows equal; "
+              f"{stats['compiles']} compile(s), {stats['cuda_graphs']} CUDA graph(s), "
+              f"{stats['cudagraph_skips']} skip(s)" + ("  ** RAN WITHOUT CUDA GRAPHS **" if call["without_graphs"]
+                                                      else ""), flush=True)
+        if report:
+            report(result)
+    return result
+
+
+def graphs_note(stats: dict | None, device_type: str) -> str:
+    """The loud line a figure carries when its decode step ran without CUDA graphs on CUDA."""
+    if not stats or device_type != "cuda":
+        return ""
+    if stats.get("cudagraph_skips") or stats.get("cuda_graphs") == 0:
+        return (f" **WITHOUT CUDA GRAPHS** ({stats.get('cudagraph_skips')} skip(s): "
+                f"{'; '.join(stats.get('cudagraph_skip_reasons') or []) or 'no graph recorded'})")
+    return ""
 
 
 def summarise_steps(steps: list[dict]) -> dict:
@@ -336,6 +398,9 @@ def step_table(r: dict) -> str:
             f" (its first decode step{', which compiles,' if r.get('compiles') else ''} "
             f"{compile_s:.2f} s; {r.get('compiles')} compile(s) in the process)"
             if compile_s is not None else ""))
+    note = graphs_note(r.get("graphs"), "cuda" if "CPU" not in r["device"] else "cpu")
+    if note:
+        lines.append(note)
     if "median_step_s" not in r:
         return "\n".join(lines + ["(no steady step finished)"])
     peak = f"; peak memory of the step {r['step_peak_GiB']:.2f} GiB" if r["step_peak_GiB"] else ""
@@ -430,7 +495,8 @@ def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: 
         print(f"  {engine.name} evaluation call {i + 1} ({measured} prompts): {walls[-1]:.1f} s",
               flush=True)
         result.update(first_call_s=walls[0], first_decode_step_s=getattr(engine, "first_step_s", None),
-                      compiles=compiles())
+                      compiles=compiles(),
+                      graphs=engine.graph_stats(device) if hasattr(engine, "graph_stats") else None)
         if report:
             report(result)
     result.update(wall_s=walls[1], generated_tokens=sum(lengths), tokens_per_s=sum(lengths) / walls[1],

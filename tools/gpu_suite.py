@@ -17,7 +17,11 @@ code generation and the later ones load it. In order of importance -- what was n
 first, the yardsticks measured before (hf, TRL) last:
 
     environment           GPU, driver, torch, transformers, triton, vLLM, Liger, TRL versions (a
-                          floor of ENVIRONMENT_S seconds of its own: it always runs)
+                          floor of 30 s of its own: it always runs)
+    graphs                the CUDA graphs proven, not assumed (under 2 minutes): the compiled
+                          engine's greedy answers against the eager engine's over a training call,
+                          an evaluation of another row count and cache length, and training again;
+                          compiles, graphs recorded, inductor's skips and their reasons per call
     steps                 one real-shape UniAPL step with the default engine (static; vLLM too
                           where installed): 8 prompts x G = 8 rollouts of up to 512 tokens + 8
                           demonstrations, a POLAR-1.8B-shaped scorer; the warm-up step and the
@@ -27,14 +31,18 @@ first, the yardsticks measured before (hf, TRL) last:
                           plans it: one call of the plan's size timed, x the plan's calls
     logprobs_correctness  every log-prob path on this device against float64 maths: values and
                           both gradients, fp32 and bf16, temperature 1 and 0.7
-    train_cli             `python train.py --model <a Qwen3-format directory at 0.6B's width and
-                          depth>` at the real defaults: two steps, evaluations, a checkpoint, a
-                          resume (the CPU rehearsal's world, tools/worlds.py, written at full size)
     logprobs_speed        the log-prob table at N = 8,192 and 32,768: naive, chunked torch,
                           Triton, Liger; fraction of the measured matmul floor
     reference             the same step with the hf engine, the grpo preset, and TRL's
                           GRPOTrainer at the same settings (HF generate; vLLM colocated where
                           installed): the yardsticks
+    train_cli             `python train.py --model <a Qwen3-format directory at 0.6B's width and
+                          depth>` at the real defaults: two steps, evaluations, a checkpoint, a
+                          resume (the CPU rehearsal's world, tools/worlds.py, written at full size)
+
+The first figures get their time first: the graphs check has a floor of 2 minutes and the step a
+floor of 4 (with a share of what is left), before any later part is given a second. A step or an
+evaluation whose decode step ran without CUDA graphs says so in its figure, loudly.
 
 It needs only torch, transformers and triton (the GPU image's own, possibly older: torch 2.11,
 transformers 5.17) and sentencepiece for the POLAR-format files; a part whose optional package is
@@ -57,9 +65,14 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the repository
-ENVIRONMENT_S = 30                   # the environment's own time, outside the shares
-PARTS = {"environment": 0, "steps": 10, "eval": 7, "logprobs_correctness": 2, "train_cli": 7,
-         "logprobs_speed": 2, "reference": 6}     # part -> its share of the rest of the budget
+# part -> (its floor in seconds, its share of what is left after the floors), in the order they
+# run: what was never measured first, and before anything competes with it the time the decode
+# step's compile needs (the graphs check compiles it: 1-2.5 min cold on a GPU host; the step part
+# then loads it from the shared inductor cache); train_cli, which compiles another graph (another
+# vocabulary), last
+PARTS = {"environment": (30, 0), "graphs": (120, 0), "steps": (240, 4), "eval": (0, 7),
+         "logprobs_correctness": (0, 2), "logprobs_speed": (0, 2), "reference": (0, 6),
+         "train_cli": (0, 7)}
 JOB_WEIGHTS = {"static": 3, "vllm": 2, "hf": 2, "grpo": 1, "trl_hf": 2, "trl_vllm": 2}   # within a part
 OPTIONAL = ["vllm", "liger_kernel", "trl", "datasets", "sentencepiece"]
 
@@ -96,10 +109,11 @@ def run_suite(args) -> dict:
     result["compile_cache"] = os.environ["TORCHINDUCTOR_CACHE_DIR"]
     for i, part in enumerate(parts):
         left = args.budget_s - (time.perf_counter() - t0)
-        if part == "environment":             # a floor, not a share
-            share = ENVIRONMENT_S
-        else:
-            share = left * PARTS[part] / sum(PARTS[p] for p in parts[i:])
+        floors = sum(PARTS[p][0] for p in parts[i + 1:])          # kept for the parts after it
+        weights = sum(PARTS[p][1] for p in parts[i:]) or 1
+        share = min(left, PARTS[part][0] + max(0.0, left - floors - PARTS[part][0]) * PARTS[part][1] / weights)
+        if part == "environment":             # always runs
+            share = PARTS[part][0]
         jobs = jobs_of(part, args.device)
         record, part_start = {}, time.perf_counter()
         for j, job in enumerate(jobs):
@@ -192,6 +206,8 @@ def run_part(spec: dict, report) -> dict:
     h, v = (QWEN3_H, QWEN3_V) if shape != "toy" else (32, 1000)
     if part == "environment":
         return environment(device)
+    if part == "graphs":
+        return bench.graphs_check(shape, device, s, report=report)
     if part == "_hang":            # the suite's own test: one figure reported, then no end
         report({"figure": 1.0})
         time.sleep(3600)
@@ -311,7 +327,16 @@ def markdown(r: dict) -> str:
         if "error" in rec:
             lines += [f"failed or not run: {rec['error']}", ""]
             continue
-        if part == "logprobs_correctness":
+        if part == "graphs":
+            lines += ["| call | rows | answer tokens | cache (rows, slots) | compiled s | eager s | rows equal "
+                      "| compiles | CUDA graphs | skips |", "|---|---|---|---|---|---|---|---|---|---|"]
+            for c in rec.get("calls", []):
+                lines.append(f"| {c['call']} | {c['rows']} | {c['answer_tokens']} | {c['cache']} | "
+                             f"{_f(c['compiled_s'])} | {_f(c['eager_s'])} | {c['equal_rows']}/{c['rows']} | "
+                             f"{c['compiles']} | {c['cuda_graphs']} | {c['cudagraph_skips']} |")
+            notes = {bench.graphs_note(c, "cuda" if env.get("gpu") else "cpu") for c in rec.get("calls", [])}
+            lines += [n.strip() for n in notes if n]
+        elif part == "logprobs_correctness":
             lines.append(bench.correctness_table(rec))
         elif part == "logprobs_speed":
             lines.append(bench.logprobs_table(rec))
@@ -343,7 +368,8 @@ def markdown(r: dict) -> str:
                          f"the first time (first decode step {_f(rec.get('first_decode_step_s'))} s, "
                          f"{rec.get('compiles')} compile(s)), then {_f(rec.get('wall_s'))} s = "
                          f"{_f(rec.get('tokens_per_s'))} tokens/s; the evaluation: about "
-                         f"{_f(rec.get('ifeval_estimate_s'))} s")
+                         f"{_f(rec.get('ifeval_estimate_s'))} s"
+                         + bench.graphs_note(rec.get("graphs"), "cuda" if env.get("gpu") else "cpu"))
         lines.append("")
     return "\n".join(lines)
 
