@@ -418,7 +418,7 @@ class StaticEngine:
                 break
             cache.slot.fill_(P + t)
             mask[:, 0, 0, P + t] = 0.0                                             # it sees itself
-            span = min(length, math.ceil((P + t + 1) / SPAN_STEP) * SPAN_STEP)
+            span = span_at(P, t, length)
             # [R, 1], [R, 1], [R, 1, 1, span]
             inputs = dynamic(token[:, None], position + t, mask[..., :span].contiguous())
             torch.compiler.cudagraph_mark_step_begin()
@@ -455,6 +455,23 @@ class CallPlan:
 
 def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def span_at(P: int, t: int, length: int) -> int:
+    """The slots decode step t attends over in a call whose prompts are P wide: the written
+    slots [0, P + t] rounded up to SPAN_STEP, at most the cache's length."""
+    return min(length, round_up(P + t + 1, SPAN_STEP))
+
+
+def planned_kv_slots(plan: CallPlan, widths: list[int], G: int, max_new: int) -> int:
+    """The KV slots a plan's decode steps read when every answer runs to `max_new` tokens (as
+    random weights' do; real answers that stop early read fewer): per call, its rows (padded to
+    the plan's size) times the span of each step, over the call's widest prompt (`_sample`)."""
+    total, n = 0, plan.per_call
+    for i in range(0, len(widths), n):
+        P = max(widths[j] for j in plan.order[i:i + n])
+        total += n * G * sum(span_at(P, t, plan.length) for t in range(max_new - 1))
+    return total
 
 
 def cuda_graphs(device) -> int | None:

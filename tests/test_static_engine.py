@@ -260,3 +260,26 @@ def test_evaluations_sorted_by_prompt_length_answer_as_one_call_does(model, tok)
 def dataclasses_replace(plan):
     import dataclasses
     return dataclasses.replace(plan, order=list(range(len(plan.order))))
+
+
+def test_the_plans_kv_slots_are_the_slots_the_engine_reads(model, tok, monkeypatch):
+    """planned_kv_slots (tools/bench.py kv-plan's figures) counts what the decode steps do read:
+    the engine's own count over two calls, every answer run to its limit (no stop id comes)."""
+    monkeypatch.setattr(static_engine, "stop_token_ids", lambda model, tok: [10**6])
+    rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:5] + [
+        {**ROWS[0], "prompt": " ".join(["Describe the old cat"] * 20)}]
+    engine = static_engine.StaticEngine(prompt_width=64, max_rows=3)
+    plan = engine.plan(model.config, tok, rows, 1, 70, torch.device("cpu"))
+    engine.generate(model, tok, rows, 1, greedy=True, max_new_tokens=70)
+    widths = __import__("data").encode_prompts(tok, [r["prompt"] for r in rows])[1].sum(1).tolist()
+    assert plan.calls == 2 and engine.kv_slots == static_engine.planned_kv_slots(plan, widths, 1, 70)
+
+
+def test_kv_plan_reports_before_and_now(monkeypatch):
+    from tools import bench
+    monkeypatch.setattr(bench, "decode_guard_nodes", lambda layers: 100)
+    r = bench.kv_plan(widths=[20] * 100 + [300] * 5, free_gib=1.0)
+    assert r["evaluation"]["calls"] > 1 and r["evaluation"]["ratio"] < 1 and r["training"]["ratio"] < 1
+    assert r["evaluation"]["ideal_ratio"] <= r["evaluation"]["ratio"]
+    assert r["guards"]["evaluation_nodes_checked_after"] == 100 * r["evaluation"]["calls"]
+    assert "| evaluation |" in bench.kv_plan_table(r)

@@ -504,6 +504,97 @@ def bench_eval(shape: str, device: torch.device, s: settings.Settings, prompts: 
     return result
 
 
+def kv_plan(widths: list[int] | None = None, free_gib: float = 60.0, layers: int = 28) -> dict:
+    """The static engine's costs a CPU can count, by its own plan, at Qwen3-0.6B's shape in bf16:
+    the KV slots the decode steps read in an IFEval evaluation (541 prompts, answers to 1,280
+    tokens, as random weights' run; calls sized for `free_gib` of free GPU memory) and in a
+    training call (8 prompts x 8 rollouts x 512 tokens), before (256-slot spans, calls in the
+    rows' order) and now (64-slot spans, shortest prompts first); and the decode step's guard
+    nodes (dynamo's guard tree at `layers` layers: managers and leaf guards), checked before on
+    every decode step and now on each call's first. `widths`: the prompts' lengths in tokens
+    after the chat template (default: the rehearsal's, the toy's evaluation prompts under the
+    0.6B-shape word tokenizer)."""
+    import dataclasses
+
+    from transformers import Qwen3Config
+
+    import data
+    import static_engine as se
+    import toy
+    from tools.shapes import QWEN3_06B, word_tokenizer
+    config = Qwen3Config(**QWEN3_06B)
+    if widths is None:
+        rows = (toy.train_eval_rows(0, n_train=1, n_eval=100)[1] * 6)[:541]
+        widths = data.encode_prompts(word_tokenizer(QWEN3_06B["vocab_size"]), [r["prompt"] for r in rows])[1] \
+            .sum(1).tolist()
+    per_row = se.cache_bytes_per_row(config, 512 + 1280, torch.bfloat16) + 16 * config.vocab_size
+    result = {"prompts": len(widths), "widths": [min(widths), max(widths)], "free_gib": free_gib}
+    for case, G, answer in (("evaluation", 1, 1280), ("training", 8, 512)):
+        n = len(widths) if case == "evaluation" else 8
+        rows_per_call = min(n * G, int(0.8 * free_gib * 2**30) // per_row)
+        calls = -(-n // max(1, rows_per_call // G))
+        length = se.round_up(512 + answer, 8)
+        now = se.CallPlan(length, -(-n // calls), calls,
+                          sorted(range(n), key=widths.__getitem__) if calls > 1 else list(range(n)))
+        step = se.SPAN_STEP
+        try:
+            se.SPAN_STEP = 256
+            before = se.planned_kv_slots(dataclasses.replace(now, order=list(range(n))), widths[:n], G, answer)
+        finally:
+            se.SPAN_STEP = step
+        after = se.planned_kv_slots(now, widths[:n], G, answer)
+        ideal = G * sum(w + t + 1 for w in widths[:n] for t in range(answer - 1))   # each row its own
+        result[case] = {"calls": calls, "prompts_per_call": now.per_call, "rows": now.per_call * G,
+                        "kv_slots_before": before, "kv_slots_after": after, "ratio": after / before,
+                        "ideal_ratio": ideal / before, "decode_steps": calls * (answer - 1)}
+    nodes = decode_guard_nodes(layers)
+    result["guards"] = {"layers": layers, "nodes": nodes} | {
+        f"{case}_nodes_checked_before": nodes * result[case]["decode_steps"] for case in ("evaluation", "training")
+    } | {f"{case}_nodes_checked_after": nodes * result[case]["calls"] for case in ("evaluation", "training")}
+    return result
+
+
+def decode_guard_nodes(layers: int) -> int:
+    """The guard tree dynamo builds for the static engine's decode step at `layers` layers of
+    Qwen3 (its managers and leaf guards; width does not change it, so a narrow model stands in)."""
+    from torch._C._dynamo.eval_frame import _debug_get_cache_entry_list
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    import static_engine
+    import toy
+    tok = toy.build_tokenizer()
+    config = Qwen3Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch._dynamo.reset()
+    engine = static_engine.StaticEngine(prompt_width=64, compile={"backend": "eager"})
+    engine.generate(Qwen3ForCausalLM(config), tok, toy.train_eval_rows(0, 2, 2)[1], 2, max_new_tokens=3)
+
+    def count(manager) -> int:
+        return 1 + len(manager.get_leaf_guards()) + sum(count(c) for c in manager.get_child_managers())
+    entries = _debug_get_cache_entry_list(static_engine._decode.__code__)
+    return sum(count(e.guard_manager.root) for e in entries)
+
+
+def kv_plan_table(r: dict) -> str:
+    lines = [f"The static engine's plan at Qwen3-0.6B's shape (bf16 KV cache, {r['free_gib']:g} GiB free "
+             f"for an evaluation's calls), counted by its own arithmetic: KV slots the decode steps read "
+             f"with every answer running to its limit, {r['prompts']} prompts {r['widths'][0]}-"
+             f"{r['widths'][1]} tokens wide.", "",
+             "| call | calls x rows | KV slots before (256-slot spans, rows' order) | now (64, shortest first) "
+             "| now / before | each row its own span / before | guard nodes checked before | now |",
+             "|---|---|---|---|---|---|---|---|"]
+    g = r["guards"]
+    for case in ("evaluation", "training"):
+        c, checked = r[case], (g[f"{case}_nodes_checked_before"], g[f"{case}_nodes_checked_after"])
+        lines.append(f"| {case} | {c['calls']} x {c['rows']} | {c['kv_slots_before']:,} | "
+                     f"{c['kv_slots_after']:,} | {c['ratio']:.3f} | {c['ideal_ratio']:.3f} | {checked[0]:,} | "
+                     f"{checked[1]:,} |")
+    lines += ["", f"The decode step's guard tree at {g['layers']} layers: {g['nodes']:,} nodes (managers and leaf "
+              "guards), checked before on every decode step, now on the first of each call."]
+    return "\n".join(lines)
+
+
 def compiles() -> int:
     """How many graphs dynamo has compiled in this process (the decode step's count)."""
     from torch._dynamo.utils import counters
@@ -545,7 +636,7 @@ def main(argv=None):
                                      int(v))))
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["logprobs", "correctness", "step", "eval"])
+    p.add_argument("what", choices=["logprobs", "correctness", "step", "eval", "kv-plan"])
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="logprobs (default: bf16 on cuda)")
     p.add_argument("--n", type=int, nargs="+", help="token counts for logprobs")
@@ -571,11 +662,15 @@ def main(argv=None):
     elif args.what == "step":
         result = bench_step(args.model_shape, device, s, repeats=args.repeats or 2)
         md = step_table(result)
+    elif args.what == "kv-plan":
+        result = kv_plan()
+        md = kv_plan_table(result)
     else:
         result = bench_eval(args.model_shape, device, s)
         md = json.dumps(result, indent=1)
     name = {"logprobs": f"bench_logprobs_{device.type}", "correctness": f"logprobs_correctness_{device.type}",
-            "step": f"bench_step_{args.model_shape}_{device.type}", "eval": f"bench_eval_{device.type}"}
+            "step": f"bench_step_{args.model_shape}_{device.type}", "eval": f"bench_eval_{device.type}",
+            "kv-plan": "bench_kv_plan_cpu"}
     write(args.out, name[args.what], result, md)
     print("\n" + md)
     return result
