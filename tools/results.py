@@ -27,6 +27,7 @@ SECTIONS = [
     ("Log-prob gathering", "logprobs", ["bench_logprobs_cpu"], []),
     ("One training step", "step", ["bench_step_toy_cpu"], []),
     ("Memory of a real step", "memory", ["bench_memory_cpu", "memory_plan"], []),
+    ("The static engine's plan: KV slots read and guards checked", "engine_plan", ["bench_kv_plan_cpu"], []),
     ("The paper's experiment on the toy", "toy", ["toy_table", "lr_grid", "toy_ablations", "toy_seeds",
                                                   "toy_discriminators"],
      ["toy_claims.png", "toy_methods.png", "toy_behaviour.png", "toy_curves.png",
@@ -37,6 +38,10 @@ SECTIONS = [
      ["toy_polar.png"]),
     ("The adversarial claims with the toy POLAR", "polar_claims", ["toy_polar_claims"],
      ["toy_polar_claims.png"]),
+    ("When one step beats two: drift in the shifted world", "shifted", ["toy_shifted_lr", "toy_shifted"],
+     ["toy_shifted.png"]),
+    ("Beyond instruction following: GSM8K in miniature and process rewards", "gsm8k",
+     ["toy_gsm8k_lr", "toy_gsm8k"], ["toy_gsm8k.png"]),
 ]
 
 
