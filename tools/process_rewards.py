@@ -215,7 +215,7 @@ def report(results: list[dict], lrs: dict, args) -> str:
             f"{Plan(args.quick).steps} steps per arm from each seed's base student, rates {lrs}. "
             f"Machine: {args.machine}.\n\n" + "\n".join(lines) + "\n\n"
             + claims.claims_table(results, claims.GSM8K_CLAIMS) + "\n" + rule
-            + "\n\n![claims](toy_gsm8k.png)\n")
+            + "\n")
 
 
 if __name__ == "__main__":        # one arm (spawn): python -m tools.process_rewards SPEC

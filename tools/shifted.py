@@ -345,7 +345,7 @@ def report(results: list[dict], lrs: dict, args) -> str:
             f"rates {lrs}; endpoint = the mean of each arm's last three evaluations (S: its final "
             f"model's), scored at 64 new tokens unless marked @128. Machine: {args.machine}.\n\n"
             + "\n".join(lines) + "\n\n" + claims.claims_table(results, claims.SHIFT_CLAIMS) + "\n" + rule
-            + "\n\n![forgetting curves](toy_shifted.png)\n")
+            + "\n")
 
 
 if __name__ == "__main__":        # the jobs (spawn): python -m tools.shifted _grid|_seed SPEC
