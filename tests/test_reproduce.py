@@ -244,3 +244,16 @@ def test_the_gsm8k_pipeline_quick(tmp_path):
     md = (tmp_path / "toy_gsm8k.md").read_text()
     for claim, *_ in claims.GSM8K_CLAIMS:
         assert f"| {claim} |" in md
+
+
+def test_the_seed_rules_by_hand():
+    """From the first seeds' spread, the most any claim needs to see its gap (here one claim of a
+    one-claim family: (z(0.975) + z(0.8))^2 (sd / gap)^2), kept within the family's bounds."""
+    family = [("c", "a", "b", "accuracy", 1, "")]
+    rs = [{"name": n, "seed": s, "accuracy": x} for s in range(10)
+          for n, x in (("a", 0.5 + 0.02 * (s % 2)), ("b", 0.5 - 0.02 * (s % 2)))]
+    sd = claims.paired(rs, "a", "b")["sd"]
+    assert claims.seeds_by_rule(rs, family, 10, 0.01, 2, 99) == claims.seeds_needed(sd, 0.01, 1)
+    assert claims.seeds_by_rule(rs, family, 10, 0.5, 12, 30) == 12         # the floor
+    assert claims.seeds_by_rule(rs, family, 10, 0.001, 12, 30) == 30       # the ceiling
+    assert claims.shift_seeds([]) == claims.SHIFT_SEEDS_PLANNED and claims.gsm8k_seeds([]) == claims.GSM8K_SEEDS_MIN

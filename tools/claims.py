@@ -183,15 +183,22 @@ SHIFT_CLAIMS = [
 ]
 
 
-def shift_seeds(results: list[dict]) -> int:
-    """The shifted family's seed count, set once from its first SHIFT_SEEDS_HALF seeds: the most
-    any claim needs to detect its gap of interest (SHIFT_GAPS) with power 0.8 at the family's
-    strictest level, within [SHIFT_SEEDS_PLANNED, SHIFT_SEEDS_MAX], rounded up to an even number."""
-    need = SHIFT_SEEDS_PLANNED
-    for _, a, b, key, _, _ in SHIFT_CLAIMS:
-        ci = paired([r for r in results if r["seed"] < SHIFT_SEEDS_HALF], a, b, key)
+def seeds_by_rule(results: list[dict], family: list, first: int, gap, low: int, high: int) -> int:
+    """A family's seed count, set once from its first `first` seeds: the most any claim needs to
+    detect its gap of interest (`gap`: one for all, or one per metric) with power 0.8 at the
+    family's strictest level, within [low, high]."""
+    need = low
+    for _, a, b, key, _, _ in family:
+        ci = paired([r for r in results if r["seed"] < first], a, b, key)
         if ci is not None:
-            need = max(need, seeds_needed(ci["sd"], SHIFT_GAPS[key], len(SHIFT_CLAIMS)))
+            need = max(need, seeds_needed(ci["sd"], gap[key] if isinstance(gap, dict) else gap, len(family)))
+    return min(high, need)
+
+
+def shift_seeds(results: list[dict]) -> int:
+    """The shifted family's rule: from seeds 0-11, within [24, 36], rounded up to an even number."""
+    need = seeds_by_rule(results, SHIFT_CLAIMS, SHIFT_SEEDS_HALF, SHIFT_GAPS, SHIFT_SEEDS_PLANNED,
+                         SHIFT_SEEDS_MAX)
     return min(SHIFT_SEEDS_MAX, need + need % 2)
 
 
@@ -240,13 +247,8 @@ GSM8K_CLAIMS = [
 
 
 def gsm8k_seeds(results: list[dict]) -> int:
-    """The GSM8K family's seed count, set once from its first GSM8K_SEEDS_FIRST seeds."""
-    need = GSM8K_SEEDS_MIN
-    for _, a, b, key, _, _ in GSM8K_CLAIMS:
-        ci = paired([r for r in results if r["seed"] < GSM8K_SEEDS_FIRST], a, b, key)
-        if ci is not None:
-            need = max(need, seeds_needed(ci["sd"], GSM8K_GAP, len(GSM8K_CLAIMS)))
-    return min(GSM8K_SEEDS_MAX, need)
+    """The GSM8K family's rule: from seeds 0-9, a 5-point gap, within [12, 30]."""
+    return seeds_by_rule(results, GSM8K_CLAIMS, GSM8K_SEEDS_FIRST, GSM8K_GAP, GSM8K_SEEDS_MIN, GSM8K_SEEDS_MAX)
 
 
 def t_quantile(q: float, df: int) -> float:

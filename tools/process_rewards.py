@@ -15,7 +15,6 @@ gsm8k.evaluate: the answer's accuracy, clean solutions, and the flawed teacher's
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -147,28 +146,11 @@ def cmd_lr_grid(args) -> dict:
     results = (rp.load(args.out, "toy_gsm8k_lr") or {"results": []})["results"]
     keep = lambda r: (results.append(r), rp.write(args.out, "toy_gsm8k_lr", {"results": results}, None))  # noqa: E731
     for method, rates in plan.grid.items():
-        for _ in range(1 if args.quick else 3):
-            todo = [(lr, s) for lr in rates for s in plan.lr_seeds if not any(
-                r["name"] == method and r["lrs"] == [lr] and r["seed"] == s for r in results)]
-            if todo:
-                run_specs([spec(method, s, args, {method: lr}, f"lr{lr:g}", validation=True) for lr, s in todo],
-                          args, keep)
-            acc = rp.mean_accuracy(results, method)
-            tried = sorted(acc)
-            if acc[tried[0]] > acc[tried[1]]:
-                rates = [float(f"{tried[0] / math.sqrt(10):.2g}")]
-            elif acc[tried[-1]] > acc[tried[-2]]:
-                rates = [float(f"{tried[-1] * math.sqrt(10):.2g}")]
-            else:
-                break
-        best[method] = rp.choose_lr(results, method)
-    rates = sorted({r["lrs"][0] for r in results})
-    lines = ["| method | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
-             "|---|" + "---|" * (len(rates) + 1)]
-    for method in best:
-        acc = rp.mean_accuracy(results, method)
-        lines.append(f"| {method} | " + " | ".join(f"{acc[lr]:.3f}" if lr in acc else "-" for lr in rates)
-                     + f" | {best[method]:g} |")
+        best[method] = rp.grid_search(
+            results, method, list(rates), plan.lr_seeds, rounds=1 if args.quick else 3,
+            run=lambda todo, m=method: run_specs([spec(m, s, args, {m: lr}, f"lr{lr:g}", validation=True)
+                                                  for lr, s in todo], args, keep))
+    lines = [rp.grid_table(results, best, "method")]
     md = (f"GSM8K toy, learning-rate grid (tools/claims.py): answer accuracy on {plan.n_validation} "
           f"*validation* problems, mean of seeds {list(plan.lr_seeds)}, {plan.steps} steps from each "
           f"seed's base student. Machine: {args.machine}.\n\n" + "\n".join(lines) + "\n")

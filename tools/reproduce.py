@@ -347,6 +347,39 @@ def cmd_lr_grid(args) -> dict:
     return best
 
 
+def grid_search(results: list[dict], name: str, rates: list[float], seeds, run, rounds: int = 3) -> float:
+    """One method's grid on the validation split, extended past an edge: `run([(rate, seed),
+    ...])` runs the pairs `results` lacks (appending theirs); while the best rate is at an edge of
+    what was tried and strictly better than its neighbour, the next rate beyond it (x or / sqrt 10)
+    is tried, `rounds` at most. The chosen rate (`choose_lr`)."""
+    for _ in range(rounds):
+        todo = [(lr, seed) for lr in rates for seed in seeds if not any(
+            r["name"] == name and r["lrs"] == [lr] and r["seed"] == seed for r in results)]
+        if todo:
+            run(todo)
+        acc = mean_accuracy(results, name)
+        tried = sorted(acc)
+        if acc[tried[0]] > acc[tried[1]]:
+            rates = [float(f"{tried[0] / math.sqrt(10):.2g}")]
+        elif acc[tried[-1]] > acc[tried[-2]]:
+            rates = [float(f"{tried[-1] * math.sqrt(10):.2g}")]
+        else:
+            break
+    return choose_lr(results, name)
+
+
+def grid_table(results: list[dict], best: dict, first: str = "run") -> str:
+    """Each grid's mean validation accuracy per rate, and the rate chosen."""
+    rates = sorted({r["lrs"][0] for r in results})
+    lines = [f"| {first} | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
+             "|---|" + "---|" * (len(rates) + 1)]
+    for name, chosen in best.items():
+        acc = mean_accuracy(results, name)
+        lines.append(f"| {name} | " + " | ".join(f"{acc[lr]:.3f}" if lr in acc else "-" for lr in rates)
+                     + f" | {chosen:g} |")
+    return "\n".join(lines)
+
+
 def mean_accuracy(results: list[dict], name: str) -> dict[float, float]:
     """A method's validation accuracy per rate, the mean over its seeds."""
     by: dict[float, list[float]] = {}

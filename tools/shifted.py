@@ -32,7 +32,6 @@ continues where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import sys
@@ -208,37 +207,21 @@ def cmd_lr_grid(args) -> dict:
     of the pre-registered grid, seeds 0-1, scored on the validation split (all types); a best
     rate at an edge is extended beyond it (twice at most)."""
     plan = Plan(args.quick)
-    best, saved = {}, rp.load(args.out, "toy_shifted_lr") or {"results": []}
-    results = saved["results"]
+    best, results = {}, (rp.load(args.out, "toy_shifted_lr") or {"results": []})["results"]
+
+    def run(method: str, todo: list) -> None:
+        specs = [{"seed": seed, "method": method, "lr": lr, "sft_lr": best.get("sft"), "out": args.out,
+                  "extra": args.extra, "quick": args.quick} for lr, seed in todo]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for r in pool.map(lambda spec: spawn(spec, "_grid"), specs):
+                results.append(r)
+                rp.write(args.out, "toy_shifted_lr", {"results": results}, None)
+                print(f"  [shifted lr] {r['name']} lr {r['lrs'][0]:g} seed {r['seed']}: {r['accuracy']:.3f}",
+                      flush=True)
     for method in ("sft", "grpo", "uniapl"):       # GRPO's grid needs SFT's choice first
-        rates = list(plan.grid[method])
-        for _ in range(1 if args.quick else 3):
-            todo = [(method, lr, seed) for lr in rates for seed in plan.lr_seeds
-                    if not any(r["name"] == method and r["lrs"] == [lr] and r["seed"] == seed for r in results)]
-            specs = [{"seed": s, "method": m, "lr": lr, "sft_lr": best.get("sft"), "out": args.out,
-                      "extra": args.extra, "quick": args.quick} for m, lr, s in todo]
-            with ThreadPoolExecutor(args.jobs) as pool:
-                for r in pool.map(lambda spec: spawn(spec, "_grid"), specs):
-                    results.append(r)
-                    rp.write(args.out, "toy_shifted_lr", {"results": results}, None)
-                    print(f"  [shifted lr] {r['name']} lr {r['lrs'][0]:g} seed {r['seed']}: "
-                          f"{r['accuracy']:.3f}", flush=True)
-            acc = rp.mean_accuracy(results, method)
-            tried = sorted(acc)
-            if acc[tried[0]] > acc[tried[1]]:
-                rates = [float(f"{tried[0] / math.sqrt(10):.2g}")]
-            elif acc[tried[-1]] > acc[tried[-2]]:
-                rates = [float(f"{tried[-1] * math.sqrt(10):.2g}")]
-            else:
-                break
-        best[method] = rp.choose_lr(results, method)
-    rates = sorted({r["lrs"][0] for r in results})
-    lines = ["| stage | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
-             "|---|" + "---|" * (len(rates) + 1)]
-    for method in best:
-        acc = rp.mean_accuracy(results, method)
-        lines.append(f"| {method} | " + " | ".join(f"{acc[lr]:.3f}" if lr in acc else "-" for lr in rates)
-                     + f" | {best[method]:g} |")
+        best[method] = rp.grid_search(results, method, list(plan.grid[method]), plan.lr_seeds,
+                                      lambda todo, m=method: run(m, todo), rounds=1 if args.quick else 3)
+    lines = [rp.grid_table(results, best, "stage")]
     md = (f"Shifted world, learning-rate grid (tools/claims.py): prompt-level strict accuracy on "
           f"{plan.n_validation} *validation* prompts of every type, mean of seeds "
           f"{list(plan.lr_seeds)}: SFT for {plan.stage1} steps from the base, GRPO on the R "
