@@ -122,3 +122,26 @@ def test_rehearsal_of_the_real_configuration(world, tmp_path, monkeypatch, engin
     from transformers import AutoModelForCausalLM
     assert AutoModelForCausalLM.from_pretrained(out / "final").config.model_type == "qwen3"
     assert os.path.exists(out / "checkpoints" / "step-0000003" / "trainer_state.pt")
+
+
+def test_the_gsm8k_real_run_rehearsed(world, tmp_path):
+    """`python train.py --task gsm8k --model <Qwen3 directory>` on openai/gsm8k's own columns (a
+    local .parquet of the hub's format), POLAR as the discriminator with the gold solution as its
+    reference, bf16 autocast: it trains, evaluates on answers, and writes the task in its marker."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import gsm8k
+    rows = gsm8k.toy_rows("", "train", 0, 12, 1, 0.65)
+    hub = [{"question": r["prompt"], "answer": r["response"].replace(f"#### {r['answer']}", "") +
+            f"#### {r['answer']}"} for r in rows]
+    pq.write_table(pa.Table.from_pylist(hub), str(tmp_path / "gsm8k.parquet"))
+    out = tmp_path / "run"
+    summary = train.main(["--task", "gsm8k", "--model", str(world / "policy"), "--dataset",
+                          str(tmp_path / "gsm8k.parquet"), "--eval-dataset", str(tmp_path / "gsm8k.parquet"),
+                          "--discriminator-model", str(world / "polar"), "--out", str(out), *SMALL,
+                          "--precision", "bf16", "--reward", "answer", "steps"])
+    final = json.load(open(out / "eval_final.json"))
+    assert final["headline"] == "accuracy" and final["n_prompts"] == 3 and summary["after"] == final["accuracy"]
+    assert json.load(open(out / "final" / "uniapl.json"))["task"] == "gsm8k"
+    assert json.load(open(out / "config.json"))["world"] == "real"
