@@ -431,7 +431,7 @@ class StaticEngine:
                 self.first_step_s = time.perf_counter() - t0
                 if self.announce:                    # the compile's time, the moment it is known
                     self.announce(self.first_step_s)
-            if t == 0 and step is not _decode:
+            if t == 0 and step is not _decode and SKIP_GUARDS:
                 guards.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
         guards.close()
         completion = torch.stack(tokens, 1)                                        # [R, L]
@@ -442,6 +442,8 @@ class StaticEngine:
 
 SPAN_STEP = 64    # the decode step attends over a multiple of this many slots (or the whole cache)
 SPARE = 8         # slots a cache holds beyond its length (`KVCache`)
+# torch.compiler.set_stance(skip_guard_eval_unsafe=...): where a torch lacks it, guards run every step
+SKIP_GUARDS = "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters
 
 
 @dataclass
