@@ -256,4 +256,5 @@ def test_the_seed_rules_by_hand():
     assert claims.seeds_by_rule(rs, family, 10, 0.01, 2, 99) == claims.seeds_needed(sd, 0.01, 1)
     assert claims.seeds_by_rule(rs, family, 10, 0.5, 12, 30) == 12         # the floor
     assert claims.seeds_by_rule(rs, family, 10, 0.001, 12, 30) == 30       # the ceiling
-    assert claims.shift_seeds([]) == claims.SHIFT_SEEDS_PLANNED and claims.gsm8k_seeds([]) == claims.GSM8K_SEEDS_MIN
+    assert claims.shift_seeds([]) == claims.SHIFT_SEEDS_PLANNED
+    assert claims.gsm8k_seeds([]) == claims.GSM8K_SEEDS_MIN
