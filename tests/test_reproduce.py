@@ -258,3 +258,23 @@ def test_the_seed_rules_by_hand():
     assert claims.seeds_by_rule(rs, family, 10, 0.001, 12, 30) == 30       # the ceiling
     assert claims.shift_seeds([]) == claims.SHIFT_SEEDS_PLANNED
     assert claims.gsm8k_seeds([]) == claims.GSM8K_SEEDS_MIN
+
+
+def test_a_finished_run_is_what_it_is_not_how_it_ran(tmp_path):
+    """`finished` keeps a run whose settings match, whichever engine, device or tracker ran it,
+    and refuses one whose method, rate or length differ (it would be run again)."""
+    import dataclasses
+    import os
+
+    import settings
+    argv = ["--model", "toy", "--method", "sft", "--steps", "20", "--learning-rate", "1e-3"]
+    out = str(tmp_path)
+    os.makedirs(os.path.join(out, "final"))
+    for name in ("eval_final.json", "final/model.safetensors"):
+        open(os.path.join(out, name), "w").close()
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(settings.parse(argv + ["--rollout-engine", "auto"])), f)
+    assert reproduce.finished(out, argv + ["--rollout-engine", "hf", "--no-progress"])
+    assert not reproduce.finished(out, argv[:-1] + ["3e-4"])
+    assert not reproduce.finished(out, argv[:5] + ["40"] + argv[6:])
+    assert not reproduce.finished(str(tmp_path / "elsewhere"), argv)

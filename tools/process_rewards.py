@@ -58,7 +58,8 @@ def base_model(seed: int, out: str, extra: list[str], plan: Plan) -> str:
         shutil.rmtree(path, ignore_errors=True)
         train.main(["--task", "gsm8k", "--model", "toy", "--method", "sft", "--steps", str(plan.base_steps),
                     "--learning-rate", str(claims.GSM8K_BASE_LR), "--seed", str(seed), "--out", path,
-                    "--no-progress", "--save-every", "0", "--no-eval-start", "--eval-limit", "1", *extra])
+                    "--no-progress", "--rollout-engine", "hf",
+                    "--save-every", "0", "--no-eval-start", "--eval-limit", "1", *extra])
     return os.path.join(path, "final")
 
 
@@ -79,7 +80,8 @@ def run_arm(spec: dict) -> dict:
         out = os.path.join(spec["dir"], f"stage{i + 1}")
         argv = ["--task", "gsm8k", "--model", model, "--method", method, "--dataset", world,
                 "--steps", str(plan.steps // len(stages)), "--seed", str(seed), "--out", out,
-                "--learning-rate", str(spec["lrs"][method]), "--no-progress", "--save-every", "0",
+                "--learning-rate", str(spec["lrs"][method]), "--no-progress", "--rollout-engine", "hf",
+                "--save-every", "0",
                 "--no-eval-start", "--eval-limit", "1", *extra, *spec["extra"]]
         if not rp.finished(out, argv):
             shutil.rmtree(out, ignore_errors=True)

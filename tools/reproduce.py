@@ -95,7 +95,8 @@ def base_model(seed: int, out: str, extra: list[str]) -> str:
         shutil.rmtree(path, ignore_errors=True)
         train.main(["--model", "toy", "--method", "sft", "--dataset", "toy:holdout", "--steps",
                     str(BASE_STEPS), "--learning-rate", str(BASE_LR), "--seed", str(seed), "--out",
-                    path, "--no-progress", "--save-every", "0", "--no-eval-start", "--eval-limit",
+                    path, "--no-progress", "--rollout-engine", "hf",
+                    "--save-every", "0", "--no-eval-start", "--eval-limit",
                     "10", *extra])
     return os.path.join(path, "final")
 
@@ -120,9 +121,11 @@ def finished(out: str, argv: list[str]) -> bool:
     paths = [os.path.join(out, f) for f in ("config.json", "eval_final.json", "final/model.safetensors")]
     if not all(os.path.exists(p) for p in paths):
         return False
+    import checkpoint
     saved = json.load(open(paths[0]))
     wanted = dataclasses.asdict(settings.parse(argv))
-    return all(saved.get(k) == v for k, v in wanted.items() if v is not None)
+    how = checkpoint.RUN_ONLY - {"steps"}          # how a run ran (its engine, ...) is not what it is
+    return all(saved.get(k) == v for k, v in wanted.items() if v is not None and k not in how)
 
 
 def run_job(spec: dict) -> dict:
@@ -144,7 +147,8 @@ def run_job(spec: dict) -> dict:
     for i, (method, args, lr) in enumerate(spec["stages"]):
         out = os.path.join(spec["dir"], f"stage{i + 1}")
         argv = ["--model", model_arg, "--method", method, "--steps", str(per_stage),
-                "--seed", str(spec["seed"]), "--out", out, "--no-progress", "--save-every", "0",
+                "--seed", str(spec["seed"]), "--out", out, "--no-progress", "--rollout-engine", "hf",
+                "--save-every", "0",
                 "--no-eval-start", "--dataset", spec["dataset"], "--eval-dataset",
                 spec["eval_dataset"], "--toy-eval-size", str(spec["n_eval"]),
                 "--learning-rate", str(lr), *args, *spec["extra"]]

@@ -158,7 +158,8 @@ def run_arm(arm: str, spec: dict, plan: Plan, base: str, rows: list[dict]) -> di
                          lambda: scored(base))
     model = base if origin is None else os.path.join(arm_dir(spec["out"], origin, seed), "final")
     argv = ["--model", model, "--method", method, "--dataset", world, "--seed", str(seed),
-            "--learning-rate", str(spec["lrs"][rate_of]), "--no-progress", "--no-eval-start",
+            "--learning-rate", str(spec["lrs"][rate_of]), "--no-progress", "--rollout-engine", "hf",
+            "--no-eval-start",
             "--eval-limit", "1", "--save-every", str(plan.steps), "--save-total-limit", "1",
             "--out", out, "--resume", "auto", *extra, *spec["extra"]]
 
@@ -249,7 +250,8 @@ def grid_job(spec: dict) -> dict:
         out = os.path.join(runs, "shifted-lr", f"{method}-lr{lr:g}-s{seed}")
         train.main(["--model", model, "--method", method, "--dataset", "toy:shifted", "--seed", str(seed),
                     "--learning-rate", str(lr), "--steps", str(steps), "--out", out, "--resume", "auto",
-                    "--no-progress", "--no-eval-start", "--eval-limit", "1", "--save-every", "0",
+                    "--no-progress", "--rollout-engine", "hf",
+                    "--no-eval-start", "--eval-limit", "1", "--save-every", "0",
                     *spec["extra"]])
         return os.path.join(out, "final")
 

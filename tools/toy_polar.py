@@ -140,7 +140,7 @@ def student_dirs(out: str, seeds, hp: dict) -> dict:
             if not os.path.exists(os.path.join(run, "final", "model.safetensors")):
                 train.main(["--model", base, "--method", method, "--steps", str(hp["refine_steps"]),
                             "--learning-rate", str(lr), "--seed", str(seed), "--out", run,
-                            "--no-progress", "--save-every", "0", "--no-eval-start",
+                            "--no-progress", "--rollout-engine", "hf", "--save-every", "0", "--no-eval-start",
                             "--dataset", "toy:holdout", "--eval-limit", "10"])
             dirs[f"{method}-s{seed}"] = os.path.join(run, "final")
     return dirs
