@@ -192,8 +192,9 @@ class StaticEngine:
     name = "static"
 
     def __init__(self, dtype=None, prompt_width: int = 512, compile: dict | None | str = "auto",
-                 max_rows: int | None = None, check_every: int = 16):
+                 max_rows: int | None = None, check_every: int = 16, eager_if_compile_fails: bool = False):
         self.dtype, self.prompt_width, self.compile_args = dtype, prompt_width, compile
+        self.eager_if_compile_fails = eager_if_compile_fails   # auto's CPU choice: a line, not a crash
         self.max_rows, self.check_every = max_rows, check_every
         self.copy, self.pairs, self.cache, self.step = None, None, None, None
         self.first_step_s = None     # the first decode step's wall time: the compile, for the GPU suite
@@ -423,7 +424,18 @@ class StaticEngine:
             inputs = dynamic(token[:, None], position + t, mask[..., :span].contiguous())
             torch.compiler.cudagraph_mark_step_begin()
             t0 = time.perf_counter() if self.first_step_s is None else None
-            logits = step(copy, cache_kw, cache, *inputs)                          # [R, V]
+            try:
+                logits = step(copy, cache_kw, cache, *inputs)                      # [R, V]
+            except torch._dynamo.exc.BackendCompilerFailed as e:
+                if not (self.eager_if_compile_fails and t0 is not None):
+                    raise
+                # the compile runs before the step does: nothing has been written, decode eagerly
+                why = getattr(e, "inner_exception", None) or e
+                print(f"static engine: inductor could not compile the decode step here "
+                      f"({type(why).__name__}: {str(why).strip()[:200]}); decoding without it "
+                      f"(the same tokens)", flush=True)
+                self.step = step = _decode
+                logits = step(copy, cache_kw, cache, *inputs)
             self.kv_slots += R * span
             if t0 is not None:
                 if device.type == "cuda":

@@ -440,7 +440,7 @@ def loading(s: settings.Settings, ctx: parallel.Context, say) -> tuple:
         if objective.uses_discriminator else None
     engine = engines.make_engine(
         s.rollout_engine, device, dtype=parallel.autocast_dtype(device, s.precision),
-        prompt_width=s.max_prompt_length, distributed=ctx.distributed,
+        prompt_width=s.max_prompt_length, distributed=ctx.distributed, steps=s.steps,
         model_path=engines.engine_model_dir(policy, tokenizer, s), seed=s.seed,
         max_model_len=s.max_prompt_length + max(s.max_completion_length, s.eval_max_new_tokens),
         gpu_memory_utilization=s.vllm_gpu_memory_utilization)

@@ -76,3 +76,17 @@ def test_auto_picks_static_on_cuda_without_vllm_and_under_torchrun(monkeypatch):
     assert engines.make_engine("auto", "cuda", distributed=True).name == "static"
     with pytest.raises(SystemExit, match="one process"):
         engines.make_engine("vllm", "cuda", distributed=True)
+
+
+def test_auto_on_the_cpu_compiles_only_for_long_runs_in_one_process_with_a_compiler(monkeypatch):
+    """The rule of results/bench_engines_cpu.md: inductor's compile repays itself in a long run."""
+    long = engines.CPU_COMPILE_STEPS
+    monkeypatch.setattr(engines, "cpp_compiler", lambda: "/usr/bin/c++")
+    engine = engines.make_engine("auto", "cpu", steps=long)
+    assert engine.name == "static" and engine.compile_args == {"backend": "inductor"}
+    assert engine.eager_if_compile_fails
+    assert engines.make_engine("auto", "cpu", steps=long - 1).name == "hf"
+    assert engines.make_engine("auto", "cpu", steps=long, distributed=True).name == "hf"
+    assert engines.make_engine("hf", "cpu", steps=long).name == "hf"
+    monkeypatch.setattr(engines, "cpp_compiler", lambda: None)
+    assert engines.make_engine("auto", "cpu", steps=long).name == "hf"

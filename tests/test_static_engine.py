@@ -283,3 +283,24 @@ def test_kv_plan_reports_before_and_now(monkeypatch):
     assert r["evaluation"]["ideal_ratio"] <= r["evaluation"]["ratio"]
     assert r["guards"]["evaluation_nodes_checked_after"] == 100 * r["evaluation"]["calls"]
     assert "| evaluation |" in bench.kv_plan_table(r)
+
+
+def test_a_compile_that_fails_decodes_eagerly_with_a_line_or_raises(model, tok, capsys):
+    """auto's CPU engine (eager_if_compile_fails) meets a machine where inductor cannot compile (no
+    C++ compiler, no Python headers): one line, then the same tokens as the eager engine. Any
+    other static engine raises: on a GPU a silently slow decode is the failure to see."""
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    a = sampled(static_engine.StaticEngine(prompt_width=48, compile=None), model, tok)
+    falls_back = static_engine.StaticEngine(prompt_width=48, compile={"backend": broken},
+                                            eager_if_compile_fails=True)
+    b = sampled(falls_back, model, tok)
+    assert torch.equal(a.completion_ids, b.completion_ids) and falls_back.step is static_engine._decode
+    assert "could not compile the decode step here (RuntimeError: no C++ compiler found)" in \
+        capsys.readouterr().out
+    assert torch.equal(sampled(falls_back, model, tok).completion_ids, a.completion_ids)
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=r"no C\+\+ compiler"):
+        sampled(static_engine.StaticEngine(prompt_width=48, compile={"backend": broken}), model, tok)
+    torch._dynamo.reset()

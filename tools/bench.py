@@ -8,6 +8,7 @@ process of its own.
     python -m tools.bench step                     # one unified step of the toy world, per phase
     python -m tools.bench step --model-shape qwen3-0.6b --set rollout_engine=static
     python -m tools.bench eval --model-shape qwen3-0.6b    # greedy answers of 1,280 tokens
+    python -m tools.bench engines                  # hf, static, static + inductor on the CPU
     ... --out results                              # writes the files RESULTS.md is built from
     python -m tools.gpu_suite                      # everything a lent GPU should measure, at once
 
@@ -595,6 +596,66 @@ def kv_plan_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def bench_engines(s: settings.Settings, calls: int = 6) -> dict:
+    """Issue 42's CPU question: which engine should `auto` pick for `python train.py`? At the toy
+    shape (random weights: every rollout runs to its limit, the worst case), side by side in one
+    process: `hf`, `static` eager and `static` with its decode step compiled by inductor, each
+    making `calls` rollout calls of the default run's shape (rl_batch_size prompts x G, sampled)
+    from the same seeds. The first call of each is reported apart (the copy, the cache, and for
+    the compiled one its compile); the steady time is the median of the others. Every call's
+    tokens are compared with hf's: only an engine whose answers are equal may be auto's choice."""
+    import rollouts
+    import static_engine
+    device = torch.device("cpu")
+    policy, tokenizer, rows, _ = shaped_world("toy", device, s)
+    prompts = rows[:s.rl_batch_size]
+    variants = {"hf": rollouts.HFEngine,
+                "static": lambda: static_engine.StaticEngine(None, s.max_prompt_length, compile=None),
+                "static, inductor": lambda: static_engine.StaticEngine(None, s.max_prompt_length,
+                                                                        compile={"backend": "inductor"})}
+    result = {"device": parallel.device_name(device), "threads": torch.get_num_threads(),
+              "rollouts_per_call": len(prompts) * s.num_generations,
+              "max_new_tokens": s.max_completion_length, "calls": calls, "engines": {}}
+    reference = None
+    for name, make in variants.items():
+        engine, walls, ids = make(), [], []
+        for i in range(calls):
+            torch.manual_seed(1000 + i)
+            t0 = time.perf_counter()
+            ro = engine.generate(policy, tokenizer, prompts, s.num_generations, temperature=1.0,
+                                 max_new_tokens=s.max_completion_length)
+            walls.append(time.perf_counter() - t0)
+            ids.append([ro.completion_ids[j][ro.completion_mask[j].bool()].tolist()
+                        for j in range(len(ro.completion_ids))])
+        reference = reference or ids
+        same = sum(a == b for call, ref in zip(ids, reference) for a, b in zip(call, ref))
+        r = {"first_call_s": walls[0], "steady_call_s": statistics.median(walls[1:]),
+             "answers_equal_to_hf": same / sum(len(c) for c in reference)}
+        result["engines"][name] = r
+        print(f"  {name}: first call {r['first_call_s']:.2f} s, steady {r['steady_call_s']:.3f} s, "
+              f"answers equal to hf {r['answers_equal_to_hf']:.3f}", flush=True)
+    hf = result["engines"]["hf"]
+    for r in result["engines"].values():
+        r["steady_ratio_to_hf"] = r["steady_call_s"] / hf["steady_call_s"]
+        saved = hf["steady_call_s"] - r["steady_call_s"]
+        extra = r["first_call_s"] - r["steady_call_s"] - (hf["first_call_s"] - hf["steady_call_s"])
+        r["calls_to_break_even"] = max(0.0, extra) / saved if saved > 0 else None
+    return result
+
+
+def engines_table(r: dict) -> str:
+    lines = [f"Rollout engines on the CPU, the toy shape, random weights ({r['rollouts_per_call']} "
+             f"rollouts x {r['max_new_tokens']} tokens a call, {r['calls']} calls each, side by side "
+             f"in one process; {r['device']}, {r['threads']} threads).", "",
+             "| engine | first call (s) | steady call (s) | steady / hf | calls to repay the first | "
+             "answers equal to hf |", "|---|---|---|---|---|---|"]
+    for name, e in r["engines"].items():
+        even = "-" if e["calls_to_break_even"] is None else f"{e['calls_to_break_even']:.0f}"
+        lines.append(f"| {name} | {e['first_call_s']:.2f} | {e['steady_call_s']:.3f} | "
+                     f"{e['steady_ratio_to_hf']:.2f} | {even} | {e['answers_equal_to_hf']:.3f} |")
+    return "\n".join(lines)
+
+
 def compiles() -> int:
     """How many graphs dynamo has compiled in this process (the decode step's count)."""
     from torch._dynamo.utils import counters
@@ -636,7 +697,7 @@ def main(argv=None):
                                      int(v))))
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["logprobs", "correctness", "step", "eval", "kv-plan"])
+    p.add_argument("what", choices=["logprobs", "correctness", "step", "eval", "kv-plan", "engines"])
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="logprobs (default: bf16 on cuda)")
     p.add_argument("--n", type=int, nargs="+", help="token counts for logprobs")
@@ -665,12 +726,15 @@ def main(argv=None):
     elif args.what == "kv-plan":
         result = kv_plan()
         md = kv_plan_table(result)
+    elif args.what == "engines":
+        result = bench_engines(s, args.repeats or 6)
+        md = engines_table(result)
     else:
         result = bench_eval(args.model_shape, device, s)
         md = json.dumps(result, indent=1)
     name = {"logprobs": f"bench_logprobs_{device.type}", "correctness": f"logprobs_correctness_{device.type}",
             "step": f"bench_step_{args.model_shape}_{device.type}", "eval": f"bench_eval_{device.type}",
-            "kv-plan": "bench_kv_plan_cpu"}
+            "kv-plan": "bench_kv_plan_cpu", "engines": "bench_engines_cpu"}
     write(args.out, name[args.what], result, md)
     print("\n" + md)
     return result
