@@ -21,7 +21,7 @@ RESULTS = os.path.join(ROOT, "results")
 # (title, notes file, tables (results/*.md), figures (results/*.png)); "gpu_suite_*" is a glob
 SECTIONS = [
     ("Where these figures come from", "machines", [], []),
-    ("`python train.py`: the default run on the toy world", "default_run", [],
+    ("`python train.py`: the default run on the toy world", "default_run", ["bench_engines_cpu"],
      ["default_eval_behaviour.png"]),
     ("The GPU suite", "gpu_suite", ["gpu_suite_*"], []),
     ("Log-prob gathering", "logprobs", ["bench_logprobs_cpu"], []),
