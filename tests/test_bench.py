@@ -131,7 +131,7 @@ def test_the_environment_always_runs_and_a_part_runs_alone(tmp_path, monkeypatch
     gpu_suite.main(["--device", "cpu", "--model-shape", "toy", "--out", str(tmp_path), "--budget-s", "60",
                     "--only", "train_cli"])
     assert [(p, j) for p, j, _ in ran] == [("environment", "environment"), ("train_cli", "train_cli")]
-    assert ran[0][2] == pytest.approx(gpu_suite.ENVIRONMENT_S, abs=1) and ran[1][2] > 25
+    assert ran[0][2] == pytest.approx(gpu_suite.PARTS["environment"][0], abs=1) and ran[1][2] > 25
 
 
 @pytest.mark.slow
