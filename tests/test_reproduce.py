@@ -278,3 +278,16 @@ def test_a_finished_run_is_what_it_is_not_how_it_ran(tmp_path):
     assert not reproduce.finished(out, argv[:-1] + ["3e-4"])
     assert not reproduce.finished(out, argv[:5] + ["40"] + argv[6:])
     assert not reproduce.finished(str(tmp_path / "elsewhere"), argv)
+
+
+def test_the_gsm8k_report_judges_no_claim_before_the_rule_s_seeds(tmp_path):
+    """Interim tables show the arms' means; the claims wait for the seeds the rule asks for."""
+    from tools import process_rewards
+    rs = [{"name": name, "seed": seed, "accuracy": 0.3 + 0.01 * seed, "steps_right": 0.5, "clean": 0.2,
+           "flaw_rate": 0.1} for seed in range(3) for name in process_rewards.ARMS]
+    args = argparse.Namespace(out=str(tmp_path), quick=False, machine="test")
+    md = process_rewards.report(rs, {"sft": 1e-4}, args)
+    assert "Interim: the claims are not judged yet** (3 seeds" in md and "| uniapl | 3 |" in md
+    assert "| verdict |" not in md and "reproduced" not in md and "inconclusive" not in md
+    assert "| verdict |" in process_rewards.report(rs, {"sft": 1e-4}, argparse.Namespace(**{**vars(args),
+                                                                                             "quick": True}))

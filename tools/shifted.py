@@ -325,12 +325,20 @@ def report(results: list[dict], lrs: dict, args) -> str:
             "seeds**." if {r["seed"] for r in half} >= set(range(claims.SHIFT_SEEDS_HALF)) else
             f"The seed rule applies once seeds 0-{claims.SHIFT_SEEDS_HALF - 1} have run.")
     plots.plot_shifted(results, list(ARMS), FAMILIES, KEY, os.path.join(args.out, "toy_shifted.png"))
+    # claims are judged only at the seeds the rule asks for (every arm of each): no peeking before
+    complete = [s for s in seeds if {r["name"] for r in results if r["seed"] == s} >= set(ARMS)]
+    done = {r["seed"] for r in half} >= set(range(claims.SHIFT_SEEDS_HALF))
+    if args.quick or (done and len(complete) >= claims.shift_seeds(half)):
+        verdicts = claims.claims_table(results, claims.SHIFT_CLAIMS)
+    else:
+        verdicts = (f"**Interim: the claims are not judged yet** ({len(complete)} seeds have run every "
+                    f"arm; the rule asks for at least {claims.SHIFT_SEEDS_PLANNED}). The runs go on; no "
+                    f"difference between arms is read before then.\n")
     return (f"Shifted world (toy.py; design and claims fixed before the runs in tools/claims.py): seeds "
             f"{seeds[0]}-{seeds[-1]} ({len(seeds)}), {Plan(args.quick).n_eval} held-out prompts per seed, "
             f"rates {lrs}; endpoint = the mean of each arm's last three evaluations (S: its final "
             f"model's), scored at 64 new tokens unless marked @128. Machine: {args.machine}.\n\n"
-            + "\n".join(lines) + "\n\n" + claims.claims_table(results, claims.SHIFT_CLAIMS) + "\n" + rule
-            + "\n")
+            + "\n".join(lines) + "\n\n" + verdicts + "\n" + rule + "\n")
 
 
 if __name__ == "__main__":        # the jobs (spawn): python -m tools.shifted _grid|_seed SPEC
