@@ -287,7 +287,8 @@ def test_the_gsm8k_report_judges_no_claim_before_the_rule_s_seeds(tmp_path):
            "flaw_rate": 0.1} for seed in range(3) for name in process_rewards.ARMS]
     args = argparse.Namespace(out=str(tmp_path), quick=False, machine="test")
     md = process_rewards.report(rs, {"sft": 1e-4}, args)
-    assert "Interim: the claims are not judged yet** (3 seeds" in md and "| uniapl | 3 |" in md
+    assert "every arm has run at 3 of the at least 12 seeds" in md and "| uniapl | 3 |" in md
     assert "| verdict |" not in md and "reproduced" not in md and "inconclusive" not in md
+    assert "The seed rule applies once seeds 0-9 have run every arm." in md
     assert "| verdict |" in process_rewards.report(rs, {"sft": 1e-4}, argparse.Namespace(**{**vars(args),
                                                                                              "quick": True}))

@@ -321,19 +321,19 @@ def report(results: list[dict], lrs: dict, args) -> str:
             cells = [rp.mean_std([r.get(k) for r in rs]) for _, k in cols]
             lines.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + " |")
     half = [r for r in results if r["seed"] < claims.SHIFT_SEEDS_HALF]
+    complete = [s for s in seeds if {r["name"] for r in results if r["seed"] == s} >= set(ARMS)]
+    done = set(complete) >= set(range(claims.SHIFT_SEEDS_HALF))       # every arm of seeds 0-11
     rule = (f"The seed rule, applied to seeds 0-{claims.SHIFT_SEEDS_HALF - 1}: **{claims.shift_seeds(half)} "
-            "seeds**." if {r["seed"] for r in half} >= set(range(claims.SHIFT_SEEDS_HALF)) else
-            f"The seed rule applies once seeds 0-{claims.SHIFT_SEEDS_HALF - 1} have run.")
+            "seeds**." if done else
+            f"The seed rule applies once seeds 0-{claims.SHIFT_SEEDS_HALF - 1} have run every arm.")
     plots.plot_shifted(results, list(ARMS), FAMILIES, KEY, os.path.join(args.out, "toy_shifted.png"))
     # claims are judged only at the seeds the rule asks for (every arm of each): no peeking before
-    complete = [s for s in seeds if {r["name"] for r in results if r["seed"] == s} >= set(ARMS)]
-    done = {r["seed"] for r in half} >= set(range(claims.SHIFT_SEEDS_HALF))
     if args.quick or (done and len(complete) >= claims.shift_seeds(half)):
         verdicts = claims.claims_table(results, claims.SHIFT_CLAIMS)
     else:
-        verdicts = (f"**Interim: the claims are not judged yet** ({len(complete)} seeds have run every "
-                    f"arm; the rule asks for at least {claims.SHIFT_SEEDS_PLANNED}). The runs go on; no "
-                    f"difference between arms is read before then.\n")
+        verdicts = (f"**Interim: the claims are not judged yet**: every arm has run at "
+                    f"{len(complete)} of the at least {claims.SHIFT_SEEDS_PLANNED} seeds the rule asks "
+                    f"for. The runs go on; no difference between arms is read before then.\n")
     return (f"Shifted world (toy.py; design and claims fixed before the runs in tools/claims.py): seeds "
             f"{seeds[0]}-{seeds[-1]} ({len(seeds)}), {Plan(args.quick).n_eval} held-out prompts per seed, "
             f"rates {lrs}; endpoint = the mean of each arm's last three evaluations (S: its final "
