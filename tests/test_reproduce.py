@@ -292,3 +292,16 @@ def test_the_gsm8k_report_judges_no_claim_before_the_rule_s_seeds(tmp_path):
     assert "The seed rule applies once seeds 0-9 have run every arm." in md
     assert "| verdict |" in process_rewards.report(rs, {"sft": 1e-4}, argparse.Namespace(**{**vars(args),
                                                                                              "quick": True}))
+
+
+def test_report_only_runs_nothing_and_writes_the_interim_report(tmp_path):
+    from tools import process_rewards
+    rs = [{"name": name, "seed": 0, "accuracy": 0.3, "steps_right": 0.5, "clean": 0.2, "flaw_rate": 0.1}
+          for name in process_rewards.ARMS]
+    (tmp_path / "toy_gsm8k_lr.json").write_text(json.dumps({"results": [], "best": {"sft": 1e-4}}))
+    (tmp_path / "toy_gsm8k.json").write_text(json.dumps({"results": rs}))
+    reproduce.main(["gsm8k", "--out", str(tmp_path), "--report-only", "--machine", "here"])
+    assert json.load(open(tmp_path / "toy_gsm8k.json"))["results"] == rs
+    assert "every arm has run at 1 of the at least 12 seeds" in (tmp_path / "toy_gsm8k.md").read_text()
+    with pytest.raises(SystemExit, match="--report-only: for shifted and gsm8k"):
+        reproduce.main(["main", "--out", str(tmp_path), "--report-only"])

@@ -789,8 +789,14 @@ def main(argv=None):
                    help="where tables, plots and runs go (RESULTS.md's: --out results)")
     p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test of the pipeline")
     p.add_argument("--machine", default=None, help="what to call this machine in the tables")
+    p.add_argument("--report-only", action="store_true",
+                   help="shifted, gsm8k: run nothing; write the report of the results kept so far")
     args = p.parse_args(argv)
     args.extra = []
+    if args.report_only:
+        if args.what not in ("shifted", "gsm8k"):
+            raise SystemExit("--report-only: for shifted and gsm8k (the others: python -m tools.reproduce report)")
+        args.seeds = []             # every result kept, no seed run again
     if args.quick:
         global BASE_STEPS, LR_GRID, N_VALIDATION
         args.seeds, args.steps, args.n_eval, args.extra, args.jobs = args.seeds[:2], 4, 12, QUICK, 1
