@@ -152,3 +152,15 @@ def test_gpu_suite_rehearsed_at_qwen3_06b_depth_and_width(tmp_path):
     r = json.load(open(tmp_path / "gpu_suite_cpu.json"))
     assert [c["compiles"] for c in r["graphs"]["calls"]] == [1, 1, 1]
     assert r["steps"]["static"]["median_step_s"] > 0 and r["graphs"]["calls"][0]["equal_rows"] == 2
+
+
+def test_the_engines_bench_compares_all_three_on_equal_answers(tmp_path):
+    """`python -m tools.bench engines`, small: hf, static eager and static compiled by inductor
+    time the same calls and draw the same tokens (the rule auto's CPU choice rests on)."""
+    from tools import bench
+    s = bench.shape_settings("toy", ["rl_batch_size=1", "num_generations=2", "max_completion_length=4"])
+    r = bench.bench_engines(s, calls=2)
+    assert list(r["engines"]) == ["hf", "static", "static, inductor"] and r["rollouts_per_call"] == 2
+    assert all(e["answers_equal_to_hf"] == 1.0 and e["steady_call_s"] > 0 for e in r["engines"].values())
+    assert r["engines"]["hf"]["steady_ratio_to_hf"] == 1.0
+    assert "| static, inductor |" in bench.engines_table(r)
