@@ -188,7 +188,7 @@ def report(results: list[dict], lrs: dict, args) -> str:
             cells = [rp.mean_std([r[k] for r in rs]) for k in KEYS]
             lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     first = [r for r in results if r["seed"] < claims.GSM8K_SEEDS_FIRST]
-    complete = [s for s in seeds if {r["name"] for r in results if r["seed"] == s} >= set(ARMS)]
+    complete = rp.complete_seeds(results, ARMS)
     done = set(complete) >= set(range(claims.GSM8K_SEEDS_FIRST))     # every arm of seeds 0-9
     rule = (f"The seed rule, applied to seeds 0-{claims.GSM8K_SEEDS_FIRST - 1}: "
             f"**{claims.gsm8k_seeds(first)} seeds**." if done else
@@ -199,9 +199,7 @@ def report(results: list[dict], lrs: dict, args) -> str:
         plots.plot_claims([(r["claim"], r["ci"]) for r in judged], os.path.join(args.out, "toy_gsm8k.png"))
         verdicts = claims.claims_table(results, claims.GSM8K_CLAIMS)
     else:
-        verdicts = (f"**Interim: the claims are not judged yet**: every arm has run at "
-                    f"{len(complete)} of the at least {claims.GSM8K_SEEDS_MIN} seeds the rule asks "
-                    f"for. The runs go on; no difference between arms is read before then.\n")
+        verdicts = rp.interim(len(complete), claims.GSM8K_SEEDS_MIN)
     return (f"GSM8K toy (gsm8k.py; design and claims fixed before the runs in tools/claims.py): seeds "
             f"{seeds[0]}-{seeds[-1]} ({len(seeds)}), {Plan(args.quick).n_eval} held-out problems per seed, "
             f"{Plan(args.quick).steps} steps per arm from each seed's base student, rates {lrs}. "

@@ -253,6 +253,19 @@ def _spawn_base(seed: int, runs: str, extra: list[str]) -> None:
 # Tables
 # ----------------------------------------------------------------------------------------------
 
+def complete_seeds(results: list[dict], arms) -> list[int]:
+    """The seeds at which every arm has a result (the shifted and GSM8K families' rules count these)."""
+    return sorted(s for s in {r["seed"] for r in results}
+                  if {r["name"] for r in results if r["seed"] == s} >= set(arms))
+
+
+def interim(complete: int, need: int) -> str:
+    """What a report says in place of its verdicts before the seed rule's seeds have run."""
+    return (f"**Interim: the claims are not judged yet**: every arm has run at {complete} of the at "
+            f"least {need} seeds the rule asks for. The runs go on; no difference between arms is "
+            f"read before then.\n")
+
+
 def mean_std(xs: list[float]) -> str:
     xs = [x for x in xs if x is not None]
     if not xs:

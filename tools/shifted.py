@@ -321,7 +321,7 @@ def report(results: list[dict], lrs: dict, args) -> str:
             cells = [rp.mean_std([r.get(k) for r in rs]) for _, k in cols]
             lines.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + " |")
     half = [r for r in results if r["seed"] < claims.SHIFT_SEEDS_HALF]
-    complete = [s for s in seeds if {r["name"] for r in results if r["seed"] == s} >= set(ARMS)]
+    complete = rp.complete_seeds(results, ARMS)
     done = set(complete) >= set(range(claims.SHIFT_SEEDS_HALF))       # every arm of seeds 0-11
     rule = (f"The seed rule, applied to seeds 0-{claims.SHIFT_SEEDS_HALF - 1}: **{claims.shift_seeds(half)} "
             "seeds**." if done else
@@ -331,9 +331,7 @@ def report(results: list[dict], lrs: dict, args) -> str:
     if args.quick or (done and len(complete) >= claims.shift_seeds(half)):
         verdicts = claims.claims_table(results, claims.SHIFT_CLAIMS)
     else:
-        verdicts = (f"**Interim: the claims are not judged yet**: every arm has run at "
-                    f"{len(complete)} of the at least {claims.SHIFT_SEEDS_PLANNED} seeds the rule asks "
-                    f"for. The runs go on; no difference between arms is read before then.\n")
+        verdicts = rp.interim(len(complete), claims.SHIFT_SEEDS_PLANNED)
     return (f"Shifted world (toy.py; design and claims fixed before the runs in tools/claims.py): seeds "
             f"{seeds[0]}-{seeds[-1]} ({len(seeds)}), {Plan(args.quick).n_eval} held-out prompts per seed, "
             f"rates {lrs}; endpoint = the mean of each arm's last three evaluations (S: its final "
