@@ -23,7 +23,12 @@ every token -- so this engine removes each of those:
 6. evaluation goes through it in **balanced calls as large as the free GPU memory allows**,
    sized for the widest prompt's cache, **shortest prompts first** (a call of short prompts
    attends over short prompts), in a cache of its own: the rollout cache stays allocated, so
-   its CUDA graphs are not recorded again after every evaluation.
+   its CUDA graphs are not recorded again after every evaluation;
+7. **finished rows are compacted away** every `COMPACT_EVERY` tokens: the rows still decoding
+   move to the front of the cache, in place, and the decode step runs on views of its first rows
+   (a power of two of them, at least 8) -- a trained model's answers end at scattered lengths,
+   and each finished row would otherwise decode padding until the call's last row ends. Sampled
+   calls still draw from a tensor of every row (`_multinomial`), so the tokens stay `hf`'s.
 
 Choices: the prefill runs eagerly (its shape changes with every batch, and it is a small share of
 the time); the rollout cache stays allocated through the backward pass and through evaluations,
@@ -81,15 +86,20 @@ class KVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
-        for t in self.keys + self.values + [self.slot]:
-            # graphs replay on these very tensors; guard=False: torch <= 2.8 guarded by default,
-            # and each new cache would then recompile (past dynamo's limit: silently eager)
-            torch._dynamo.mark_static_address(t, guard=False)
-        for t in self.keys + self.values:
-            torch._dynamo.maybe_mark_dynamic(t, 0)                 # rows
-            torch._dynamo.maybe_mark_dynamic(t, 2)                 # slots
+        torch._dynamo.mark_static_address(self.slot, guard=False)
+        _mark(self.keys + self.values)
         self.rows, self.width = None, 0
         self.shape = (rows, length)
+
+    def first_rows(self, rows: int) -> KVCache:
+        """The cache's first `rows` rows, as views at the same addresses (the decode step after
+        finished rows are compacted away: `_compact`). A row slice of a contiguous tensor starts
+        where the tensor does and keeps its strides, so the compiled step takes it as it takes
+        the whole cache -- another row count, no recompile."""
+        view = copy_module.copy(self)
+        view.keys, view.values = [k[:rows] for k in self.keys], [v[:rows] for v in self.values]
+        _mark(view.keys + view.values)
+        return view
 
     def update(self, key, value, layer_idx, *args, **kwargs):
         k, v = self.keys[layer_idx], self.values[layer_idx]
@@ -105,6 +115,15 @@ class KVCache:
     def reset(self) -> None:
         """Zero every slot in place (masked slots are never read, but 0 * garbage can be NaN)."""
         torch._foreach_zero_(self.keys + self.values)
+
+
+def _mark(tensors: list[torch.Tensor]) -> None:
+    for t in tensors:
+        # graphs replay on these very tensors; guard=False: torch <= 2.8 guarded by default,
+        # and each new cache would then recompile (past dynamo's limit: silently eager)
+        torch._dynamo.mark_static_address(t, guard=False)
+        torch._dynamo.maybe_mark_dynamic(t, 0)                     # rows
+        torch._dynamo.maybe_mark_dynamic(t, 2)                     # slots
 
 
 def kv_geometry(config) -> tuple[int, int, int]:
@@ -192,10 +211,12 @@ class StaticEngine:
     name = "static"
 
     def __init__(self, dtype=None, prompt_width: int = 512, compile: dict | None | str = "auto",
-                 max_rows: int | None = None, check_every: int = 16, eager_if_compile_fails: bool = False):
+                 max_rows: int | None = None, check_every: int = 16, eager_if_compile_fails: bool = False,
+                 compact_every: int | None = None):
         self.dtype, self.prompt_width, self.compile_args = dtype, prompt_width, compile
         self.eager_if_compile_fails = eager_if_compile_fails   # auto's CPU choice: a line, not a crash
         self.max_rows, self.check_every = max_rows, check_every
+        self.compact_every = COMPACT_EVERY if compact_every is None else compact_every   # 0: never
         self.copy, self.pairs, self.cache, self.step = None, None, None, None
         self.first_step_s = None     # the first decode step's wall time: the compile, for the GPU suite
         self.last_shape, self.dropped = None, 0   # the last call's cache (rows, length); kept caches dropped
@@ -399,33 +420,47 @@ class StaticEngine:
         check = self.check_every if device.type == "cuda" else 1   # a check costs a sync on a GPU
         step = self._decode_step(device)
         tokens, logps = [], []
+        # Finished rows are compacted away every `compact_every` tokens (`_compact`): `live` is
+        # the cache the decode step sees (its first rows), `origin` maps its rows to the call's.
+        live, origin = cache, None
         # Dynamo checks its guards (thousands of checks on 28 layers' caches: ~0.5 ms per call on a
         # host CPU, more than a small decode step) before every call of the compiled step. Within
-        # a call only the span and the tokens change, so they are checked on its first step only:
-        # later steps skip them (`skip_guard_eval_unsafe`: with the step compiled once there is
-        # one graph to run; a recompile would raise instead of running silently).
-        guards = contextlib.ExitStack()
+        # a call only the span and the tokens change, so they are checked on its first step (and
+        # the first after a compaction) only: later steps skip them (`skip_guard_eval_unsafe`:
+        # with the step compiled once there is one graph to run).
+        guards, checked = contextlib.ExitStack(), False
         for t in range(max_new):
             if greedy:
-                token = logits.argmax(-1)                                          # [R]
+                token = logits.argmax(-1)                                          # [r]
             else:                                   # as generate samples: softmax, multinomial
                 scores = logits / temperature
-                token = torch.multinomial(torch.softmax(scores, -1), 1).squeeze(1)
-                logps.append(torch.log_softmax(scores, -1).gather(1, token[:, None]))   # [R, 1]
+                token = _multinomial(torch.softmax(scores, -1), origin, R)         # [r]
+                logps.append(_to_call(torch.log_softmax(scores, -1).gather(1, token[:, None]),
+                                      origin, R, 0.0))                             # [R, 1]
             token = torch.where(unfinished, token, tokenizer.pad_token_id)
-            tokens.append(token)
+            tokens.append(_to_call(token, origin, R, tokenizer.pad_token_id))     # [R]
             unfinished &= ~torch.isin(token, stop_ids)
             if t + 1 == max_new or ((t + 1) % check == 0 and not bool(unfinished.any())):
                 break
+            if self.compact_every and (t + 1) % self.compact_every == 0:
+                keep = _compact(unfinished)
+                if keep is not None:       # the live rows to the front, in place, then their views
+                    for k in cache.keys + cache.values:
+                        k[:len(keep), :, :P + t] = k[keep, :, :P + t]
+                    live = cache.first_rows(len(keep))
+                    token, mask, position, unfinished = token[keep], mask[keep], position[keep], unfinished[keep]
+                    origin = keep if origin is None else origin[keep]
+                    guards.close()                                   # another row count: check once
+                    guards, checked = contextlib.ExitStack(), False
             cache.slot.fill_(P + t)
             mask[:, 0, 0, P + t] = 0.0                                             # it sees itself
             span = span_at(P, t, length)
-            # [R, 1], [R, 1], [R, 1, 1, span]
+            # [r, 1], [r, 1], [r, 1, 1, span]
             inputs = dynamic(token[:, None], position + t, mask[..., :span].contiguous())
             torch.compiler.cudagraph_mark_step_begin()
             t0 = time.perf_counter() if self.first_step_s is None else None
             try:
-                logits = step(copy, cache_kw, cache, *inputs)                      # [R, V]
+                logits = step(copy, cache_kw, live, *inputs)                       # [r, V]
             except torch._dynamo.exc.BackendCompilerFailed as e:
                 if not (self.eager_if_compile_fails and t0 is not None):
                     raise
@@ -435,16 +470,17 @@ class StaticEngine:
                       f"({type(why).__name__}: {str(why).strip()[:200]}); decoding without it "
                       f"(the same tokens)", flush=True)
                 self.step = step = _decode
-                logits = step(copy, cache_kw, cache, *inputs)
-            self.kv_slots += R * span
+                logits = step(copy, cache_kw, live, *inputs)
+            self.kv_slots += len(token) * span
             if t0 is not None:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 self.first_step_s = time.perf_counter() - t0
                 if self.announce:                    # the compile's time, the moment it is known
                     self.announce(self.first_step_s)
-            if t == 0 and step is not _decode and SKIP_GUARDS:
+            if not checked and step is not _decode and SKIP_GUARDS:
                 guards.enter_context(torch.compiler.set_stance(skip_guard_eval_unsafe=True))
+            checked = True
         guards.close()
         completion = torch.stack(tokens, 1)                                        # [R, L]
         sampler_logp = torch.cat(logps, 1) if logps else None
@@ -452,6 +488,44 @@ class StaticEngine:
                                    sampler_logp))
 
 
+def _compact(unfinished: torch.Tensor) -> torch.Tensor | None:
+    """Which rows go on decoding once finished rows are dropped: None while the unfinished rows
+    need as many rows as the step has now; else the unfinished rows, then finished ones up to
+    the next power of two (at least 8). Powers of two bound the row counts a process sees (each
+    is one more CUDA graph per span, never a compile); 8 keeps rows off dynamo's 1."""
+    rows = len(unfinished)
+    alive = unfinished.nonzero().squeeze(1)                                        # [a]
+    target = max(8, 1 << max(0, len(alive) - 1).bit_length())
+    if target >= rows:
+        return None
+    done = (~unfinished).nonzero().squeeze(1)
+    return torch.cat([alive, done[:target - len(alive)]])                          # [target]
+
+
+def _to_call(x: torch.Tensor, origin: torch.Tensor | None, rows: int, fill) -> torch.Tensor:
+    """A per-row tensor of the live rows, back in the call's `rows` rows (`fill` elsewhere)."""
+    if origin is None:
+        return x
+    return x.new_full((rows, *x.shape[1:]), fill).index_copy_(0, origin, x)
+
+
+def _multinomial(probs: torch.Tensor, origin: torch.Tensor | None, rows: int) -> torch.Tensor:
+    """One token per live row, drawn exactly as `generate` draws it for the call's `rows` rows.
+
+    torch.multinomial(p, 1) is argmax(p / q) over q ~ Exp(1), one draw per entry of the whole
+    [rows, V] tensor: the random numbers a row gets depend on its place among *all* the rows. So
+    after a compaction the live rows' probabilities go back to their places in a tensor of every
+    row (the finished ones certain of token 0, and ignored), and the generator advances as if
+    no row had been dropped: the same tokens as `hf` under one seed."""
+    if origin is None:
+        return torch.multinomial(probs, 1).squeeze(1)                              # [R]
+    full = probs.new_zeros(rows, probs.shape[1])
+    full[:, 0] = 1.0
+    full.index_copy_(0, origin, probs)                                             # [R, V]
+    return torch.multinomial(full, 1).squeeze(1)[origin]                           # [r]
+
+
+COMPACT_EVERY = 32   # tokens between checks for finished rows to drop (a sync on a GPU)
 SPAN_STEP = 64    # the decode step attends over a multiple of this many slots (or the whole cache)
 SPARE = 8         # slots a cache holds beyond its length (`KVCache`)
 # torch.compiler.set_stance(skip_guard_eval_unsafe=...): where a torch lacks it, guards run every step

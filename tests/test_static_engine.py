@@ -304,3 +304,86 @@ def test_a_compile_that_fails_decodes_eagerly_with_a_line_or_raises(model, tok, 
     with pytest.raises(torch._dynamo.exc.BackendCompilerFailed, match=r"no C\+\+ compiler"):
         sampled(static_engine.StaticEngine(prompt_width=48, compile={"backend": broken}), model, tok)
     torch._dynamo.reset()
+
+
+def many_stops(model, tok, share=8):
+    """Every `share`-th token id stops an answer: rows end at scattered steps, as real ones do."""
+    model.generation_config.eos_token_id = [tok.eos_token_id, *range(3, len(tok), share)]
+
+
+def test_finished_rows_are_compacted_and_the_answers_stay_equal(model, tok):
+    """Every few tokens the rows still decoding move to the front of the cache and the decode step
+    runs on them alone (a power of two of rows, at least 8): fewer KV slots read, and the same
+    answers -- sampled ones equal to hf's under one seed (the multinomial draws for every row of
+    the call), greedy ones equal to the engine's own without compaction."""
+    many_stops(model, tok)
+    rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:4]
+    hf = sampled(rollouts.HFEngine(), model, tok, rows, G=8, max_new_tokens=40)
+    never = static_engine.StaticEngine(prompt_width=48, compact_every=0)
+    often = static_engine.StaticEngine(prompt_width=48, compact_every=2)
+    a, b = (sampled(e, model, tok, rows, G=8, max_new_tokens=40) for e in (never, often))
+    lengths = hf.completion_mask.sum(1)
+    assert lengths.min() < 10 and lengths.max() > 20                 # rows end at scattered steps
+    for ro in (a, b):
+        assert torch.equal(ro.completion_ids, hf.completion_ids) and ro.texts == hf.texts
+        mask = ro.completion_mask.bool()
+        assert torch.allclose(ro.sampler_logp[mask], hf.sampler_logp[mask], atol=1e-5)
+    assert 0 < often.kv_slots < 0.8 * never.kv_slots
+    torch.manual_seed(1)              # greedy answers of small random weights repeat one token:
+    with torch.no_grad():             # larger weights answer each prompt differently
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.5)
+    evaluation = toy.train_eval_rows(0, n_train=10, n_eval=24)[1]
+    never, often = (static_engine.StaticEngine(prompt_width=48, compact_every=n) for n in (0, 2))
+    g = [e.generate(model, tok, evaluation, 1, greedy=True, max_new_tokens=40)
+         for e in (rollouts.HFEngine(), never, often)]
+    assert g[0].completion_mask.sum(1).min() < 4 and g[0].completion_mask.sum(1).max() > 20
+    for ro in g[1:]:
+        assert ro.texts == g[0].texts and torch.equal(ro.completion_ids, g[0].completion_ids)
+    assert 0 < often.kv_slots < 0.8 * never.kv_slots
+
+
+def test_compaction_keeps_one_compile_with_the_production_compiler(tok):
+    """The compacted step runs on row views of the same cache (same addresses, same strides):
+    inductor compiles it once over rows 32 -> 16 -> 8, and answers as the eager engine does."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    model = toy.build_model(tok, seed=0)
+    many_stops(model, tok)
+    rows = toy.train_eval_rows(0, n_train=10, n_eval=1)[0][:4]
+    compiled = static_engine.StaticEngine(prompt_width=48, compact_every=2, compile={"backend": "inductor"})
+    seen, real = [], static_engine._compact
+    static_engine._compact = lambda u: seen.append(r := real(u)) or r
+    try:
+        a = sampled(compiled, model, tok, rows, G=8, max_new_tokens=40)
+    finally:
+        static_engine._compact = real
+    assert [len(k) for k in seen if k is not None] == [16, 8]
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    b = sampled(static_engine.StaticEngine(prompt_width=48, compact_every=2, compile=None), model, tok,
+                rows, G=8, max_new_tokens=40)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    torch._dynamo.reset()
+
+
+def test_compact_picks_the_live_rows_then_finished_ones_to_a_power_of_two():
+    u = torch.zeros(64, dtype=torch.bool)
+    assert static_engine._compact(torch.ones(64, dtype=torch.bool)) is None
+    u[[3, 40, 41]] = True
+    assert static_engine._compact(u).tolist() == [3, 40, 41, 0, 1, 2, 4, 5]     # 8, not 3
+    u[:20] = True
+    keep = static_engine._compact(u)
+    assert len(keep) == 32 and keep[:22].tolist() == [*range(20), 40, 41] and not u[keep[22:]].any()
+    assert static_engine._compact(torch.ones(6, dtype=torch.bool).index_fill(0, torch.tensor([0]), False)) is None
+
+
+def test_the_compaction_table_says_what_was_measured():
+    from tools import bench
+    v = {"kv_slots": 100, "wall_s": 2.0, "mean_answer_tokens": 9.5, "truncated": 0.1, "answers_equal": True,
+         "kv_ratio": 1.0, "wall_ratio": 1.0}
+    r = {"device": "CPU", "threads": 1, "prompts": 5, "max_new_tokens": 16,
+         "variants": {"off": v, "every 32": {**v, "kv_slots": 31, "kv_ratio": 0.31, "answers_equal": False}}}
+    md = bench.compaction_table(r)
+    assert "| every 32 | 31 | 0.31 |" in md and md.rstrip().endswith("| NO |") and "10.0% truncated" in md

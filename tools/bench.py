@@ -9,6 +9,7 @@ process of its own.
     python -m tools.bench step --model-shape qwen3-0.6b --set rollout_engine=static
     python -m tools.bench eval --model-shape qwen3-0.6b    # greedy answers of 1,280 tokens
     python -m tools.bench engines                  # hf, static, static + inductor on the CPU
+    python -m tools.bench compaction --out results # finished rows dropped, a trained toy student
     ... --out results                              # writes the files RESULTS.md is built from
     python -m tools.gpu_suite                      # everything a lent GPU should measure, at once
 
@@ -643,6 +644,56 @@ def bench_engines(s: settings.Settings, calls: int = 6) -> dict:
     return result
 
 
+def bench_compaction(runs: str, prompts: int = 500, max_new_tokens: int = 128) -> dict:
+    """Issue 42's finished-row compaction, where answers end as trained ones do: the toy's base
+    student (seed 0, trained here if `runs` lacks it) answers the toy's evaluation prompts
+    greedily, as an evaluation does, through `static` eager with compaction off and every 32 and
+    8 tokens, side by side in one process. Reported: KV slots read (the engine's own count),
+    decode wall time, and whether every answer equals the uncompacted engine's. Random weights
+    (kv-plan) run every answer to its limit, where compaction has nothing to drop."""
+    import checkpoint
+    import static_engine
+    import toy
+    from tools import reproduce
+    device = torch.device("cpu")
+    policy, tokenizer = checkpoint.load_policy(reproduce.base_model(0, runs, []), device)
+    rows = toy.train_eval_rows(0, n_train=10, n_eval=prompts)[1]
+    result = {"device": parallel.device_name(device), "threads": torch.get_num_threads(),
+              "prompts": len(rows), "max_new_tokens": max_new_tokens, "variants": {}}
+    reference = None
+    for every in (0, 32, 8):
+        engine = static_engine.StaticEngine(None, 512, compile=None, compact_every=every)
+        t0 = time.perf_counter()
+        ro = engine.generate(policy, tokenizer, rows, 1, greedy=True, max_new_tokens=max_new_tokens)
+        wall = time.perf_counter() - t0
+        reference = reference or ro
+        lengths = ro.completion_mask.sum(1).float()
+        r = {"kv_slots": engine.kv_slots, "wall_s": wall, "mean_answer_tokens": float(lengths.mean()),
+             "truncated": float(ro.truncated.float().mean()),
+             "answers_equal": ro.texts == reference.texts}
+        result["variants"]["off" if not every else f"every {every}"] = r
+        print(f"  compaction {every or 'off'}: {r['kv_slots']:,} KV slots, {wall:.1f} s, "
+              f"answers equal {r['answers_equal']}", flush=True)
+    off = result["variants"]["off"]
+    for r in result["variants"].values():
+        r["kv_ratio"], r["wall_ratio"] = r["kv_slots"] / off["kv_slots"], r["wall_s"] / off["wall_s"]
+    return result
+
+
+def compaction_table(r: dict) -> str:
+    v = r["variants"]["off"]
+    lines = [f"Finished rows compacted away, `static` eager on the CPU: the toy's base student (seed 0) "
+             f"answers {r['prompts']} evaluation prompts greedily, up to {r['max_new_tokens']} tokens "
+             f"(mean answer {v['mean_answer_tokens']:.1f} tokens, {v['truncated']:.1%} truncated), "
+             f"one call, side by side in one process; {r['device']}, {r['threads']} threads.", "",
+             "| compaction | KV slots read | / off | decode wall (s) | / off | answers equal to off |",
+             "|---|---|---|---|---|---|"]
+    for name, e in r["variants"].items():
+        lines.append(f"| {name} | {e['kv_slots']:,} | {e['kv_ratio']:.2f} | {e['wall_s']:.1f} | "
+                     f"{e['wall_ratio']:.2f} | {'yes' if e['answers_equal'] else 'NO'} |")
+    return "\n".join(lines)
+
+
 def engines_table(r: dict) -> str:
     lines = [f"Rollout engines on the CPU, the toy shape, random weights ({r['rollouts_per_call']} "
              f"rollouts x {r['max_new_tokens']} tokens a call, {r['calls']} calls each, side by side "
@@ -697,7 +748,8 @@ def main(argv=None):
                                      int(v))))
         return None
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["logprobs", "correctness", "step", "eval", "kv-plan", "engines"])
+    p.add_argument("what", choices=["logprobs", "correctness", "step", "eval", "kv-plan", "engines",
+                                          "compaction"])
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--dtype", choices=["fp32", "bf16"], help="logprobs (default: bf16 on cuda)")
     p.add_argument("--n", type=int, nargs="+", help="token counts for logprobs")
@@ -729,12 +781,16 @@ def main(argv=None):
     elif args.what == "engines":
         result = bench_engines(s, args.repeats or 6)
         md = engines_table(result)
+    elif args.what == "compaction":
+        result = bench_compaction(os.path.join(args.out, "runs"))
+        md = compaction_table(result)
     else:
         result = bench_eval(args.model_shape, device, s)
         md = json.dumps(result, indent=1)
     name = {"logprobs": f"bench_logprobs_{device.type}", "correctness": f"logprobs_correctness_{device.type}",
             "step": f"bench_step_{args.model_shape}_{device.type}", "eval": f"bench_eval_{device.type}",
-            "kv-plan": "bench_kv_plan_cpu", "engines": "bench_engines_cpu"}
+            "kv-plan": "bench_kv_plan_cpu", "engines": "bench_engines_cpu",
+            "compaction": "bench_compaction_cpu"}
     write(args.out, name[args.what], result, md)
     print("\n" + md)
     return result
