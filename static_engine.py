@@ -221,6 +221,7 @@ class StaticEngine:
         self.first_step_s = None     # the first decode step's wall time: the compile, for the GPU suite
         self.last_shape, self.dropped = None, 0   # the last call's cache (rows, length); kept caches dropped
         self.kv_slots = 0            # KV slots the decode steps read (rows x attended span, summed)
+        self.compactions = 0         # times finished rows were dropped from a call
         self.cudagraph_skips = []    # why inductor ran a step without CUDA graphs (its log's words)
         self.announce = None         # called with first_step_s once it is measured (the GPU suite)
 
@@ -318,12 +319,13 @@ class StaticEngine:
     def graph_stats(self, device) -> dict:
         """What the decode step did in this process: dynamo's compiles, CUDA graphs recorded
         (None where this torch's graph trees cannot be read), inductor's skips with their
-        reasons (a skipped step runs without graphs, silently), kept caches dropped, KV slots."""
+        reasons (a skipped step runs without graphs, silently), kept caches dropped, KV slots, and
+        compactions (each new row count is one more graph per span, never a compile)."""
         from torch._dynamo.utils import counters
         return {"compiles": int(counters["stats"]["unique_graphs"]), "cuda_graphs": cuda_graphs(device),
                 "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
                 "cudagraph_skip_reasons": list(self.cudagraph_skips), "kept_cache_dropped": self.dropped,
-                "kv_slots_read": self.kv_slots}
+                "kv_slots_read": self.kv_slots, "compactions": self.compactions}
 
     # --- generation -----------------------------------------------------------------------------
 
@@ -447,7 +449,7 @@ class StaticEngine:
                 if keep is not None:       # the live rows to the front, in place, then their views
                     for k in cache.keys + cache.values:
                         k[:len(keep), :, :P + t] = k[keep, :, :P + t]
-                    live = cache.first_rows(len(keep))
+                    live, self.compactions = cache.first_rows(len(keep)), self.compactions + 1
                     token, mask, position, unfinished = token[keep], mask[keep], position[keep], unfinished[keep]
                     origin = keep if origin is None else origin[keep]
                     guards.close()                                   # another row count: check once

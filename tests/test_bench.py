@@ -34,9 +34,10 @@ def test_gpu_suite_rehearsed_on_the_cpu_with_one_part_failing(tmp_path):
     assert list(r)[2:10] == ["environment", "graphs", "steps", "eval", "logprobs_correctness",
                              "logprobs_speed", "reference", "train_cli"]
     calls = r["graphs"]["calls"]
-    assert [c["call"] for c in calls] == ["training", "evaluation", "training again"]
+    assert [c["call"] for c in calls] == ["training", "evaluation", "training again", "sampled, rows ending early"]
     assert all(c["equal_rows"] == c["rows"] for c in calls) and calls[1]["cache"] != calls[0]["cache"]
-    assert [c["compiles"] for c in calls] == [1, 1, 1]           # inductor: one compile for all three
+    assert [c["compiles"] for c in calls] == [1, 1, 1, 1]        # inductor: one compile for all four
+    assert [c["compactions"] for c in calls] == [0, 0, 0, 1]     # the last call's live rows: 16 -> 8
     assert "the first decode step (the compile) took" in res.stdout
     assert r["environment"]["versions"]["torch"].startswith("2.") and r["compile_cache"] == str(cache)
     rows = r["logprobs_correctness"]["rows"]
@@ -150,7 +151,7 @@ def test_gpu_suite_rehearsed_at_qwen3_06b_depth_and_width(tmp_path):
                                     "graphs: training (", "steps/static: up to")]
     assert order == sorted(order), out[-3000:]
     r = json.load(open(tmp_path / "gpu_suite_cpu.json"))
-    assert [c["compiles"] for c in r["graphs"]["calls"]] == [1, 1, 1]
+    assert [c["compiles"] for c in r["graphs"]["calls"]] == [1, 1, 1, 1]
     assert r["steps"]["static"]["median_step_s"] > 0 and r["graphs"]["calls"][0]["equal_rows"] == 2
 
 

@@ -325,7 +325,10 @@ def graphs_check(shape: str, device: torch.device, s: settings.Settings, report=
     rows x G), an evaluation of another row count and cache length, and the training call again
     (on its kept cache: no graph recorded again) -- and after each compiled call the counts:
     dynamo's compiles, CUDA graphs recorded, inductor's skips and their reasons. A call whose
-    decode step ran without graphs on CUDA is flagged."""
+    decode step ran without graphs on CUDA is flagged. Random weights' greedy answers never end,
+    so a last call samples (one seed for both engines) with every 8th token id a stop: its rows
+    end at scattered steps and the live ones are compacted onto views of the cache's first rows
+    (every 8 tokens here)."""
     import static_engine
     policy, tokenizer, rows, _ = shaped_world(shape, device, s)
     dtype = parallel.autocast_dtype(device, s.precision)
@@ -338,14 +341,20 @@ def graphs_check(shape: str, device: torch.device, s: settings.Settings, report=
     train = (rows * s.rl_batch_size)[:s.rl_batch_size]
     evals = (rows * 16)[:max(3, s.rl_batch_size + 3)]
     calls = [("training", train, s.num_generations, answer), ("evaluation", evals, 1, 2 * answer),
-             ("training again", train, s.num_generations, answer)]
+             ("training again", train, s.num_generations, answer),
+             ("sampled, rows ending early", (rows * 16)[:16], 1, 2 * answer)]
     result = {"device": parallel.device_name(device), "model_shape": shape, "calls": []}
     for name, batch, G, new in calls:
+        if name.startswith("sampled"):
+            policy.generation_config.eos_token_id = list(range(0, len(tokenizer), 8))
+            compiled.compact_every = eager.compact_every = 8
         answers = []
         for engine in (compiled, eager):
             t0 = time.perf_counter()
+            torch.manual_seed(0)
             with parallel.autocast_for(device, s.precision)():
-                ro = engine.generate(policy, tokenizer, batch, G, greedy=True, max_new_tokens=new)
+                ro = engine.generate(policy, tokenizer, batch, G, greedy=not name.startswith("sampled"),
+                                     temperature=1.0, max_new_tokens=new)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             answers.append((ro.completion_ids, time.perf_counter() - t0))
@@ -360,7 +369,8 @@ def graphs_check(shape: str, device: torch.device, s: settings.Settings, report=
         print(f"  graphs: {name} ({call['rows']} rows x {new} tokens, cache {call['cache']}): compiled "
               f"{call['compiled_s']:.1f} s, eager {call['eager_s']:.1f} s, {sum(same)}/{len(same)} rows equal; "
               f"{stats['compiles']} compile(s), {stats['cuda_graphs']} CUDA graph(s), "
-              f"{stats['cudagraph_skips']} skip(s)" + ("  ** RAN WITHOUT CUDA GRAPHS **" if call["without_graphs"]
+              f"{stats['cudagraph_skips']} skip(s), {stats['compactions']} compaction(s)"
+              + ("  ** RAN WITHOUT CUDA GRAPHS **" if call["without_graphs"]
                                                       else ""), flush=True)
         if report:
             report(result)

@@ -20,7 +20,8 @@ first, the yardsticks measured before (hf, TRL) last:
                           floor of 30 s of its own: it always runs)
     graphs                the CUDA graphs proven, not assumed (under 2 minutes): the compiled
                           engine's greedy answers against the eager engine's over a training call,
-                          an evaluation of another row count and cache length, and training again;
+                          an evaluation of another row count and cache length, training again,
+                          and a sampled call whose rows end early (finished rows compacted away);
                           compiles, graphs recorded, inductor's skips and their reasons per call
     steps                 one real-shape UniAPL step with the default engine (static; vLLM too
                           where installed): 8 prompts x G = 8 rollouts of up to 512 tokens + 8
@@ -330,11 +331,12 @@ def markdown(r: dict) -> str:
             continue
         if part == "graphs":
             lines += ["| call | rows | answer tokens | cache (rows, slots) | compiled s | eager s | rows equal "
-                      "| compiles | CUDA graphs | skips |", "|---|---|---|---|---|---|---|---|---|---|"]
+                      "| compiles | CUDA graphs | skips | compactions |", "|---" * 11 + "|"]
             for c in rec.get("calls", []):
                 lines.append(f"| {c['call']} | {c['rows']} | {c['answer_tokens']} | {c['cache']} | "
                              f"{_f(c['compiled_s'])} | {_f(c['eager_s'])} | {c['equal_rows']}/{c['rows']} | "
-                             f"{c['compiles']} | {c['cuda_graphs']} | {c['cudagraph_skips']} |")
+                             f"{c['compiles']} | {c['cuda_graphs']} | {c['cudagraph_skips']} | "
+                             f"{c.get('compactions', '-')} |")
             notes = {bench.graphs_note(c, "cuda" if env.get("gpu") else "cpu") for c in rec.get("calls", [])}
             lines += [n.strip() for n in notes if n]
         elif part == "logprobs_correctness":
