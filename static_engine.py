@@ -319,10 +319,16 @@ class StaticEngine:
     def graph_stats(self, device) -> dict:
         """What the decode step did in this process: dynamo's compiles, CUDA graphs recorded
         (None where this torch's graph trees cannot be read), inductor's skips with their
-        reasons (a skipped step runs without graphs, silently), kept caches dropped, KV slots, and
+        reasons (a skipped step runs without graphs, silently), graphs recorded again (a static
+        input moved), inputs copied into the graphs, kept caches dropped, KV slots, and
         compactions (each new row count is one more graph per span, never a compile)."""
         from torch._dynamo.utils import counters
-        return {"compiles": int(counters["stats"]["unique_graphs"]), "cuda_graphs": cuda_graphs(device),
+        graphs, again = _graph_trees(device)
+        return {"compiles": int(counters["stats"]["unique_graphs"]), "cuda_graphs": graphs,
+                "cuda_graphs_recorded_again": again,
+                # inputs each recording copies into graph-owned memory: tokens, positions and the
+                # mask, a few sizes -- not the 2 x layers cache tensors (static: never copied)
+                "copied_inputs_recorded": int(counters["inductor"]["cudagraph_recorded_non_static_inputs"]),
                 "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
                 "cudagraph_skip_reasons": list(self.cudagraph_skips), "kept_cache_dropped": self.dropped,
                 "kv_slots_read": self.kv_slots, "compactions": self.compactions}
@@ -567,21 +573,27 @@ def planned_kv_slots(plan: CallPlan, widths: list[int], G: int, max_new: int) ->
 def cuda_graphs(device) -> int | None:
     """CUDA graphs inductor's graph trees recorded on this device (None: none kept, or a torch
     whose trees cannot be read). Every distinct (rows, span, cache) records one."""
+    return _graph_trees(device)[0]
+
+
+def _graph_trees(device) -> tuple[int | None, int | None]:
+    """(graphs recorded, graphs recorded again because a static input moved) on this device."""
     if torch.device(device).type != "cuda":
-        return None
+        return None, None
     try:
         from torch._inductor import cudagraph_trees
         manager = cudagraph_trees.get_manager(torch.device(device).index or 0, create_if_none_exists=False)
         if manager is None:
-            return 0
+            return 0, 0
         nodes, count = [n for ns in manager.roots.values() for n in ns], 0
         while nodes:
             node = nodes.pop()
             count += 1
             nodes += [c for cs in node.children.values() for c in cs]
-        return count
+        again = sum(n for by in getattr(manager, "num_rerecord", {}).values() for n in by.values())
+        return count, again
     except Exception:          # a private structure: its shape may change between versions
-        return None
+        return None, None
 
 
 def _listen_for_cudagraph_skips(into: list) -> None:
@@ -590,8 +602,9 @@ def _listen_for_cudagraph_skips(into: list) -> None:
     import logging
 
     class Keep(logging.Handler):
-        def emit(self, record):
-            into.append(record.getMessage())
+        def emit(self, record):        # the same log warns of many distinct sizes: not a skip
+            if record.getMessage().startswith("skipping cudagraphs"):
+                into.append(record.getMessage())
     logging.getLogger("torch._inductor.cudagraph_utils.__cudagraphs").addHandler(Keep())
 
 

@@ -387,3 +387,18 @@ def test_the_compaction_table_says_what_was_measured():
          "variants": {"off": v, "every 32": {**v, "kv_slots": 31, "kv_ratio": 0.31, "answers_equal": False}}}
     md = bench.compaction_table(r)
     assert "| every 32 | 31 | 0.31 |" in md and md.rstrip().endswith("| NO |") and "10.0% truncated" in md
+
+
+def test_only_skips_count_as_skip_reasons():
+    """inductor's `cudagraphs` log also warns when a step has many distinct sizes (every span and
+    row count is one): that is not a step run without graphs, and must not read as one."""
+    import logging
+    reasons = []
+    static_engine._listen_for_cudagraph_skips(reasons)
+    log = logging.getLogger("torch._inductor.cudagraph_utils.__cudagraphs")
+    log.warning("CUDAGraph supports dynamic shapes by recording a new graph for each distinct input size.")
+    log.warning("skipping cudagraphs due to mutated inputs (2 instances)")
+    assert reasons == ["skipping cudagraphs due to mutated inputs (2 instances)"]
+    stats = static_engine.StaticEngine().graph_stats("cpu")
+    assert stats["cuda_graphs"] is None and stats["cuda_graphs_recorded_again"] is None
+    assert stats["copied_inputs_recorded"] >= 0 and stats["compactions"] == 0

@@ -361,15 +361,20 @@ def graphs_check(shape: str, device: torch.device, s: settings.Settings, report=
         same = [bool(torch.equal(a, b)) for a, b in zip(answers[0][0], answers[1][0])] \
             if answers[0][0].shape == answers[1][0].shape else [False] * len(batch) * G
         stats = compiled.graph_stats(device)
+        copied = stats["copied_inputs_recorded"] / stats["cuda_graphs"] if stats["cuda_graphs"] else 0
         call = {"call": name, "rows": len(batch) * G, "answer_tokens": new, "cache": compiled.last_shape,
                 "compiled_s": answers[0][1], "eager_s": answers[1][1], "equal_rows": sum(same),
                 **stats, "without_graphs": device.type == "cuda" and (stats["cudagraph_skips"] > 0
-                                                                       or stats["cuda_graphs"] == 0)}
+                                                                       or stats["cuda_graphs"] == 0),
+                # a cache copied into every graph (its static marks lost) doubles the step's bytes
+                "cache_copied": copied >= 2 * policy.config.num_hidden_layers}
         result["calls"].append(call)
         print(f"  graphs: {name} ({call['rows']} rows x {new} tokens, cache {call['cache']}): compiled "
               f"{call['compiled_s']:.1f} s, eager {call['eager_s']:.1f} s, {sum(same)}/{len(same)} rows equal; "
-              f"{stats['compiles']} compile(s), {stats['cuda_graphs']} CUDA graph(s), "
+              f"{stats['compiles']} compile(s), {stats['cuda_graphs']} CUDA graph(s) "
+              f"({stats['cuda_graphs_recorded_again']} recorded again), "
               f"{stats['cudagraph_skips']} skip(s), {stats['compactions']} compaction(s)"
+              + ("  ** THE KV CACHE WAS COPIED INTO THE GRAPHS **" if call["cache_copied"] else "")
               + ("  ** RAN WITHOUT CUDA GRAPHS **" if call["without_graphs"]
                                                       else ""), flush=True)
         if report:

@@ -331,13 +331,16 @@ def markdown(r: dict) -> str:
             continue
         if part == "graphs":
             lines += ["| call | rows | answer tokens | cache (rows, slots) | compiled s | eager s | rows equal "
-                      "| compiles | CUDA graphs | skips | compactions |", "|---" * 11 + "|"]
+                      "| compiles | CUDA graphs (again) | skips | compactions |", "|---" * 11 + "|"]
             for c in rec.get("calls", []):
                 lines.append(f"| {c['call']} | {c['rows']} | {c['answer_tokens']} | {c['cache']} | "
                              f"{_f(c['compiled_s'])} | {_f(c['eager_s'])} | {c['equal_rows']}/{c['rows']} | "
-                             f"{c['compiles']} | {c['cuda_graphs']} | {c['cudagraph_skips']} | "
+                             f"{c['compiles']} | {c['cuda_graphs']} ({c.get('cuda_graphs_recorded_again')}) | "
+                             f"{c['cudagraph_skips']} | "
                              f"{c.get('compactions', '-')} |")
             notes = {bench.graphs_note(c, "cuda" if env.get("gpu") else "cpu") for c in rec.get("calls", [])}
+            notes |= {"**THE KV CACHE WAS COPIED INTO THE GRAPHS** (its static marks lost)"
+                      for c in rec.get("calls", []) if c.get("cache_copied")}
             lines += [n.strip() for n in notes if n]
         elif part == "logprobs_correctness":
             lines.append(bench.correctness_table(rec))
