@@ -38,9 +38,12 @@ at 0.6B, 64 x 1,024 slots are 7.3 GiB; an evaluation that would not fit beside i
 inductor guards the mask's row stride so (another length would compile the decode step again);
 sampling runs eagerly after each graph replay, exactly as `generate` samples (softmax, then
 `torch.multinomial`), so that under one seed in fp32 `static` draws the same tokens as `hf` (a
-test checks it). `graph_stats` reports compiles, CUDA graphs recorded, inductor's skips with
-their reasons (a step it declines to record runs without graphs and nothing fails), and the KV
-slots the decode steps read.
+test checks it); compaction keeps that (the draws are made for every row of the call) and
+happens only where a smaller power of two holds the live rows (few row counts: few graphs).
+`graph_stats` reports compiles, CUDA graphs recorded (and recorded again: a static input that
+moved), the inputs copied into them (tokens, positions, mask; were the cache copied, its static
+marks would be lost), inductor's skips with their reasons (a step it declines to record runs
+without graphs and nothing fails), compactions, and the KV slots the decode steps read.
 """
 
 from __future__ import annotations
@@ -452,6 +455,8 @@ class StaticEngine:
                 break
             if self.compact_every and (t + 1) % self.compact_every == 0:
                 keep = _compact(unfinished)
+                if keep is not None and not len(keep):        # every row has ended (a sync paid)
+                    break
                 if keep is not None:       # the live rows to the front, in place, then their views
                     for k in cache.keys + cache.values:
                         k[:len(keep), :, :P + t] = k[keep, :, :P + t]
@@ -498,11 +503,14 @@ class StaticEngine:
 
 def _compact(unfinished: torch.Tensor) -> torch.Tensor | None:
     """Which rows go on decoding once finished rows are dropped: None while the unfinished rows
-    need as many rows as the step has now; else the unfinished rows, then finished ones up to
+    need as many rows as the step has now; none (empty) when every row has ended; else the
+    unfinished rows, then finished ones up to
     the next power of two (at least 8). Powers of two bound the row counts a process sees (each
     is one more CUDA graph per span, never a compile); 8 keeps rows off dynamo's 1."""
     rows = len(unfinished)
     alive = unfinished.nonzero().squeeze(1)                                        # [a]
+    if not len(alive):
+        return alive                                                # none: the call is over
     target = max(8, 1 << max(0, len(alive) - 1).bit_length())
     if target >= rows:
         return None

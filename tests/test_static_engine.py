@@ -377,6 +377,7 @@ def test_compact_picks_the_live_rows_then_finished_ones_to_a_power_of_two():
     keep = static_engine._compact(u)
     assert len(keep) == 32 and keep[:22].tolist() == [*range(20), 40, 41] and not u[keep[22:]].any()
     assert static_engine._compact(torch.ones(6, dtype=torch.bool).index_fill(0, torch.tensor([0]), False)) is None
+    assert len(static_engine._compact(torch.zeros(16, dtype=torch.bool))) == 0     # all ended: stop
 
 
 def test_the_compaction_table_says_what_was_measured():

@@ -344,6 +344,7 @@ def graphs_check(shape: str, device: torch.device, s: settings.Settings, report=
              ("training again", train, s.num_generations, answer),
              ("sampled, rows ending early", (rows * 16)[:16], 1, 2 * answer)]
     result = {"device": parallel.device_name(device), "model_shape": shape, "calls": []}
+    before = (0, 0)                         # CUDA graphs recorded and inputs copied, so far
     for name, batch, G, new in calls:
         if name.startswith("sampled"):
             policy.generation_config.eos_token_id = list(range(0, len(tokenizer), 8))
@@ -361,7 +362,11 @@ def graphs_check(shape: str, device: torch.device, s: settings.Settings, report=
         same = [bool(torch.equal(a, b)) for a, b in zip(answers[0][0], answers[1][0])] \
             if answers[0][0].shape == answers[1][0].shape else [False] * len(batch) * G
         stats = compiled.graph_stats(device)
-        copied = stats["copied_inputs_recorded"] / stats["cuda_graphs"] if stats["cuda_graphs"] else 0
+        # inputs copied per graph this call recorded (a cache copied only into the graphs of
+        # the compacted row views must not hide among the earlier calls' good ones)
+        new_graphs = (stats["cuda_graphs"] or 0) - before[0]
+        copied = (stats["copied_inputs_recorded"] - before[1]) / new_graphs if new_graphs > 0 else 0
+        before = (stats["cuda_graphs"] or 0, stats["copied_inputs_recorded"])
         call = {"call": name, "rows": len(batch) * G, "answer_tokens": new, "cache": compiled.last_shape,
                 "compiled_s": answers[0][1], "eager_s": answers[1][1], "equal_rows": sum(same),
                 **stats, "without_graphs": device.type == "cuda" and (stats["cudagraph_skips"] > 0
@@ -664,7 +669,8 @@ def bench_compaction(runs: str, prompts: int = 500, max_new_tokens: int = 128) -
     student (seed 0, trained here if `runs` lacks it) answers the toy's evaluation prompts
     greedily, as an evaluation does, through `static` eager with compaction off and every 32 and
     8 tokens, side by side in one process. Reported: KV slots read (the engine's own count),
-    decode wall time, and whether every answer equals the uncompacted engine's. Random weights
+    the call's wall time (copy, prefill and decode), and whether every answer equals the
+    uncompacted engine's. Random weights
     (kv-plan) run every answer to its limit, where compaction has nothing to drop."""
     import checkpoint
     import static_engine
@@ -701,7 +707,7 @@ def compaction_table(r: dict) -> str:
              f"answers {r['prompts']} evaluation prompts greedily, up to {r['max_new_tokens']} tokens "
              f"(mean answer {v['mean_answer_tokens']:.1f} tokens, {v['truncated']:.1%} truncated), "
              f"one call, side by side in one process; {r['device']}, {r['threads']} threads.", "",
-             "| compaction | KV slots read | / off | decode wall (s) | / off | answers equal to off |",
+             "| compaction | KV slots read | / off | call wall (s) | / off | answers equal to off |",
              "|---|---|---|---|---|---|"]
     for name, e in r["variants"].items():
         lines.append(f"| {name} | {e['kv_slots']:,} | {e['kv_ratio']:.2f} | {e['wall_s']:.1f} | "

@@ -22,7 +22,9 @@ first, the yardsticks measured before (hf, TRL) last:
                           engine's greedy answers against the eager engine's over a training call,
                           an evaluation of another row count and cache length, training again,
                           and a sampled call whose rows end early (finished rows compacted away);
-                          compiles, graphs recorded, inductor's skips and their reasons per call
+                          compiles, graphs recorded (and recorded again), inputs copied into them
+                          (a copied KV cache is flagged), compactions, inductor's skips and their
+                          reasons per call
     steps                 one real-shape UniAPL step with the default engine (static; vLLM too
                           where installed): 8 prompts x G = 8 rollouts of up to 512 tokens + 8
                           demonstrations, a POLAR-1.8B-shaped scorer; the warm-up step and the

@@ -179,7 +179,8 @@ def cmd_gsm8k(args) -> list[dict]:
 
 def report(results: list[dict], lrs: dict, args) -> str:
     from tools import plots
-    seeds = sorted({r["seed"] for r in results})
+    # the seeds every arm has run (a base student trained ahead of its arms is not a seed yet)
+    seeds = rp.complete_seeds(results, ARMS) or sorted({r["seed"] for r in results})
     lines = ["| arm | seeds | answer accuracy | calculations right | clean solutions | no-borrow error |",
              "|---|---|---|---|---|---|"]
     for name in ARMS:

@@ -309,7 +309,8 @@ def spawn(spec: dict, kind: str):
 def report(results: list[dict], lrs: dict, args) -> str:
     """The arms' endpoints per family, the claims, the seed rule, and the curves' plot."""
     from tools import plots
-    seeds = sorted({r["seed"] for r in results})
+    # the seeds every arm has run (a base student trained ahead of its arms is not a seed yet)
+    seeds = rp.complete_seeds(results, ARMS) or sorted({r["seed"] for r in results})
     by = {arm: [r for r in results if r["name"] == arm] for arm in ARMS}
     cols = [("D-only", "d_only"), ("R-only", "r_only"), ("mixed", "mixed"), ("all", "all"),
             ("D-only @128", "d_only_128"), ("all @128", "all_128"), ("D cut @64", "truncated_d_only"),
