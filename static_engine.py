@@ -578,14 +578,10 @@ def planned_kv_slots(plan: CallPlan, widths: list[int], G: int, max_new: int) ->
     return total
 
 
-def cuda_graphs(device) -> int | None:
-    """CUDA graphs inductor's graph trees recorded on this device (None: none kept, or a torch
-    whose trees cannot be read). Every distinct (rows, span, cache) records one."""
-    return _graph_trees(device)[0]
-
-
 def _graph_trees(device) -> tuple[int | None, int | None]:
-    """(graphs recorded, graphs recorded again because a static input moved) on this device."""
+    """(CUDA graphs inductor's graph trees recorded on this device -- one per distinct (rows,
+    span, cache) --, graphs recorded again because a static input moved); (None, None) off CUDA
+    or where this torch's trees cannot be read."""
     if torch.device(device).type != "cuda":
         return None, None
     try:
