@@ -14,11 +14,8 @@ Plumbing, kept out of train.py's way.
   power loss or a full disk never leaves a half-written checkpoint, and the previous one stays
   intact. `--resume auto` takes the newest checkpoint whose manifest matches its files, saying
   which ones it skipped and why.
-* Preemption (`StopSignals`): SIGTERM, SIGINT and SIGUSR1 end the run where they land -- before
-  the first step at once (nothing to save), in an evaluation between steps by dropping it, in a
-  step after it -- with a checkpoint of the last finished step; the same command then continues
-  the run (docs/running.md, "Preemptible clusters").
-* `open_run` makes the run directory ready: resume from its newest whole checkpoint, or start.
+* The run directory around the checkpoints (which to resume from, a run that already ended)
+  is run_dir.py's; the stop signals that end a run with a checkpoint are preemption.py's.
 * `trainer_state.pt` holds tensors and plain lists only, so it loads with `weights_only=True`
   (a pickle that cannot run code).
 * With several processes (parallel.py) rank 0 writes and the others wait; every rank's random state
@@ -29,16 +26,12 @@ Plumbing, kept out of train.py's way.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
 import random
 import shutil
-import signal
-import sys
-import threading
 import warnings
 
 import numpy as np
@@ -74,223 +67,6 @@ def load_policy(name: str, device: torch.device, seed: int = 0, dtype=torch.floa
                       "CUDA will be very slow; the toy world (--model toy) is made for CPUs",
                       stacklevel=2)
     return model.to(device), tokenizer
-
-
-def open_run(s, config: dict, ctx: parallel.Context, say, policy, optimizer, scheduler,
-             sampler) -> tuple[int, dict | None]:
-    """The run directory `s.out`, ready for the loop: (the step to start from, None), or
-    (s.steps, its summary) when the run has already ended (the same command after its end).
-
-    Rank 0 creates it; with --resume it clears what a process killed while saving left, refuses a
-    directory that holds another run's settings (`config`: what config.json holds), and finds the
-    newest whole checkpoint, which every rank loads (--resume auto with none: the run starts again,
-    its partial metrics and evaluations replaced). Then metrics.jsonl is cut back to that step and
-    config.json written."""
-    main, out = ctx.is_main, s.out
-    if main:
-        prepare_out(out, resuming=s.resume is not None)
-        if s.resume:
-            tidy_checkpoints(out)              # what a process killed while saving left
-    problem = ctx.broadcast_object(same_run(out, config) if main and s.resume else None)
-    if problem:
-        raise SystemExit(problem)
-    done = ctx.broadcast_object(finished_run(out, s.steps) if main and s.resume == "auto" else None)
-    if done:
-        say(f"{out} holds this run, finished after {s.steps} steps (final/): nothing to do")
-        return s.steps, done
-    path = ctx.broadcast_object(find_checkpoint(s.resume, out, say) if main and s.resume else None)
-    start = 0
-    if path:
-        start = load_checkpoint(path, policy, optimizer, scheduler, sampler, ctx)
-        if start > s.steps:
-            raise SystemExit(f"--steps {s.steps} is below the step of {path} ({start}); run it "
-                             f"with --steps {start} or more")
-        say(f"resumed from {path} at step {start}")
-    elif s.resume and main and clear_unfinished(out):
-        say(f"{out}: no whole checkpoint; the run starts again from step 0 (its partial metrics "
-            "and evaluations are replaced)")
-    if main:
-        truncate_metrics(out, start)
-        write_json(os.path.join(out, "config.json"), config)
-    return start, None
-
-
-def write_json(path: str, obj) -> None:
-    """Written whole or not at all (a temporary file, then a rename): a run stopped or killed
-    while writing never leaves half a config.json or evaluation behind."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def prepare_out(out: str, resuming: bool) -> None:
-    """Create the run directory; refuse to mix two runs in one directory (rank 0 only)."""
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise SystemExit(f"output directory {out!r} is not writable ({e.strerror}); choose "
-                         "another with --out") from None
-    if not resuming and os.path.exists(os.path.join(out, "metrics.jsonl")):
-        raise SystemExit(f"{out} already holds a run; use --resume auto to continue it, or "
-                         "another --out")
-
-
-def same_run(out: str, settings: dict) -> str | None:
-    """Why `out` holds another run, or None: its config.json must agree with `settings` in every
-    setting that changes the run (the line names the first that differs). How it is run -- where
-    it is written, trackers, checkpoint frequency, the number of steps, the device -- may change."""
-    path = os.path.join(out, "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        saved = json.load(f)
-    # CHORD-mu's decay spans the run unless its length is set: then --steps changes the schedule
-    schedule_follows_steps = str(settings.get("method", "")).endswith("chord-mu") and \
-        settings.get("chord_mu_decay_steps") is None
-    for key, value in settings.items():
-        if (key in RUN_ONLY and not (key == "steps" and schedule_follows_steps)) or \
-                key not in saved or saved[key] == value:
-            continue
-        return (f"{out} holds another run: its --{key.replace('_', '-')} was {saved[key]!r}, now "
-                f"{value!r}; use another --out, or that run's settings to continue it")
-    return None
-
-
-RUN_ONLY = {"resume", "out", "steps", "save_every", "save_every_minutes", "save_total_limit",
-            "report_to", "tracker_project", "log_completions_every", "no_progress", "eval_every",
-            "eval_start", "eval_limit", "device", "world_size",  # world size: load_checkpoint checks
-            # memory and speed (a job moved to another GPU): the same run, up to rounding
-            "micro_batch_size", "gradient_checkpointing", "logprobs_backend", "rollout_engine",
-            "vllm_gpu_memory_utilization"}
-
-
-def save_final(s, model, tokenizer, ctx: parallel.Context) -> None:
-    """OUT/final: the trained model, loadable with from_pretrained, and its marker uniapl.json
-    (world, task, method, steps: `finished_run` reads it, and a run from it stays in its world
-    and task). Every rank calls it (FSDP2 gathers the weights); rank 0 writes."""
-    weights, _ = full_state(model, None, ctx)
-    if ctx.is_main:
-        marker = {"world": s.world, "task": s.task, "method": s.method, "steps": s.steps,
-                  "source_model": s.model}
-        save_pretrained_atomic(model, tokenizer, os.path.join(s.out, "final"), {"uniapl.json": marker},
-                               state_dict=weights if ctx.fsdp else None)
-    ctx.barrier()
-
-
-def finished_run(out: str, steps: int) -> dict | None:
-    """The summary of a run in `out` that ended (final/ written after `steps` steps, evaluated),
-    or None: the same command run again after the end has nothing to redo."""
-    marker, final = os.path.join(out, "final", "uniapl.json"), os.path.join(out, "eval_final.json")
-    if not (os.path.exists(marker) and os.path.exists(final)):
-        return None
-    with open(marker) as f:
-        if json.load(f).get("steps") != steps:
-            return None
-    with open(final) as f:
-        after = json.load(f)
-    headline = after.get("headline", "prompt_strict")        # the task's first metric
-    start = os.path.join(out, "eval_start.json")
-    before = json.load(open(start)).get(headline) if os.path.exists(start) else None
-    return {"before": before, "after": after.get(headline), "teacher": None, "out": out,
-            "finished": True}
-
-
-def clear_unfinished(out: str) -> bool:
-    """Remove what a run that never wrote a checkpoint left (metrics, evaluations); True if any."""
-    left = [os.path.join(out, n) for n in os.listdir(out)
-            if n == "metrics.jsonl" or (n.startswith("eval_") and n.endswith(".json"))]
-    for name in left:
-        os.remove(name)
-    return bool(left)
-
-
-class StopNow(BaseException):
-    """A stop signal that drops what the run is doing now (an evaluation between steps); not an
-    Exception, so that no `except Exception` on the way swallows it."""
-
-    def __init__(self, number: int):
-        super().__init__(signal.Signals(number).name)
-        self.number = int(number)
-
-
-class StopSignals:
-    """SIGTERM, SIGINT and SIGUSR1 (a scheduler's warning, e.g. SLURM's --signal=USR1@120) ask the
-    run to stop. How soon depends on where it is, `mode`:
-
-    * "start" -- before the first step (joining the process group, loading, the first evaluation):
-      there is nothing to save, so the process ends at once, with exit status 128 + the signal's
-      number (what a shell reports for a process ended by it; torchrun's agent then stops the
-      other ranks) and a line saying nothing was lost. A watchdog thread ends it: CPython writes
-      every signal's number to a wakeup pipe the moment it arrives, also while the main thread
-      waits in a C++ call that never returns to Python -- a rank waiting for the others in the
-      process group's start, where a Python handler never runs.
-    * "drop" -- inside `dropping()` (an evaluation between steps): the handler raises StopNow in
-      the main thread; the loop then checkpoints the last finished step.
-    * "step" -- inside a step: the handler records which signal came; the loop finishes the step,
-      writes a checkpoint and exits 0. A second SIGINT (Ctrl-C twice) stops at once.
-
-    `install` replaces the handlers (main thread only), `restore` puts the old ones back."""
-
-    SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
-
-    def __init__(self):
-        self.number, self.previous, self.mode = 0, {}, "start"   # number: the first signal (0: none)
-        self._pipe = None                                         # (read end, write end, old fd)
-
-    def install(self) -> StopSignals:
-        for name in self.SIGNALS:
-            number = getattr(signal, name, None)
-            if number is not None:
-                self.previous[number] = signal.signal(number, self._handle)
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        self._pipe = (read, write, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
-        threading.Thread(target=self._watch, args=(read,), name="stop-signals", daemon=True).start()
-        return self
-
-    def _handle(self, number, frame) -> None:
-        if number == signal.SIGINT and self.number and self.mode == "step":
-            raise KeyboardInterrupt           # the second Ctrl-C: now
-        self.number = self.number or int(number)
-        if self.mode == "drop":
-            raise StopNow(self.number)
-
-    def _watch(self, read: int) -> None:
-        """The watchdog: each byte on the pipe is a signal's number, written as it arrived."""
-        while got := os.read(read, 64):       # b"" once `restore` closed the write end
-            for number in got:
-                if number in self.previous and self.mode == "start":
-                    sys.stdout.flush()
-                    print(f"stopped by {signal.Signals(number).name} before the first step: nothing "
-                          "was lost; run the same command to continue", flush=True)
-                    os._exit(128 + number)
-        os.close(read)
-
-    @contextlib.contextmanager
-    def dropping(self):
-        """Within it, once steps have begun, a stop signal raises StopNow (also one that came
-        before it); before the first step the process still ends at once."""
-        if self.number and self.mode == "step":
-            raise StopNow(self.number)
-        mode, self.mode = self.mode, "drop" if self.mode == "step" else self.mode
-        try:
-            yield
-        finally:
-            self.mode = mode
-
-    def restore(self) -> None:
-        for number, handler in self.previous.items():
-            signal.signal(number, handler)
-        self.previous = {}
-        if self._pipe:
-            read, write, old = self._pipe
-            signal.set_wakeup_fd(old)
-            os.close(write)                   # the watchdog reads b"" and ends
-            self._pipe = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -597,22 +373,3 @@ def load_checkpoint(path: str, model, optimizer, scheduler, sampler,
     sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"][ctx.rank] if isinstance(state["rng"], list) else state["rng"])
     return state["step"]
-
-
-def truncate_metrics(out: str, step: int) -> None:
-    """Drop metrics.jsonl lines written after `step` (they will be written again), and a torn
-    last line (a process killed, or a disk full, in the middle of writing it)."""
-    path = os.path.join(out, "metrics.jsonl")
-    if os.path.exists(path):
-        kept = []
-        with open(path) as f:
-            for line in f:
-                try:
-                    if json.loads(line)["step"] <= step:
-                        kept.append(line if line.endswith("\n") else line + "\n")
-                except (ValueError, KeyError, TypeError):
-                    break          # a torn line is the last one written: nothing after it counts
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)

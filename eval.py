@@ -13,7 +13,7 @@ The idea
   as lm-evaluation-harness's IFEval task; the rollout length in the toy), then ifeval.evaluate's
   four numbers: prompt- and instruction-level accuracy, strict and loose. During training
   (`evaluate_shares`) each torchrun rank answers its share of the prompts and every rank scores
-  them all; a stop signal drops the evaluation on every rank alike (checkpoint.StopSignals).
+  them all; a stop signal drops the evaluation on every rank alike (preemption.StopSignals).
 * **Your own teacher.** The same greedy answers of any model on any rows, written as training
   rows. `--write-demos` keeps every answer, right or wrong: **the paper's setting**, whose teacher
   responses "are not guaranteed to pass the verification function" (inheriting the teacher's
@@ -47,6 +47,7 @@ import data
 import engines
 import ifeval
 import parallel
+import preemption
 import rollouts
 import settings
 import tasks
@@ -84,17 +85,17 @@ def evaluate_shares(model, tokenizer, rows: list[dict], ctx: parallel.Context, *
                     interruptible=contextlib.nullcontext, task=ifeval) -> dict:
     """`evaluate_model` under torchrun: rank r answers rows r, r + N, r + 2N, ... and every rank
     scores all the answers (one process answers them all). `interruptible`: where a stop signal
-    may drop the answering (train.py passes checkpoint.StopSignals.dropping); then every rank
-    raises checkpoint.StopNow after the gather, so that all of them agree it was dropped."""
+    may drop the answering (train.py passes preemption.StopSignals.dropping); then every rank
+    raises preemption.StopNow after the gather, so that all of them agree it was dropped."""
     try:
         with parallel.gathered(model, ctx), interruptible():
             part = generate_responses(model, tokenizer, rows[ctx.rank::ctx.world_size],
                                       max_new_tokens=max_new_tokens, autocast=autocast, engine=engine)
-    except checkpoint.StopNow as stop:
+    except preemption.StopNow as stop:
         part = stop.number
     parts = ctx.gather_objects(part)                    # (texts, lengths) or a signal's number
     if dropped := [p for p in parts if isinstance(p, int)]:
-        raise checkpoint.StopNow(max(dropped))
+        raise preemption.StopNow(max(dropped))
     n = ctx.world_size
     texts = [parts[i % n][0][i // n] for i in range(len(rows))]
     lengths = [parts[i % n][1][i // n] for i in range(len(rows))]

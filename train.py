@@ -56,7 +56,9 @@ import engines
 import eval
 import grpo
 import parallel
+import preemption
 import rollouts
+import run_dir
 import settings
 import sft
 import tasks
@@ -288,11 +290,11 @@ def optimizer_update(policy, optimizer, scheduler, max_grad_norm: float, step: i
 def train(s: settings.Settings) -> dict:
     """Load -> the run directory -> evaluate -> unified steps (metrics, checkpoints) -> evaluate
     -> save; a summary. Under torchrun every rank runs this; rank 0 alone writes (parallel.py).
-    SIGTERM, SIGINT or SIGUSR1 is honoured where it lands (checkpoint.StopSignals): before the
+    SIGTERM, SIGINT or SIGUSR1 is honoured where it lands (preemption.StopSignals): before the
     first step the process ends at once (nothing to save); in an evaluation between steps the
     evaluation is dropped; in a step the step finishes; then the last finished step is
     checkpointed and the same command continues the run."""
-    signals = checkpoint.StopSignals()
+    signals = preemption.StopSignals()
     if threading.current_thread() is threading.main_thread():
         signals.install()          # until the first step, a stop signal ends the process at once
     try:
@@ -301,7 +303,7 @@ def train(s: settings.Settings) -> dict:
         signals.restore()
 
 
-def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
+def _train(s: settings.Settings, signals: preemption.StopSignals) -> dict:
     ctx = parallel.setup(s.device, s.fsdp)      # one process, or this rank of torchrun's
     say = print if ctx.is_main else lambda *a, **k: None
 
@@ -312,17 +314,17 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
     # --- The run directory: continue from its newest whole checkpoint (--resume), or start. ---
     config = dataclasses.asdict(s) | {"alpha": o.alpha, "lambda_adv": o.lambda_adv,
                                       "world_size": ctx.world_size}      # what config.json holds
-    start, finished = checkpoint.open_run(s, config, ctx, say, policy, run.optimizer, run.scheduler, sampler)
+    start, finished = run_dir.open_run(s, config, ctx, say, policy, run.optimizer, run.scheduler, sampler)
     if finished:           # the same command after the run ended: nothing to redo
         return finished
 
     def evaluation(tag: str) -> dict:
         """Every rank answers its share and all score them (eval.py); rank 0 writes the result.
-        A stop signal drops it: checkpoint.StopNow, on every rank."""
+        A stop signal drops it: preemption.StopNow, on every rank."""
         res = eval.evaluate_shares(policy, tokenizer, eval_rows, ctx, max_new_tokens=s.eval_max_new_tokens,
                                    autocast=amp, engine=run.engine, interruptible=signals.dropping, task=task)
         if ctx.is_main:
-            checkpoint.write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
+            run_dir.write_json(os.path.join(s.out, f"eval_{tag}.json"), res)
         return res
 
     # --- Evaluate before training (when resuming: read back). ---
@@ -367,7 +369,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
             try:            # a signal in it drops it, on every rank; the step is checkpointed below
                 res = evaluation(f"step{step + 1}")
                 metrics.update({f"eval/{k}": res[k] for k in task.METRICS})
-            except checkpoint.StopNow as e:
+            except preemption.StopNow as e:
                 stop = e.number
         if not ctx.distributed:       # one process also sees a signal that came after the step
             stop = stop or signals.number
@@ -394,7 +396,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
     stop = int(ctx.reduce_metrics({"flag/stop": signals.number}, maxes=("flag/stop",))["flag/stop"])
     try:
         after = None if stop else evaluation("final")
-    except checkpoint.StopNow as e:
+    except preemption.StopNow as e:
         stop = e.number
     if stop:
         saved = checkpoint.save_checkpoint(s.out, s.steps, policy, tokenizer, run.optimizer,
@@ -402,7 +404,7 @@ def _train(s: settings.Settings, signals: checkpoint.StopSignals) -> dict:
         return stopped(stop, s.steps, saved, note=", before the final evaluation")
     trackers.log({f"eval/{k}": after[k] for k in task.METRICS}, s.steps)
     trackers.close()
-    checkpoint.save_final(s, policy, tokenizer, ctx)           # OUT/final, from_pretrained's
+    run_dir.save_final(s, policy, tokenizer, ctx)           # OUT/final, from_pretrained's
     teacher, head = eval.teacher_accuracy(eval_rows, task), task.METRICS[0]
     say(f"[{s.method}] held-out {task.__name__}: {eval.describe(after, before, task)}" + (
         f"; the teacher's {head}: {teacher[head]:.3f}" if teacher else "") + f". Run: {s.out}")

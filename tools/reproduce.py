@@ -121,10 +121,10 @@ def finished(out: str, argv: list[str]) -> bool:
     paths = [os.path.join(out, f) for f in ("config.json", "eval_final.json", "final/model.safetensors")]
     if not all(os.path.exists(p) for p in paths):
         return False
-    import checkpoint
+    import run_dir
     saved = json.load(open(paths[0]))
     wanted = dataclasses.asdict(settings.parse(argv))
-    how = checkpoint.RUN_ONLY - {"steps"}          # how a run ran (its engine, ...) is not what it is
+    how = run_dir.RUN_ONLY - {"steps"}          # how a run ran (its engine, ...) is not what it is
     return all(saved.get(k) == v for k, v in wanted.items() if v is not None and k not in how)
 
 
