@@ -300,7 +300,7 @@ def test_the_gsm8k_report_judges_no_claim_before_the_rule_s_seeds(tmp_path):
     rs += [{**rs[0], "seed": 12}]                     # a base student trained ahead of its arms
     md = process_rewards.report(rs, {"sft": 1e-4}, args)
     assert "The seed rule, applied to seeds 0-9: **30 seeds**." in md and "| verdict |" not in md
-    assert "every arm has run at 12 of the at least 30 seeds" in md and "seeds 0-11 (12)" in md
+    assert "every arm has run at 12 of the 30 seeds" in md and "seeds 0-11 (12)" in md
 
 
 def test_report_only_runs_nothing_and_writes_the_interim_report(tmp_path):

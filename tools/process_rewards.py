@@ -200,7 +200,8 @@ def report(results: list[dict], lrs: dict, args) -> str:
         plots.plot_claims([(r["claim"], r["ci"]) for r in judged], os.path.join(args.out, "toy_gsm8k.png"))
         verdicts = claims.claims_table(results, claims.GSM8K_CLAIMS)
     else:
-        verdicts = rp.interim(len(complete), claims.gsm8k_seeds(first) if done else claims.GSM8K_SEEDS_MIN)
+        verdicts = rp.interim(len(complete), claims.gsm8k_seeds(first) if done else claims.GSM8K_SEEDS_MIN,
+                               done)
     return (f"GSM8K toy (gsm8k.py; design and claims fixed before the runs in tools/claims.py): seeds "
             f"{seeds[0]}-{seeds[-1]} ({len(seeds)}), {Plan(args.quick).n_eval} held-out problems per seed, "
             f"{Plan(args.quick).steps} steps per arm from each seed's base student, rates {lrs}. "

@@ -259,11 +259,12 @@ def complete_seeds(results: list[dict], arms) -> list[int]:
                   if {r["name"] for r in results if r["seed"] == s} >= set(arms))
 
 
-def interim(complete: int, need: int) -> str:
-    """What a report says in place of its verdicts before the seed rule's seeds have run."""
-    return (f"**Interim: the claims are not judged yet**: every arm has run at {complete} of the at "
-            f"least {need} seeds the rule asks for. The runs go on; no difference between arms is "
-            f"read before then.\n")
+def interim(complete: int, need: int, ruled: bool) -> str:
+    """What a report says in place of its verdicts before the seed rule's seeds have run (`ruled`:
+    the rule has set `need`; before, it is the least the rule can ask for)."""
+    return (f"**Interim: the claims are not judged yet**: every arm has run at {complete} of the "
+            f"{'' if ruled else 'at least '}{need} seeds the rule asks for. The runs go on; no "
+            f"difference between arms is read before then.\n")
 
 
 def mean_std(xs: list[float]) -> str:

@@ -332,7 +332,8 @@ def report(results: list[dict], lrs: dict, args) -> str:
     if args.quick or (done and len(complete) >= claims.shift_seeds(half)):
         verdicts = claims.claims_table(results, claims.SHIFT_CLAIMS)
     else:
-        verdicts = rp.interim(len(complete), claims.shift_seeds(half) if done else claims.SHIFT_SEEDS_PLANNED)
+        verdicts = rp.interim(len(complete), claims.shift_seeds(half) if done else claims.SHIFT_SEEDS_PLANNED,
+                               done)
     return (f"Shifted world (toy.py; design and claims fixed before the runs in tools/claims.py): seeds "
             f"{seeds[0]}-{seeds[-1]} ({len(seeds)}), {Plan(args.quick).n_eval} held-out prompts per seed, "
             f"rates {lrs}; endpoint = the mean of each arm's last three evaluations (S: its final "
