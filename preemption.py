@@ -51,7 +51,9 @@ class StopSignals:
     * "step" -- inside a step: the handler records which signal came; the loop finishes the step,
       writes a checkpoint and exits 0. A second SIGINT (Ctrl-C twice) stops at once.
 
-    `install` replaces the handlers (main thread only), `restore` puts the old ones back."""
+    `install` replaces the handlers, `restore` puts the old ones back. Only the main thread may
+    set signal handlers (Python's rule), so off it `install` does nothing: a run started from a
+    thread (a notebook's worker, a test's) runs without stop signals."""
 
     SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
@@ -60,6 +62,8 @@ class StopSignals:
         self._pipe = None                                         # (read end, write end, old fd)
 
     def install(self) -> StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
         for name in self.SIGNALS:
             number = getattr(signal, name, None)
             if number is not None:

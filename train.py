@@ -43,7 +43,6 @@ import os
 import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
@@ -294,9 +293,7 @@ def train(s: settings.Settings) -> dict:
     first step the process ends at once (nothing to save); in an evaluation between steps the
     evaluation is dropped; in a step the step finishes; then the last finished step is
     checkpointed and the same command continues the run."""
-    signals = preemption.StopSignals()
-    if threading.current_thread() is threading.main_thread():
-        signals.install()          # until the first step, a stop signal ends the process at once
+    signals = preemption.StopSignals().install()   # until the first step: ends the process at once
     try:
         return _train(s, signals)
     finally:
